@@ -1,0 +1,312 @@
+"""``PruningCallback``: the Lightning shell around the pruning core.
+
+It resolves targets in ``setup``, prunes at the end of every training epoch for which the
+schedule returns a sparsity, rewinds for lottery-ticket experiments, keeps its masks (bit-packed),
+the schedule position and any rewind snapshot in its checkpoint state, writes plain weights into
+the checkpoint's ``state_dict``, and removes the reparametrizations at the end of ``fit``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_prune import core, reporting
+from lightning_prune.lottery import Rewind, Snapshot, reinitialize
+from lightning_prune.methods import MethodArg, resolve_method
+from lightning_prune.schedules import Schedule, as_schedule
+from lightning_prune.serialization import mask_checksum, pack_mask, plain_state_dict, unpack_mask
+from lightning_prune.targets import Target, resolve_targets
+
+__all__ = ["PruningCallback"]
+
+log = logging.getLogger("lightning.pytorch.callbacks.pruning")
+
+_SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+class PruningCallback(Callback):
+    """Prune a LightningModule while it trains.
+
+    Args:
+        method: ``"l1_unstructured"``, ``"random_unstructured"``, ``"ln_structured"``,
+            ``"random_structured"``, a subclass of ``torch.nn.utils.prune.BasePruningMethod``,
+            or its import path (as YAML writes it).
+        schedule: a :class:`~lightning_prune.schedules.Schedule`, or a number ``s`` meaning
+            ``Constant(s)``: one event, after epoch 0.
+        scope: ``"layer"``: every targeted tensor reaches the sparsity; ``"global"``: all
+            targeted tensors together reach it (structured methods then rank slices by their
+            size-normalised norm, see :class:`~lightning_prune.methods.LnStructured`).
+        targets: fnmatch patterns over qualified parameter names; default: the ``weight`` of
+            every ``Linear`` and ``Conv1d/2d/3d``.
+        exclude: patterns taken out of ``targets``.
+        dim: the slice dimension of the structured methods.
+        norm: the Ln norm of ``ln_structured`` (a positive number or ``"inf"``).
+        rewind: a :class:`~lightning_prune.Rewind` for lottery-ticket experiments.
+        make_permanent: at the end of ``fit``, remove every reparametrization (plain
+            parameters with zeros where pruned).
+        log_per_layer: log ``sparsity/<name>`` for every target besides ``sparsity/global``.
+        seed: seed of the random methods and of ``Rewind(reinit=True)``; ``None`` draws one
+            on rank 0 (from torch's global RNG) and shares it with every rank.
+
+    Example:
+        >>> from lightning_prune.schedules import Polynomial
+        >>> PruningCallback(method="l1_unstructured", scope="global",
+        ...                 schedule=Polynomial(final_sparsity=0.9, start_epoch=0, end_epoch=7))
+        PruningCallback(method='l1_unstructured', scope='global', schedule=Polynomial(...))
+    """
+
+    def __init__(
+        self,
+        method: MethodArg = "l1_unstructured",
+        schedule: Schedule | float = 0.5,
+        scope: Literal["layer", "global"] = "layer",
+        targets: list[str] | None = None,
+        exclude: Sequence[str] = (),
+        dim: int = 0,
+        norm: float | str = 2,
+        rewind: Rewind | None = None,
+        make_permanent: bool = True,
+        log_per_layer: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        self._method = resolve_method(method, dim=dim, norm=norm)
+        self.method_name = self._method.name
+        self.schedule = as_schedule(schedule)
+        if scope not in ("layer", "global"):
+            raise ValueError(f"Expected `scope` to be 'layer' or 'global', got {scope!r}")
+        self.scope: Literal["layer", "global"] = scope
+        for arg, value in (("targets", targets), ("exclude", exclude)):
+            if value is not None and (isinstance(value, str) or not all(isinstance(p, str) for p in value)):
+                raise ValueError(f"Expected `{arg}` to be a list of name patterns, got {value!r}")
+        self.target_patterns = None if targets is None else list(targets)
+        self.exclude = list(exclude)
+        if isinstance(rewind, dict):
+            rewind = Rewind(**rewind)
+        if rewind is not None and not isinstance(rewind, Rewind):
+            raise ValueError(f"Expected `rewind` to be a Rewind(epoch=..., reinit=...) or None, got {rewind!r}")
+        self.rewind = rewind
+        self.make_permanent = bool(make_permanent)
+        self.log_per_layer = bool(log_per_layer)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"Expected `seed` to be an int or None, got {seed!r}")
+        self.seed = seed
+
+        self._targets: list[Target] = []
+        self._done_epoch = -1  # the last epoch whose end was handled
+        self._round = 0  # pruning events that changed a mask
+        self._snapshot: Snapshot | None = None
+        self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
+        self._owner: tuple[int, int] | None = None  # (id(trainer), id(module)) of the current fit
+
+    def __repr__(self) -> str:
+        schedule = f"{type(self.schedule).__name__}(...)"
+        return f"{type(self).__name__}(method={self.method_name!r}, scope={self.scope!r}, schedule={schedule})"
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method_name, scope=self.scope, targets=self.target_patterns)
+
+    @property
+    def targets(self) -> list[Target]:
+        """The resolved targets of the current ``fit`` (empty before ``setup``)."""
+        return list(self._targets)
+
+    # ------------------------------------------------------------------ setup
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy = type(trainer.strategy).__name__
+        if strategy in _SHARDED:
+            raise NotImplementedError(
+                f"PruningCallback does not support the sharded strategy {strategy} yet: masks would be computed on "
+                f"shards. Use a data-parallel strategy ('ddp', 'ddp_spawn', 'auto')."
+            )
+        targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
+        for target in targets:
+            self._method.check_target(target.qualname, target.parameter.shape)
+        self._check_rewind(trainer)
+
+        owner = (id(trainer), id(pl_module))
+        if self._owner is not None and self._owner[1] != owner[1]:
+            self._pending_masks, self._snapshot = None, None  # masks belong to another model
+        if self._owner is None or self._owner[0] != owner[0]:
+            self._done_epoch, self._round, self._snapshot = -1, 0, None
+        if self._owner is not None and self._owner[1] == owner[1] and self._pending_masks is None:
+            self._pending_masks = {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
+        self._owner = owner
+        self._targets = targets
+        if self.seed is None:
+            self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
+
+    def _check_rewind(self, trainer: Trainer) -> None:
+        if self.rewind is None:
+            return
+        early = [e for e in range(self.rewind.epoch) if self.schedule.sparsity_at(e) is not None]
+        if early:
+            raise ValueError(
+                f"`rewind=Rewind(epoch={self.rewind.epoch})` rewinds to the start of epoch {self.rewind.epoch}, but "
+                f"`schedule` prunes after epoch {early[0]}, before that snapshot exists; "
+                f"start the schedule at epoch >= {self.rewind.epoch}"
+            )
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._pending_masks is None:
+            return
+        masks, self._pending_masks = self._pending_masks, None
+        names = [t.qualname for t in self._targets]
+        if sorted(masks) != sorted(names):
+            raise ValueError(
+                f"The saved pruning masks are for targets {sorted(masks)}, but this model's targets are "
+                f"{sorted(names)}; resume with the same model and `targets`/`exclude`"
+            )
+        wrong = [
+            f"{t.qualname}: saved {tuple(masks[t.qualname].shape)}, model {tuple(t.parameter.shape)}"
+            for t in self._targets
+            if masks[t.qualname].shape != t.parameter.shape
+        ]
+        if wrong:
+            raise ValueError(f"The saved pruning masks do not fit the model's parameters: {wrong}")
+        core.commit_masks(self._targets, [masks[t.qualname] for t in self._targets])
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A checkpoint written after an epoch's validation but before its end holds no event for
+        # that epoch; Lightning resumes at the next epoch, so run what the schedule missed.
+        for epoch in range(self._done_epoch + 1, trainer.current_epoch):
+            self._end_of_epoch(trainer, pl_module, epoch)
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
+            self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.make_permanent:
+            self._pending_masks = {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
+            core.make_permanent(self._targets)
+
+    # ------------------------------------------------------------------ events
+    @staticmethod
+    def _schedulers(trainer: Trainer) -> list[Any]:
+        return [config.scheduler for config in trainer.lr_scheduler_configs]
+
+    def _end_of_epoch(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        if epoch <= self._done_epoch:
+            return
+        sparsity = self.schedule.sparsity_at(epoch)
+        if sparsity is not None:
+            self._event(trainer, pl_module, epoch, sparsity)
+        self._done_epoch = epoch
+
+    def _generator(self, epoch: int) -> torch.Generator | None:
+        if not self._method.random:
+            return None
+        assert self.seed is not None
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+
+    def _event(self, trainer: Trainer, pl_module: LightningModule, epoch: int, sparsity: float) -> None:
+        before = core.sparsity_stats(self._targets, self._method)
+        masks = core.compute_masks(
+            self._targets, self._method, sparsity, scope=self.scope, generator=self._generator(epoch)
+        )
+        after = core.sparsity_stats(self._targets, self._method, masks)
+        self._check_ranks_agree(trainer, masks, epoch)
+        changed = after.per_target != before.per_target
+        if changed:
+            core.commit_masks(self._targets, masks)
+        del masks
+        if changed and self.rewind is not None:
+            self._rewind(trainer, pl_module)
+        self._report(trainer, before, after, epoch, sparsity)
+
+    def _check_ranks_agree(self, trainer: Trainer, masks: Sequence[Tensor], epoch: int) -> None:
+        if trainer.world_size <= 1:
+            return
+        checksum = mask_checksum(masks)
+        gathered = trainer.strategy.all_gather(checksum)
+        if not bool((gathered == gathered[0]).all()):
+            differing = [t.qualname for i, t in enumerate(self._targets) if not bool((gathered[:, i] == gathered[0, i]).all())]
+            raise RuntimeError(
+                f"Pruning masks differ between ranks after epoch {epoch} for {differing}; the model was left "
+                f"unchanged. The ranks' weights have diverged (is the model wrapped by DDP?)"
+            )
+
+    def _rewind(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        assert self.rewind is not None
+        if self._snapshot is None:
+            raise RuntimeError(f"No snapshot to rewind to: epoch {self.rewind.epoch} has not started yet")
+        self._round += 1
+        self._snapshot.restore(pl_module, trainer.optimizers, self._schedulers(trainer))
+        if self.rewind.reinit:
+            assert self.seed is not None
+            reinitialize(pl_module, self.seed + self._round)
+        core.commit_masks(self._targets, [t.mask for t in self._targets])  # type: ignore[misc]
+
+    def _report(self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = reporting.scalars(after, per_layer=self.log_per_layer)
+        if self.rewind is not None:
+            metrics["lottery/round"] = float(self._round)
+            metrics.update(
+                {f"lottery/round_end/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+            )
+        reporting.log_event(trainer.loggers, metrics, after, self._surviving, trainer.global_step)
+        shapes = {t.qualname: tuple(t.parameter.shape) for t in self._targets}
+        log.info(reporting.table(before, after, shapes, epoch=epoch, target=target))
+
+    def _surviving(self) -> Iterator[tuple[str, Tensor]]:
+        for t in self._targets:
+            mask = t.mask
+            yield t.qualname, t.parameter.detach()[mask] if mask is not None else t.parameter.detach().reshape(-1)
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        masks = {
+            t.qualname: {"shape": tuple(t.parameter.shape), "bits": pack_mask(t.mask)}
+            for t in self._targets
+            if t.mask is not None
+        }
+        return {
+            "version": 1,
+            "done_epoch": self._done_epoch,
+            "round": self._round,
+            "seed": self.seed,
+            "masks": masks,
+            "snapshot": None if self._snapshot is None else self._snapshot.state_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._done_epoch = state_dict.get("done_epoch", -1)
+        self._round = state_dict.get("round", 0)
+        self.seed = state_dict.get("seed", self.seed)
+        masks = state_dict.get("masks", {})
+        self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()} or None
+        snapshot = state_dict.get("snapshot")
+        self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        prefixes: dict[int, list[str]] = {}
+        for prefix, module in pl_module.named_modules(remove_duplicate=False):
+            prefixes.setdefault(id(module), []).append(f"{prefix}." if prefix else "")
+        keys = [p + name for t in self._targets for module, name in t.holders for p in prefixes.get(id(module), [])]
+        plain_state_dict(checkpoint["state_dict"], keys)

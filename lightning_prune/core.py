@@ -1,0 +1,109 @@
+"""Pruning events on resolved targets: compute masks, commit them, report, make permanent.
+
+The Lightning-free core of the package: :class:`~lightning_prune.PruningCallback` calls these
+functions, and so can a plain PyTorch loop.
+
+Example:
+    >>> import torch
+    >>> from lightning_prune.methods import resolve_method
+    >>> from lightning_prune.targets import resolve_targets
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    >>> targets = resolve_targets(model)
+    >>> masks = compute_masks(targets, resolve_method("l1_unstructured"), 0.5, scope="global")
+    >>> commit_masks(targets, masks)
+    >>> stats = sparsity_stats(targets, resolve_method("l1_unstructured"))
+    >>> stats.overall, stats.per_target["0.weight"].total
+    (0.5, 64)
+    >>> make_permanent(targets)
+    >>> sorted(model.state_dict())
+    ['0.bias', '0.weight', '1.bias', '1.weight']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_prune import reparam
+from lightning_prune.methods import PruningMethod, Scope
+from lightning_prune.targets import Target
+
+__all__ = ["Counts", "SparsityStats", "commit_masks", "compute_masks", "current_masks", "make_permanent", "sparsity_stats"]
+
+
+def current_masks(targets: Sequence[Target]) -> list[Tensor]:
+    """Each target's bool mask; all ``True`` (a new tensor) for a target not yet reparametrized."""
+    return [
+        t.mask if t.mask is not None else torch.ones_like(t.parameter, dtype=torch.bool)
+        for t in targets
+    ]
+
+
+@torch.no_grad()
+def compute_masks(
+    targets: Sequence[Target],
+    method: PruningMethod,
+    sparsity: float,
+    *,
+    scope: Scope,
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """New masks that bring ``targets`` to ``sparsity`` (each, or together); the model is untouched.
+
+    Scores come from the effective weights (``orig * mask``), as ``torch.nn.utils.prune`` reads
+    ``module.<name>`` when it prunes a tensor again.
+    """
+    masks = current_masks(targets)
+    weights = [t.parameter.detach() for t in targets]
+    return method.masks(weights, masks, sparsity, scope=scope, generator=generator)
+
+
+@torch.no_grad()
+def commit_masks(targets: Sequence[Target], masks: Sequence[Tensor]) -> None:
+    """Write ``masks`` into every holder of every target, reparametrizing where needed."""
+    for target, mask in zip(targets, masks):
+        for module, name in target.holders:
+            reparam.apply(module, name, mask)
+
+
+def make_permanent(targets: Sequence[Target]) -> None:
+    """Remove every reparametrization: plain parameters with zeros where pruned."""
+    for target in targets:
+        for module, name in target.holders:
+            if reparam.find_hook(module, name) is not None:
+                reparam.remove(module, name)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Pruned and total units (entries, or slices for structured methods) of one tensor."""
+
+    pruned: int
+    total: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityStats:
+    """Per-target counts and the overall fraction, in the method's units."""
+
+    per_target: dict[str, Counts]
+
+    @property
+    def overall(self) -> float:
+        total = sum(c.total for c in self.per_target.values())
+        return sum(c.pruned for c in self.per_target.values()) / total if total else 0.0
+
+
+def sparsity_stats(
+    targets: Sequence[Target], method: PruningMethod, masks: Sequence[Tensor] | None = None
+) -> SparsityStats:
+    """Counts from ``masks`` (default: the targets' current masks)."""
+    masks = current_masks(targets) if masks is None else masks
+    return SparsityStats({t.qualname: Counts(*method.units(m)) for t, m in zip(targets, masks)})

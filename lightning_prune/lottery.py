@@ -1,0 +1,154 @@
+"""Lottery-ticket rewinding: snapshot and restore of module, optimizer and LR-scheduler state.
+
+A :class:`Snapshot` holds a copy of every parameter and buffer of a module (masks excluded,
+pruned tensors under their plain names), and of the state of every optimizer and LR scheduler.
+:meth:`Snapshot.restore` copies the values back in place, so optimizers keep their parameter
+references; the caller re-applies the masks. It costs one extra copy of the model and of the
+optimizer state, on the device the tensors live on.
+
+Example:
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    >>> snap = Snapshot.take(layer, [opt], [])
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.add_(1.0)
+    >>> snap.restore(layer, [opt], [])
+    >>> torch.equal(layer.weight, snap.tensors["weight"])
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prune import reparam
+
+__all__ = ["Rewind", "Snapshot", "logical_tensors", "reinitialize"]
+
+
+@dataclass
+class Rewind:
+    """Rewind to the start of training epoch ``epoch`` after every pruning event that changed a mask.
+
+    Args:
+        epoch: the epoch whose start is snapshotted (``0``: the initialisation, before any step).
+        reinit: the random-reinitialisation control: instead of restoring the surviving
+            weights, re-sample them with each module's ``reset_parameters`` (optimizer and
+            LR-scheduler state are still restored).
+
+    Example:
+        >>> Rewind(epoch=1)
+        Rewind(epoch=1, reinit=False)
+    """
+
+    epoch: int = 0
+    reinit: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epoch, bool) or not isinstance(self.epoch, int) or self.epoch < 0:
+            raise ValueError(f"Expected `Rewind.epoch` to be an int >= 0, got {self.epoch!r}")
+        if not isinstance(self.reinit, bool):
+            raise ValueError(f"Expected `Rewind.reinit` to be a bool, got {self.reinit!r}")
+
+
+def logical_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer by qualified name, pruned tensors as ``<name>`` (their ``_orig``), masks left out."""
+    out: dict[str, Tensor] = {}
+    for prefix, sub in module.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        pruned = {n[: -len("_mask")] for n in sub._buffers if n.endswith("_mask") and n[:-5] + "_orig" in sub._parameters}
+        for name, param in sub._parameters.items():
+            if param is not None:
+                plain = name[: -len("_orig")] if name.endswith("_orig") and name[:-5] in pruned else name
+                out.setdefault(dot + plain, param)
+        for name, buf in sub._buffers.items():
+            if buf is not None and not (name.endswith("_mask") and name[:-5] in pruned):
+                out.setdefault(dot + name, buf)
+    return out
+
+
+@dataclass
+class Snapshot:
+    """Copies of module tensors and of optimizer and LR-scheduler states."""
+
+    tensors: dict[str, Tensor]
+    optimizers: list[dict[str, Any]]
+    schedulers: list[dict[str, Any]]
+
+    @classmethod
+    @torch.no_grad()
+    def take(cls, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> Snapshot:
+        return cls(
+            {k: v.detach().clone() for k, v in logical_tensors(module).items()},
+            [copy.deepcopy(o.state_dict()) for o in optimizers],
+            [copy.deepcopy(s.state_dict()) for s in schedulers],
+        )
+
+    @torch.no_grad()
+    def restore(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
+        live = logical_tensors(module)
+        if live.keys() != self.tensors.keys():
+            missing, extra = sorted(self.tensors.keys() - live.keys()), sorted(live.keys() - self.tensors.keys())
+            raise RuntimeError(f"Cannot rewind: the module's tensors changed since the snapshot (missing {missing}, new {extra})")
+        if len(optimizers) != len(self.optimizers) or len(schedulers) != len(self.schedulers):
+            raise RuntimeError(
+                f"Cannot rewind: the snapshot holds {len(self.optimizers)} optimizers and {len(self.schedulers)} "
+                f"schedulers, the trainer has {len(optimizers)} and {len(schedulers)}"
+            )
+        for name, tensor in live.items():
+            tensor.copy_(self.tensors[name])
+        for opt, state in zip(optimizers, self.optimizers):
+            opt.load_state_dict(copy.deepcopy(state))
+        for sched, state in zip(schedulers, self.schedulers):
+            sched.load_state_dict(copy.deepcopy(state))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tensors": self.tensors, "optimizers": self.optimizers, "schedulers": self.schedulers}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Snapshot:
+        return cls(dict(state["tensors"]), list(state["optimizers"]), list(state["schedulers"]))
+
+    def to(self, device: torch.device) -> Snapshot:
+        """The snapshot with its module tensors on ``device`` (optimizer state is moved on load)."""
+        return Snapshot({k: v.to(device) for k, v in self.tensors.items()}, self.optimizers, self.schedulers)
+
+
+@contextmanager
+def _plain(module: nn.Module) -> Iterator[None]:
+    """Inside, every tensor of ``module`` pruned by a :class:`~lightning_prune.reparam.MaskHook` is a plain parameter again."""
+    names = [n for n in list(module._parameters) if n.endswith("_orig") and reparam.is_reparametrized(module, n[:-5])]
+    for orig_name in names:
+        name = orig_name[: -len("_orig")]
+        module.__dict__.pop(name, None)
+        module._parameters[name] = module._parameters.pop(orig_name)
+    try:
+        yield
+    finally:
+        for orig_name in names:
+            name = orig_name[: -len("_orig")]
+            module._parameters[orig_name] = module._parameters.pop(name)
+            reparam.update(module, name, module._buffers[name + "_mask"])  # type: ignore[arg-type]
+
+
+def reinitialize(module: nn.Module, seed: int) -> None:
+    """Re-sample every submodule's parameters with its ``reset_parameters``, under ``seed``.
+
+    The global RNG state is left as it was. Masks are kept.
+    """
+    devices = sorted({p.device.index for p in module.parameters() if p.device.type == "cuda"}, key=int)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for sub in module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                with _plain(sub):
+                    reset()

@@ -1,0 +1,212 @@
+"""Mask math: pure functions on tensors.
+
+Everything here takes tensors and returns new boolean masks; nothing touches a module.
+A mask is ``True`` where an entry survives and ``False`` where it is pruned.
+
+The central piece is :func:`prune_smallest`: given scores and the current masks of one or
+more tensors, it prunes the lowest-scoring surviving entries until exactly ``n_pruned``
+entries are pruned in total. It never concatenates the tensors: it finds the exact
+threshold with a two-pass radix select on the bit patterns of the float32 scores
+(non-negative floats order like their bit patterns read as integers), counting with
+``bincount`` over fixed-size chunks. Ties at the threshold are broken by position:
+earlier tensors first, then row-major order within a tensor.
+
+Example:
+    >>> import torch
+    >>> w = torch.tensor([[0.3, -0.1], [0.2, 0.4]])
+    >>> prune_smallest([w], [torch.ones(2, 2, dtype=torch.bool)], n_pruned=2)[0]
+    tensor([[ True, False],
+            [False,  True]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "count_for",
+    "expand_slices",
+    "prune_smallest",
+    "random_scores",
+    "slice_alive",
+    "slice_norms",
+]
+
+_CHUNK = 1 << 20
+_INF_BITS = 0x7F800000  # bit pattern of float32 +inf; NaN scores are treated as +inf
+_HI_BINS = (_INF_BITS + 1 >> 16) + 1
+
+
+def count_for(sparsity: float, n: int) -> int:
+    """Number of entries (or slices) out of ``n`` that are zero at ``sparsity``: ``round(sparsity * n)``.
+
+    Example:
+        >>> count_for(0.5, 7), count_for(0.9, 10)
+        (4, 9)
+    """
+    return round(sparsity * n)
+
+
+def _keys(scores: Tensor, alive: Tensor, largest: bool) -> Tensor:
+    """Int32 sort keys: 0 for pruned entries, then surviving entries by score (or reversed)."""
+    bits = scores.to(torch.float32).abs().view(torch.int32).clamp_(max=_INF_BITS)
+    keys = bits.neg_().add_(_INF_BITS + 1) if largest else bits.add_(1)
+    return keys.masked_fill_(~alive, 0)
+
+
+def _chunks(scores: Sequence[Tensor], alive: Sequence[Tensor]):
+    for s, a in zip(scores, alive):
+        flat_s, flat_a = s.reshape(-1), a.reshape(-1)
+        for start in range(0, flat_s.numel(), _CHUNK):
+            yield flat_s[start : start + _CHUNK], flat_a[start : start + _CHUNK]
+
+
+def _histogram(keys: Tensor, bins: int, out: Tensor | None) -> Tensor:
+    counts = torch.bincount(keys, minlength=bins)
+    return counts if out is None else out.add_(counts)
+
+
+def _position(cumulative: Tensor, k: int) -> tuple[int, int]:
+    """First bin whose cumulative count reaches ``k`` and the count strictly below it."""
+    index = int(torch.searchsorted(cumulative, torch.tensor([k], device=cumulative.device)).item())
+    below = int(cumulative[index - 1].item()) if index > 0 else 0
+    return index, below
+
+
+def prune_smallest(
+    scores: Sequence[Tensor],
+    alive: Sequence[Tensor],
+    n_pruned: int,
+    *,
+    largest: bool = False,
+) -> list[Tensor]:
+    """Prune the lowest-scoring surviving entries until exactly ``n_pruned`` are pruned in total.
+
+    Args:
+        scores: one score tensor per target; only the magnitude ``|score|`` counts.
+        alive: the current boolean masks, same shapes as ``scores``.
+        n_pruned: how many entries, counted over all tensors together and including those
+            already pruned, are pruned afterwards. Already-pruned entries always stay pruned.
+        largest: prune the highest scores first instead of the lowest.
+
+    Returns:
+        New boolean masks; the inputs are not modified.
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.tensor([1.0, 5.0, 2.0]), torch.tensor([4.0, 0.5])
+        >>> ones = [torch.ones(3, dtype=torch.bool), torch.ones(2, dtype=torch.bool)]
+        >>> [m.tolist() for m in prune_smallest([a, b], ones, n_pruned=3)]
+        [[False, True, False], [True, False]]
+    """
+    if len(scores) != len(alive):
+        raise ValueError(f"Expected one mask per score tensor, got {len(alive)} masks for {len(scores)} tensors")
+    total = sum(a.numel() for a in alive)
+    if not 0 <= n_pruned <= total:
+        raise ValueError(f"Expected `n_pruned` in [0, {total}], got {n_pruned}")
+    already = total - sum(int(a.sum().item()) for a in alive)
+    if n_pruned <= already:
+        return [a.clone() for a in alive]
+
+    hi_hist: Tensor | None = None
+    for s, a in _chunks(scores, alive):
+        hi_hist = _histogram(_keys(s, a, largest) >> 16, _HI_BINS, hi_hist)
+    assert hi_hist is not None
+    hi, below_hi = _position(hi_hist.cumsum(0), n_pruned)
+
+    lo_hist: Tensor | None = None
+    for s, a in _chunks(scores, alive):
+        keys = _keys(s, a, largest)
+        lo_hist = _histogram(keys[(keys >> 16) == hi] & 0xFFFF, 1 << 16, lo_hist)
+    assert lo_hist is not None
+    lo, below_lo = _position(lo_hist.cumsum(0), n_pruned - below_hi)
+    threshold = (hi << 16) | lo
+    ties_left = n_pruned - below_hi - below_lo
+
+    out = []
+    for s, a in zip(scores, alive):
+        flat_s, new = s.reshape(-1), a.reshape(-1).clone()
+        for start in range(0, flat_s.numel(), _CHUNK):
+            keys = _keys(flat_s[start : start + _CHUNK], new[start : start + _CHUNK], largest)
+            prune = keys < threshold
+            if ties_left > 0:
+                tied = keys == threshold
+                rank = tied.cumsum(0, dtype=torch.int64)
+                prune |= tied & (rank <= ties_left)
+                ties_left -= min(ties_left, int(rank[-1].item()) if rank.numel() else 0)
+            new[start : start + _CHUNK] &= ~prune
+        out.append(new.view(a.shape))
+    return out
+
+
+def _other_dims(t: Tensor, dim: int) -> list[int]:
+    return [d for d in range(t.dim()) if d != dim % t.dim()]
+
+
+def slice_alive(mask: Tensor, dim: int) -> Tensor:
+    """Which slices along ``dim`` still hold a surviving entry (torch's structured criterion).
+
+    Example:
+        >>> import torch
+        >>> slice_alive(torch.tensor([[True, False], [False, False]]), dim=0)
+        tensor([ True, False])
+    """
+    return mask.any(dim=_other_dims(mask, dim)) if mask.dim() > 1 else mask.clone()
+
+
+def slice_norms(t: Tensor, norm: float, dim: int, *, normalize: bool = False) -> Tensor:
+    """Ln norm of every slice of ``t`` along ``dim``, in float32.
+
+    With ``normalize=True`` each norm is divided by ``m ** (1 / norm)``, ``m`` the number of
+    entries in a slice: the power mean of the slice's magnitudes, which is what global
+    structured pruning compares across layers of different sizes (for ``norm=2`` the root
+    mean square, for ``norm=1`` the mean absolute value, for ``inf`` the maximum).
+
+    Example:
+        >>> import torch
+        >>> slice_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), 2, dim=0)
+        tensor([5., 1.])
+    """
+    norms = torch.linalg.vector_norm(t.to(torch.float32), ord=norm, dim=_other_dims(t, dim))
+    if normalize and not math.isinf(norm):
+        per_slice = t.numel() // max(t.shape[dim], 1)
+        norms = norms / per_slice ** (1.0 / norm)
+    return norms
+
+
+def expand_slices(mask: Tensor, keep: Tensor, dim: int) -> Tensor:
+    """``mask`` with every slice along ``dim`` that ``keep`` marks ``False`` zeroed.
+
+    Example:
+        >>> import torch
+        >>> expand_slices(torch.ones(2, 2, dtype=torch.bool), torch.tensor([False, True]), dim=1)
+        tensor([[False,  True],
+                [False,  True]])
+    """
+    shape = [1] * mask.dim()
+    shape[dim % mask.dim()] = -1
+    return mask & keep.view(shape)
+
+
+def random_scores(alive: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform scores for the surviving entries, drawn as torch's random methods draw them.
+
+    ``torch.rand`` is called once, on the CPU, for exactly the surviving entries in row-major
+    order (what ``torch.nn.utils.prune`` does on a CPU tensor), so the same seed gives the same
+    mask; the scores are then scattered back and moved to ``alive``'s device. Pruned entries
+    score 0.
+
+    Example:
+        >>> import torch
+        >>> random_scores(torch.tensor([True, False, True]), torch.Generator().manual_seed(0))
+        tensor([0.4963, 0.0000, 0.7682])
+    """
+    cpu_alive = alive.reshape(-1).cpu()
+    drawn = torch.rand(int(cpu_alive.sum().item()), generator=generator)
+    scores = torch.zeros(cpu_alive.shape, dtype=torch.float32)
+    scores[cpu_alive] = drawn
+    return scores.view(alive.shape).to(alive.device)

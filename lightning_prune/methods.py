@@ -1,0 +1,310 @@
+"""Pruning methods: from (weights, current masks, target sparsity) to new masks.
+
+Each method turns a cumulative target ("this tensor, or these tensors together, must be
+``s`` sparse") into new boolean masks. Built-in methods prune exactly ``round(s * n)``
+entries (or slices) and never revive one. A subclass of
+``torch.nn.utils.prune.BasePruningMethod`` is wrapped by :class:`CustomMethod`, which calls
+its ``compute_mask`` the way ``torch.nn.utils.prune`` does for iterative pruning.
+
+Example:
+    >>> import torch
+    >>> method = resolve_method("l1_unstructured")
+    >>> w = torch.tensor([[0.1, -0.4], [0.3, -0.2]])
+    >>> method.masks([w], [torch.ones(2, 2, dtype=torch.bool)], 0.5, scope="layer")[0]
+    tensor([[False,  True],
+            [ True, False]])
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Literal, Union
+
+import torch
+from torch import Tensor
+from torch.nn.utils import prune as torch_prune
+
+from lightning_prune.masks import count_for, expand_slices, prune_smallest, random_scores, slice_alive, slice_norms
+
+__all__ = ["BUILTIN_METHODS", "CustomMethod", "PruningMethod", "resolve_method", "validate_norm"]
+
+Scope = Literal["layer", "global"]
+MethodArg = Union[str, type[torch_prune.BasePruningMethod]]
+
+
+class PruningMethod:
+    """A way of choosing which entries to prune. Subclasses implement :meth:`masks`."""
+
+    name: str = ""
+    structured: bool = False
+    random: bool = False
+
+    def masks(
+        self,
+        weights: Sequence[Tensor],
+        masks: Sequence[Tensor],
+        sparsity: float,
+        *,
+        scope: Scope,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        """New masks that make the targets ``sparsity`` sparse (per tensor, or together)."""
+        raise NotImplementedError
+
+    def check_target(self, qualname: str, shape: torch.Size) -> None:
+        """Raise ``ValueError`` if this method cannot prune a tensor of ``shape``."""
+
+    def units(self, mask: Tensor) -> tuple[int, int]:
+        """``(pruned, total)`` in the units this method counts: entries or slices."""
+        return mask.numel() - int(mask.sum().item()), mask.numel()
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class _Unstructured(PruningMethod):
+    def _scores(self, weights: Sequence[Tensor], masks: Sequence[Tensor], generator: torch.Generator | None):
+        raise NotImplementedError
+
+    def masks(self, weights, masks, sparsity, *, scope, generator=None):
+        if scope == "global":
+            n_pruned = count_for(sparsity, sum(m.numel() for m in masks))
+            return prune_smallest(self._scores(weights, masks, generator), masks, n_pruned, largest=self.random)
+        return [
+            prune_smallest(self._scores([w], [m], generator), [m], count_for(sparsity, m.numel()), largest=self.random)[0]
+            for w, m in zip(weights, masks)
+        ]
+
+
+class L1Unstructured(_Unstructured):
+    """Prune the entries of smallest magnitude (``torch.nn.utils.prune.l1_unstructured``)."""
+
+    name = "l1_unstructured"
+
+    def _scores(self, weights, masks, generator):
+        return list(weights)
+
+
+class RandomUnstructured(_Unstructured):
+    """Prune entries at random (``torch.nn.utils.prune.random_unstructured``)."""
+
+    name = "random_unstructured"
+    random = True
+
+    def _scores(self, weights, masks, generator):
+        return [random_scores(m, generator) for m in masks]
+
+
+class _Structured(PruningMethod):
+    structured = True
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def check_target(self, qualname: str, shape: torch.Size) -> None:
+        if len(shape) < 2:
+            raise ValueError(
+                f"`method={self.name!r}` prunes slices of tensors with at least 2 dimensions, "
+                f"but target {qualname!r} has shape {tuple(shape)}; exclude it or use an unstructured method"
+            )
+        if not -len(shape) <= self.dim < len(shape):
+            raise ValueError(
+                f"Expected `dim` in [{-len(shape)}, {len(shape) - 1}] for target {qualname!r} "
+                f"of shape {tuple(shape)}, got {self.dim}"
+            )
+
+    def units(self, mask: Tensor) -> tuple[int, int]:
+        alive = slice_alive(mask, self.dim)
+        return alive.numel() - int(alive.sum().item()), alive.numel()
+
+    def _scores(self, weights, alive, generator, *, normalize: bool) -> list[Tensor]:
+        raise NotImplementedError
+
+    def masks(self, weights, masks, sparsity, *, scope, generator=None):
+        alive = [slice_alive(m, self.dim) for m in masks]
+        effective = [w * m for w, m in zip(weights, masks)]
+        if scope == "global":
+            scores = self._scores(effective, alive, generator, normalize=True)
+            keep = prune_smallest(scores, alive, count_for(sparsity, sum(a.numel() for a in alive)))
+        else:
+            keep = [
+                prune_smallest(self._scores([w], [a], generator, normalize=False), [a], count_for(sparsity, a.numel()))[0]
+                for w, a in zip(effective, alive)
+            ]
+        return [expand_slices(m, k, self.dim) for m, k in zip(masks, keep)]
+
+
+class LnStructured(_Structured):
+    """Prune the slices along ``dim`` of smallest Ln norm (``torch.nn.utils.prune.ln_structured``).
+
+    Under ``scope="global"`` slices of different layers are ranked by their size-normalised
+    norm ``||slice||_n / m ** (1/n)`` (``m`` entries per slice), see
+    :func:`lightning_prune.masks.slice_norms`.
+    """
+
+    name = "ln_structured"
+
+    def __init__(self, dim: int, norm: float) -> None:
+        super().__init__(dim)
+        self.norm = norm
+
+    def _scores(self, weights, alive, generator, *, normalize):
+        return [slice_norms(w, self.norm, self.dim, normalize=normalize) for w in weights]
+
+
+class RandomStructured(_Structured):
+    """Prune slices along ``dim`` at random (``torch.nn.utils.prune.random_structured``)."""
+
+    name = "random_structured"
+    random = True
+
+    def _scores(self, weights, alive, generator, *, normalize):
+        return [random_scores(a, generator) for a in alive]
+
+
+class CustomMethod(PruningMethod):
+    """Wraps a ``torch.nn.utils.prune.BasePruningMethod`` subclass.
+
+    Its ``compute_mask`` sees what ``torch.nn.utils.prune`` would show it when pruning
+    iteratively: for ``PRUNING_TYPE`` ``"unstructured"`` the surviving entries as a flat
+    tensor, for ``"structured"`` the surviving slices along the method's ``dim``, for
+    ``"global"`` the whole tensor with the current mask. It is constructed with
+    ``amount=`` the fraction of what survives that reaches the target, if its ``__init__``
+    takes an ``amount``; which entries it zeroes is its own decision (a mask never regrows).
+    """
+
+    def __init__(self, cls: type[torch_prune.BasePruningMethod], dim: int, norm: float) -> None:
+        self.cls = cls
+        self.name = f"{cls.__module__}.{cls.__qualname__}"
+        parameters = inspect.signature(cls.__init__).parameters
+        self.takes_amount = "amount" in parameters
+        self.kwargs: dict[str, object] = {}
+        if "dim" in parameters:
+            self.kwargs["dim"] = dim
+        if "n" in parameters:
+            self.kwargs["n"] = norm
+        self.pruning_type = getattr(cls, "PRUNING_TYPE", "unstructured")
+        if self.pruning_type not in ("unstructured", "structured", "global"):
+            raise ValueError(
+                f"Expected `method` {self.name} to have PRUNING_TYPE 'unstructured', 'structured' or 'global', "
+                f"got {self.pruning_type!r}"
+            )
+
+    def _instance(self, amount: float) -> torch_prune.BasePruningMethod:
+        kwargs = dict(self.kwargs, amount=amount) if self.takes_amount else self.kwargs
+        return self.cls(**kwargs)
+
+    def masks(self, weights, masks, sparsity, *, scope, generator=None):
+        if scope == "global":
+            if self.pruning_type != "unstructured":
+                raise ValueError(
+                    f"`scope='global'` with a custom `method` needs PRUNING_TYPE 'unstructured' "
+                    f"(as torch.nn.utils.prune.global_unstructured), got {self.pruning_type!r} for {self.name}"
+                )
+            flat_w = torch.cat([w.reshape(-1) for w in weights])
+            flat_m = torch.cat([m.reshape(-1) for m in masks])
+            new = self._one(flat_w, flat_m, sparsity)
+            return [part.view(m.shape) for part, m in zip(new.split([m.numel() for m in masks]), masks)]
+        return [self._one(w, m, sparsity) for w, m in zip(weights, masks)]
+
+    def _one(self, weight: Tensor, mask: Tensor, sparsity: float) -> Tensor:
+        total, alive = mask.numel(), int(mask.sum().item())
+        needed = count_for(sparsity, total) - (total - alive)
+        if needed <= 0 or alive == 0:
+            return mask.clone()
+        method = self._instance(needed / alive)
+        effective = weight * mask
+        if alive == total or self.pruning_type == "global":
+            # what torch.nn.utils.prune shows a method that prunes a tensor for the first time
+            index: tuple[object, ...] = (slice(None),)
+        elif self.pruning_type == "unstructured":
+            index = (mask,)
+        elif self.pruning_type == "structured":
+            dim = getattr(method, "dim", -1) % weight.dim()
+            index = tuple(slice_alive(mask, dim) if d == dim else slice(None) for d in range(weight.dim()))
+        part = effective[index]
+        default = mask[index].to(weight.dtype)
+        computed = method.compute_mask(part, default_mask=default)
+        new = mask.clone()
+        new[index] = computed.to(device=mask.device) != 0
+        return new & mask
+
+
+BUILTIN_METHODS = ("l1_unstructured", "random_unstructured", "ln_structured", "random_structured")
+
+
+def validate_norm(norm: object) -> float:
+    """``norm`` as a float if it is a positive number or ``"inf"``; ``ValueError`` otherwise.
+
+    Example:
+        >>> validate_norm(2), validate_norm("inf")
+        (2.0, inf)
+    """
+    if isinstance(norm, str) and norm.lower() in ("inf", "infinity"):
+        return math.inf
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm > 0:
+        raise ValueError(f"Expected `norm` to be a positive number or 'inf', got {norm!r}")
+    return float(norm)
+
+
+def _import(path: str) -> object:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ImportError(path)
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def resolve_method(method: MethodArg, dim: int = 0, norm: object = 2) -> PruningMethod:
+    """The :class:`PruningMethod` for a ``method`` argument of :class:`~lightning_prune.PruningCallback`.
+
+    ``method`` is a built-in name, a ``BasePruningMethod`` subclass, or the import path of one
+    (``"my_package.FooBarPruningMethod"``, as YAML writes it).
+
+    Example:
+        >>> resolve_method("ln_structured", dim=1, norm=1).dim
+        1
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise ValueError(f"Expected `dim` to be an int, got {dim!r}")
+    n = validate_norm(norm)
+    if isinstance(method, torch_prune.BasePruningMethod):
+        raise TypeError(
+            f"Expected `method` to be a name or a `BasePruningMethod` subclass, got the instance {method!r}. "
+            f"HINT: if passing a `BasePruningMethod`, pass the class, not an instance: "
+            f"`method={type(method).__name__}`"
+        )
+    if isinstance(method, str):
+        builtin = {
+            "l1_unstructured": L1Unstructured,
+            "random_unstructured": RandomUnstructured,
+        }
+        if method in builtin:
+            return builtin[method]()
+        if method == "ln_structured":
+            return LnStructured(dim, n)
+        if method == "random_structured":
+            return RandomStructured(dim)
+        if "." not in method:
+            raise ValueError(
+                f"Expected `method` to be one of {list(BUILTIN_METHODS)}, a `BasePruningMethod` subclass "
+                f"or its import path, got {method!r}"
+            )
+        try:
+            method = _import(method)  # type: ignore[assignment]
+        except (ImportError, AttributeError) as err:
+            raise ValueError(
+                f"`method={method!r}` could not be imported ({err}); expected one of {list(BUILTIN_METHODS)} "
+                f"or the import path of a `BasePruningMethod` subclass"
+            ) from err
+    if not (inspect.isclass(method) and issubclass(method, torch_prune.BasePruningMethod)):
+        raise TypeError(
+            f"Expected `method` to be one of {list(BUILTIN_METHODS)} or a subclass of "
+            f"`torch.nn.utils.prune.BasePruningMethod`, got {method!r}. "
+            f"HINT: subclass `BasePruningMethod` and implement `compute_mask(t, default_mask)`"
+        )
+    if inspect.isabstract(method):
+        raise TypeError(f"`method={method.__name__}` is abstract: implement `compute_mask(t, default_mask)`")
+    return CustomMethod(method, dim, n)

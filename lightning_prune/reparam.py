@@ -1,0 +1,204 @@
+"""The reparametrization of a pruned tensor, in the layout of ``torch.nn.utils.prune``.
+
+:func:`apply` turns ``module.<name>`` into
+
+- ``<name>_orig``: the very same ``nn.Parameter`` object (optimizers keep working),
+- ``<name>_mask``: a ``torch.bool`` buffer on the parameter's device,
+- a forward pre-hook, a :class:`MaskHook`, that recomputes ``module.<name> = orig * mask``.
+
+The hook is a ``torch.nn.utils.prune.BasePruningMethod``, so ``prune.is_pruned`` and
+``prune.remove`` understand it. :func:`update` writes a new mask in place, :func:`remove`
+makes the pruning permanent. A pruned module survives ``copy.deepcopy`` and pickling, and
+loads a plain ``state_dict`` (one with ``<name>`` instead of ``<name>_orig``/``<name>_mask``).
+
+Example:
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> apply(layer, "weight", torch.tensor([[True, False], [False, True]]))
+    >>> sorted(name for name, _ in layer.named_parameters()), layer.weight_mask.dtype
+    (['bias', 'weight_orig'], torch.bool)
+    >>> remove(layer, "weight")
+    >>> int((layer.weight == 0).sum())
+    2
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
+
+__all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "remove", "update"]
+
+
+class MaskHook(torch_prune.BasePruningMethod):
+    """Forward pre-hook that recomputes ``module.<name>`` from ``<name>_orig`` and the bool mask."""
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, name: str) -> None:
+        self._tensor_name = name
+        self._handles: list[Any] = []
+        self._last: weakref.ref[Tensor] | None = None
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        return default_mask
+
+    def apply_mask(self, module: nn.Module) -> Tensor:
+        orig = module._parameters[self._tensor_name + "_orig"]
+        return orig * module._buffers[self._tensor_name + "_mask"]
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        weight = self.apply_mask(module)
+        setattr(module, self._tensor_name, weight)
+        self._last = weakref.ref(weight)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MaskHook:
+        # The module's recomputed tensor is part of an autograd graph after a forward pass, and
+        # such tensors refuse deepcopy. The hook is copied before that attribute (hooks are set
+        # up in ``nn.Module.__init__``), so register a detached copy of it under its id.
+        last = self._last() if self._last is not None else None
+        if last is not None and not last.is_leaf:
+            memo[id(last)] = last.detach().clone()
+            memo.setdefault(id(memo), []).append(last)  # keep the original alive, as deepcopy does
+        new = MaskHook(self._tensor_name)
+        memo[id(self)] = new
+        new._handles = copy.deepcopy(self._handles, memo)
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_tensor_name": self._tensor_name, "_handles": self._handles, "_last": None}
+
+
+class _LoadPlain:
+    """``load_state_dict`` pre-hook: accept ``<name>`` for ``<name>_orig``, keep the mask if absent."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        if self.name + "_orig" not in module._parameters:
+            return
+        plain, orig, mask = prefix + self.name, prefix + self.name + "_orig", prefix + self.name + "_mask"
+        if plain in state_dict and orig not in state_dict:
+            state_dict[orig] = state_dict.pop(plain)
+            if mask not in state_dict and self.name + "_mask" in module._buffers:
+                state_dict[mask] = module._buffers[self.name + "_mask"]
+
+
+def find_hook(module: nn.Module, name: str) -> torch_prune.BasePruningMethod | None:
+    """The pruning forward pre-hook of ``module.<name>`` (ours or torch's), if any."""
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, torch_prune.BasePruningMethod) and hook._tensor_name == name:
+            return hook
+    return None
+
+
+def is_reparametrized(module: nn.Module, name: str) -> bool:
+    """Whether ``module.<name>`` is pruned by a :class:`MaskHook`."""
+    return isinstance(find_hook(module, name), MaskHook)
+
+
+@torch.no_grad()
+def _refresh(module: nn.Module, name: str) -> None:
+    """Set ``module.<name>`` to the masked weight now, so the zeros show before any forward."""
+    setattr(module, name, module._parameters[name + "_orig"] * module._buffers[name + "_mask"])
+
+
+def _adopt(module: nn.Module, name: str, hook: torch_prune.BasePruningMethod) -> None:
+    """Replace ``torch.nn.utils.prune``'s hook and float mask by ours, keeping the mask."""
+    mask = module._buffers[name + "_mask"]
+    assert mask is not None
+    for key, value in list(module._forward_pre_hooks.items()):
+        if value is hook:  # torch keeps no handle for its hooks
+            del module._forward_pre_hooks[key]
+    module._buffers[name + "_mask"] = mask != 0
+    _register_hooks(module, name)
+
+
+def _register_hooks(module: nn.Module, name: str) -> None:
+    hook = MaskHook(name)
+    hook._handles = [
+        module.register_forward_pre_hook(hook),
+        module.register_load_state_dict_pre_hook(_LoadPlain(name)),
+    ]
+    _refresh(module, name)
+
+
+def apply(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
+    """Reparametrize ``module.<name>`` (if needed) and set its mask.
+
+    Args:
+        module: the module that owns the parameter.
+        name: the parameter's name in ``module``, e.g. ``"weight"``.
+        mask: the new boolean mask; ``None`` keeps the current one (all ``True`` if new).
+            It is combined with the current mask: pruned entries stay pruned.
+
+    A tensor pruned by ``torch.nn.utils.prune`` is adopted: its mask is kept (as bool) and
+    its hook is replaced, never doubled. On failure the module is left as it was.
+    """
+    hook = find_hook(module, name)
+    if hook is not None and not isinstance(hook, MaskHook):
+        _adopt(module, name, hook)
+    elif hook is None:
+        param = module._parameters.get(name)
+        if not isinstance(param, nn.Parameter) or not param.is_floating_point():
+            raise ValueError(
+                f"Expected `{name}` of {type(module).__name__} to be a floating-point nn.Parameter, "
+                f"got {type(param).__name__ if param is None else param.dtype}"
+            )
+        if mask is not None and mask.shape != param.shape:
+            raise ValueError(f"Expected a mask of shape {tuple(param.shape)} for `{name}`, got {tuple(mask.shape)}")
+        initial = torch.ones_like(param, dtype=torch.bool) if mask is None else mask.to(param.device, torch.bool)
+        module.register_parameter(name + "_orig", param)
+        del module._parameters[name]
+        try:
+            module.register_buffer(name + "_mask", initial)
+            _register_hooks(module, name)
+            return
+        except Exception:
+            module._buffers.pop(name + "_mask", None)
+            module.__dict__.pop(name, None)
+            del module._parameters[name + "_orig"]
+            module.register_parameter(name, param)
+            raise
+    if mask is not None:
+        update(module, name, mask)
+
+
+@torch.no_grad()
+def update(module: nn.Module, name: str, mask: Tensor) -> None:
+    """Write ``mask`` (combined with the current one) into ``<name>_mask`` in place."""
+    current = module._buffers[name + "_mask"]
+    assert current is not None
+    if mask.shape != current.shape:
+        raise ValueError(f"Expected a mask of shape {tuple(current.shape)} for `{name}`, got {tuple(mask.shape)}")
+    current &= mask.to(device=current.device, dtype=torch.bool)
+    _refresh(module, name)
+
+
+@torch.no_grad()
+def remove(module: nn.Module, name: str) -> None:
+    """Make the pruning of ``module.<name>`` permanent: a plain parameter with zeros where pruned.
+
+    The parameter object stays the same (``<name>_orig`` becomes ``<name>`` again), the mask
+    buffer and both hooks go.
+    """
+    hook = find_hook(module, name)
+    if hook is None:
+        raise ValueError(f"Parameter `{name}` of {type(module).__name__} is not pruned; nothing to remove")
+    if not isinstance(hook, MaskHook):
+        torch_prune.remove(module, name)
+        return
+    orig = module._parameters.pop(name + "_orig")
+    mask = module._buffers.pop(name + "_mask")
+    assert orig is not None and mask is not None
+    orig.mul_(mask)
+    for handle in hook._handles:
+        handle.remove()
+    module.__dict__.pop(name, None)
+    module.register_parameter(name, orig)

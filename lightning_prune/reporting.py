@@ -1,0 +1,106 @@
+"""What a pruning event shows: logger scalars, TensorBoard histograms and bar chart, the console table.
+
+Example:
+    >>> from lightning_prune.core import Counts, SparsityStats
+    >>> before = SparsityStats({"fc1.weight": Counts(0, 8), "fc2.weight": Counts(0, 4)})
+    >>> after = SparsityStats({"fc1.weight": Counts(6, 8), "fc2.weight": Counts(0, 4)})
+    >>> scalars(after, per_layer=True)
+    {'sparsity/global': 0.5, 'sparsity/fc1.weight': 0.75, 'sparsity/fc2.weight': 0.0}
+    >>> print(table(before, after, {"fc1.weight": (2, 4), "fc2.weight": (4,)}, epoch=0, target=0.5))
+    pruning event after epoch 0: target 50.00%, reached 50.00%
+    layer       shape   sparsity         kept/total
+    fc1.weight  (2, 4)  0.00% -> 75.00%  2/8
+    fc2.weight  (4,)    0.00% -> 0.00%   4/4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_prune.core import SparsityStats
+
+__all__ = ["log_event", "scalars", "table"]
+
+
+def scalars(stats: SparsityStats, *, per_layer: bool) -> dict[str, float]:
+    """``sparsity/global`` and, with ``per_layer``, ``sparsity/<qualified name>``."""
+    out = {"sparsity/global": stats.overall}
+    if per_layer:
+        out.update({f"sparsity/{name}": c.sparsity for name, c in stats.per_target.items()})
+    return out
+
+
+def table(
+    before: SparsityStats,
+    after: SparsityStats,
+    shapes: Mapping[str, Sequence[int]],
+    *,
+    epoch: int,
+    target: float,
+) -> str:
+    """A plain-text per-layer table of one event."""
+    rows = [("layer", "shape", "sparsity", "kept/total")]
+    for name, c in after.per_target.items():
+        b = before.per_target[name]
+        rows.append(
+            (
+                name,
+                str(tuple(shapes[name])),
+                f"{b.sparsity:.2%} -> {c.sparsity:.2%}",
+                f"{c.total - c.pruned}/{c.total}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    head = f"pruning event after epoch {epoch}: target {target:.2%}, reached {after.overall:.2%}"
+    return "\n".join([head, *lines])
+
+
+def _bar_chart(stats: SparsityStats) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+
+    names = list(stats.per_target)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+    ax.bar(range(len(names)), [stats.per_target[n].sparsity for n in names], color="#4c72b0")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("sparsity")
+    ax.axhline(stats.overall, color="#c44e52", linestyle="--", linewidth=1, label=f"global {stats.overall:.1%}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def log_event(
+    loggers: Sequence[Any],
+    metrics: Mapping[str, float],
+    stats: SparsityStats,
+    surviving: Callable[[], Iterator[tuple[str, Tensor]]],
+    step: int,
+) -> None:
+    """Send ``metrics`` to every logger at ``step``; histograms and a bar chart to those that take them.
+
+    ``surviving()`` yields each target's surviving weights, one at a time; a logger whose ``experiment`` has
+    ``add_histogram``/``add_figure`` (TensorBoard) gets ``weights/<name>`` histograms of their
+    magnitudes and a ``sparsity/per_layer`` bar chart (when matplotlib is installed).
+    """
+    for logger in loggers:
+        logger.log_metrics(dict(metrics), step=step)
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_histogram"):
+            for name, values in surviving():
+                if values.numel():
+                    experiment.add_histogram(f"weights/{name}", values.abs().to(torch.float32).cpu(), step)
+        if hasattr(experiment, "add_figure"):
+            try:
+                figure = _bar_chart(stats)
+            except ImportError:
+                continue
+            experiment.add_figure("sparsity/per_layer", figure, step, close=True)

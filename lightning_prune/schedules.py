@@ -1,0 +1,226 @@
+"""Sparsity schedules: closed-form ``sparsity_at(epoch)``.
+
+``sparsity_at(e)`` is the cumulative fraction of the targeted entries (or slices) that are zero
+after the pruning event at the end of training epoch ``e`` (0-based), or ``None`` when there is
+no event that epoch. Values depend on the epoch alone, so resuming needs only the epoch back.
+
+Example:
+    >>> schedule = Polynomial(final_sparsity=0.9, start_epoch=0, end_epoch=3)
+    >>> [round(schedule.sparsity_at(e), 4) for e in range(4)]
+    [0.0, 0.6333, 0.8667, 0.9]
+    >>> schedule.sparsity_at(4) is None
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+__all__ = ["Constant", "Explicit", "Geometric", "Linear", "Polynomial", "Schedule"]
+
+
+def _check_fraction(name: str, value: object, *, open_low: bool = False, open_high: bool = False) -> float:
+    low, high = "(" if open_low else "[", ")" if open_high else "]"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or math.isnan(value)
+        or value < 0
+        or value > 1
+        or (open_low and value == 0)
+        or (open_high and value == 1)
+    ):
+        raise ValueError(f"Expected `{name}` in {low}0, 1{high}, got {value!r}")
+    return float(value)
+
+
+def _check_epoch(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected `{name}` to be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class Schedule(ABC):
+    """Base class: a subclass implements :meth:`sparsity_at`."""
+
+    @abstractmethod
+    def sparsity_at(self, epoch: int) -> float | None:
+        """Target sparsity after the event at the end of ``epoch``, or ``None`` for no event."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Constant(Schedule):
+    """One event, at the end of ``start_epoch``, to ``sparsity``.
+
+    Example:
+        >>> [Constant(0.5, start_epoch=1).sparsity_at(e) for e in range(3)]
+        [None, 0.5, None]
+    """
+
+    def __init__(self, sparsity: float, start_epoch: int = 0) -> None:
+        self.sparsity = _check_fraction("sparsity", sparsity)
+        self.start_epoch = _check_epoch("start_epoch", start_epoch)
+
+    def sparsity_at(self, epoch: int) -> float | None:
+        return self.sparsity if epoch == self.start_epoch else None
+
+
+class _Ramp(Schedule):
+    """Events every ``every_n_epochs`` from ``start_epoch``, and at ``end_epoch``."""
+
+    def __init__(
+        self,
+        final_sparsity: float,
+        start_epoch: int,
+        end_epoch: int,
+        initial_sparsity: float = 0.0,
+        every_n_epochs: int = 1,
+    ) -> None:
+        self.final_sparsity = _check_fraction("final_sparsity", final_sparsity)
+        self.initial_sparsity = _check_fraction("initial_sparsity", initial_sparsity)
+        if self.initial_sparsity > self.final_sparsity:
+            raise ValueError(
+                f"Expected `initial_sparsity` <= `final_sparsity` (masks never regrow), "
+                f"got {initial_sparsity} > {final_sparsity}"
+            )
+        self.start_epoch = _check_epoch("start_epoch", start_epoch)
+        self.end_epoch = _check_epoch("end_epoch", end_epoch, minimum=self.start_epoch)
+        self.every_n_epochs = _check_epoch("every_n_epochs", every_n_epochs, minimum=1)
+
+    def _progress(self, fraction: float) -> float:
+        raise NotImplementedError
+
+    def sparsity_at(self, epoch: int) -> float | None:
+        if epoch < self.start_epoch or epoch > self.end_epoch:
+            return None
+        if epoch != self.end_epoch and (epoch - self.start_epoch) % self.every_n_epochs:
+            return None
+        span = self.end_epoch - self.start_epoch
+        fraction = (epoch - self.start_epoch) / span if span else 1.0
+        return self.initial_sparsity + (self.final_sparsity - self.initial_sparsity) * self._progress(fraction)
+
+
+class Linear(_Ramp):
+    """Sparsity rising linearly from ``initial_sparsity`` at ``start_epoch`` to ``final_sparsity`` at ``end_epoch``.
+
+    Example:
+        >>> [Linear(0.6, start_epoch=1, end_epoch=3).sparsity_at(e) for e in range(5)]
+        [None, 0.0, 0.3, 0.6, None]
+    """
+
+    def _progress(self, fraction: float) -> float:
+        return fraction
+
+
+class Polynomial(_Ramp):
+    """Zhu & Gupta (2017), "To prune or not to prune": ``s_f + (s_i - s_f) * (1 - progress) ** power``.
+
+    Most of the pruning happens early, while the network can still recover; the last events
+    remove little.
+
+    Example:
+        >>> [round(Polynomial(0.8, 0, 2, power=2).sparsity_at(e), 2) for e in range(3)]
+        [0.0, 0.6, 0.8]
+    """
+
+    def __init__(
+        self,
+        final_sparsity: float,
+        start_epoch: int,
+        end_epoch: int,
+        initial_sparsity: float = 0.0,
+        power: float = 3,
+        every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__(final_sparsity, start_epoch, end_epoch, initial_sparsity, every_n_epochs)
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+            raise ValueError(f"Expected `power` > 0, got {power!r}")
+        self.power = power
+
+    def _progress(self, fraction: float) -> float:
+        return 1.0 - (1.0 - fraction) ** self.power
+
+
+class Geometric(Schedule):
+    """Each event prunes ``rate`` of what remains, as in lottery-ticket IMP: ``1 - (1 - rate) ** j``.
+
+    Events at ``start_epoch``, ``start_epoch + every_n_epochs``, ...; the ``j``-th event
+    (1-based) reaches ``1 - (1 - rate) ** j``, capped at ``final_sparsity`` (after which
+    there are no more events).
+
+    Example:
+        >>> s = Geometric(rate=0.2, every_n_epochs=2, start_epoch=1)
+        >>> [s.sparsity_at(e) for e in range(6)]
+        [None, 0.2, None, 0.36, None, 0.488]
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        start_epoch: int = 0,
+        every_n_epochs: int = 1,
+        final_sparsity: float | None = None,
+    ) -> None:
+        self.rate = _check_fraction("rate", rate, open_low=True)
+        self.start_epoch = _check_epoch("start_epoch", start_epoch)
+        self.every_n_epochs = _check_epoch("every_n_epochs", every_n_epochs, minimum=1)
+        self.final_sparsity = None if final_sparsity is None else _check_fraction("final_sparsity", final_sparsity)
+
+    def sparsity_at(self, epoch: int) -> float | None:
+        if epoch < self.start_epoch or (epoch - self.start_epoch) % self.every_n_epochs:
+            return None
+        j = (epoch - self.start_epoch) // self.every_n_epochs + 1
+        previous = round(1.0 - (1.0 - self.rate) ** (j - 1), 12)
+        sparsity = round(1.0 - (1.0 - self.rate) ** j, 12)
+        if self.final_sparsity is not None:
+            if previous >= self.final_sparsity and j > 1:
+                return None
+            sparsity = min(sparsity, self.final_sparsity)
+        return sparsity
+
+
+class Explicit(Schedule):
+    """Events exactly at the given epochs: ``{epoch: sparsity}``, non-decreasing in epoch.
+
+    Example:
+        >>> s = Explicit({0: 0.5, 2: 0.75})
+        >>> [s.sparsity_at(e) for e in range(3)]
+        [0.5, None, 0.75]
+    """
+
+    def __init__(self, sparsities: dict[int, float]) -> None:
+        if not isinstance(sparsities, dict) or not sparsities:
+            raise ValueError(f"Expected `sparsities` to be a non-empty {{epoch: sparsity}} mapping, got {sparsities!r}")
+        checked: dict[int, float] = {}
+        for epoch, value in sparsities.items():
+            key = int(epoch) if isinstance(epoch, str) and epoch.isdigit() else epoch
+            checked[_check_epoch("sparsities epoch", key)] = _check_fraction(f"sparsities[{epoch}]", value)
+        ordered = sorted(checked.items())
+        for (e0, s0), (e1, s1) in zip(ordered, ordered[1:]):
+            if s1 < s0:
+                raise ValueError(
+                    f"Expected `sparsities` to be non-decreasing in epoch (masks never regrow), "
+                    f"got {s0} at epoch {e0} and {s1} at epoch {e1}"
+                )
+        self.sparsities = dict(ordered)
+
+    def sparsity_at(self, epoch: int) -> float | None:
+        return self.sparsities.get(epoch)
+
+
+def as_schedule(schedule: Schedule | float) -> Schedule:
+    """``schedule`` itself, or ``Constant(schedule)`` for a bare number.
+
+    Example:
+        >>> as_schedule(0.5)
+        Constant(sparsity=0.5, start_epoch=0)
+    """
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
+        return Constant(float(schedule))
+    raise ValueError(f"Expected `schedule` to be a Schedule or a sparsity in [0, 1], got {schedule!r}")

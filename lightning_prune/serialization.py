@@ -1,0 +1,75 @@
+"""Masks in checkpoints: bit-packing, and plain weights in a checkpoint's ``state_dict``.
+
+Example:
+    >>> import torch
+    >>> mask = torch.tensor([[True, False, True], [False, True, True]])
+    >>> packed = pack_mask(mask)
+    >>> packed.dtype, packed.numel()
+    (torch.uint8, 1)
+    >>> torch.equal(unpack_mask(packed, mask.shape), mask)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping
+
+import torch
+from torch import Tensor
+
+__all__ = ["mask_checksum", "pack_mask", "plain_state_dict", "unpack_mask"]
+
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """A bool mask as a CPU ``uint8`` tensor of one bit per entry (row-major, most significant bit first)."""
+    flat = mask.reshape(-1).to("cpu", torch.uint8)
+    padded = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
+    return (padded.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: Tensor, shape: Iterable[int]) -> Tensor:
+    """The inverse of :func:`pack_mask`."""
+    shape = torch.Size(shape)
+    bits = packed.to("cpu", torch.uint8).view(-1, 1).bitwise_and(_BIT_WEIGHTS).ne(0).view(-1)
+    return bits[: shape.numel()].view(shape)
+
+
+@torch.no_grad()
+def plain_state_dict(state_dict: MutableMapping[str, Tensor], keys: Iterable[str]) -> None:
+    """Replace ``<key>_orig`` and ``<key>_mask`` by ``<key> = orig * mask``, in place, for each key.
+
+    Example:
+        >>> import torch
+        >>> sd = {"w_orig": torch.tensor([1.0, 2.0]), "w_mask": torch.tensor([True, False])}
+        >>> plain_state_dict(sd, ["w"])
+        >>> sd
+        {'w': tensor([1., 0.])}
+    """
+    for key in keys:
+        if key + "_orig" in state_dict and key + "_mask" in state_dict:
+            orig, mask = state_dict.pop(key + "_orig"), state_dict.pop(key + "_mask")
+            state_dict[key] = orig * mask.to(orig.dtype)
+
+
+_CHUNK = 1 << 22
+
+
+def mask_checksum(masks: Iterable[Tensor]) -> Tensor:
+    """Per mask: the number of surviving entries and the sum of their flat indices (int64, on the masks' device).
+
+    Two ranks with equal checksums hold equal masks unless entries were swapped in a way that
+    keeps both sums, which no pruning method here produces.
+    """
+    sums = []
+    for mask in masks:
+        flat = mask.reshape(-1)
+        count = flat.sum(dtype=torch.int64)
+        index_sum = torch.zeros((), dtype=torch.int64, device=flat.device)
+        for start in range(0, flat.numel(), _CHUNK):
+            chunk = flat[start : start + _CHUNK]
+            positions = torch.arange(start, start + chunk.numel(), device=flat.device)
+            index_sum += positions[chunk].sum()
+        sums.append(torch.stack([count, index_sum]))
+    return torch.stack(sums) if sums else torch.zeros(0, 2, dtype=torch.int64)

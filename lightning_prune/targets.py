@@ -1,0 +1,143 @@
+"""Which tensors to prune: fnmatch patterns over qualified parameter names.
+
+Names are the ones ``model.named_parameters()`` shows for an unpruned model (``"conv1.weight"``),
+also while a tensor is reparametrized (then its parameter is ``conv1.weight_orig``). A tied
+parameter (one ``nn.Parameter`` held by several modules) is one target with several holders:
+it is pruned once and every holder sees the same mask.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> [t.qualname for t in resolve_targets(model)]
+    ['0.weight', '2.weight']
+    >>> [t.qualname for t in resolve_targets(model, targets=["*.bias"])]
+    ['0.bias', '2.bias']
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+__all__ = ["DEFAULT_LAYERS", "Target", "resolve_targets"]
+
+DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_WILDCARDS = set("*?[")
+
+
+@dataclass
+class Target:
+    """One prunable tensor: its qualified name and every ``(module, name)`` that holds it."""
+
+    qualname: str
+    holders: list[tuple[nn.Module, str]] = field(default_factory=list)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.holders[0][0]
+
+    @property
+    def name(self) -> str:
+        return self.holders[0][1]
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        """The ``nn.Parameter`` itself (``<name>_orig`` while reparametrized)."""
+        module, name = self.holders[0]
+        param = module._parameters.get(name + "_orig", module._parameters.get(name))
+        assert isinstance(param, nn.Parameter)
+        return param
+
+    @property
+    def mask(self) -> Tensor | None:
+        """The current bool mask, or ``None`` while the tensor is not reparametrized."""
+        module, name = self.holders[0]
+        return module._buffers.get(name + "_mask")
+
+
+def _logical_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, object]]:
+    """``(qualname, module, name, parameter)`` for every parameter slot, pruned ones under their plain name."""
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for name, param in module._parameters.items():
+            if name.endswith("_orig") and name[: -len("_orig")] + "_mask" in module._buffers:
+                name = name[: -len("_orig")]
+            yield prefix + name, module, name, param
+
+
+def _is_float_parameter(param: object) -> bool:
+    return (
+        isinstance(param, nn.Parameter)
+        and not isinstance(param, nn.parameter.UninitializedParameter)
+        and param.is_floating_point()
+    )
+
+
+def resolve_targets(
+    model: nn.Module,
+    targets: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> list[Target]:
+    """Resolve patterns to :class:`Target` objects, in the order of ``model.named_parameters()``.
+
+    Args:
+        model: the model to search.
+        targets: fnmatch patterns over qualified parameter names; ``None`` selects the
+            ``weight`` of every ``Linear`` and ``Conv1d/2d/3d``. Only floating-point
+            ``nn.Parameter`` objects are selected.
+        exclude: patterns taken out of the selection.
+
+    Raises:
+        ValueError: a pattern matches no parameter (the message lists the candidates), a
+            pattern without wildcards names a parameter that is not floating point, or nothing
+            is left to prune.
+    """
+    for arg, patterns in (("targets", targets or ()), ("exclude", exclude)):
+        if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+            raise ValueError(f"Expected `{arg}` to be a list of name patterns, got {patterns!r}")
+
+    slots = list(_logical_parameters(model))
+    candidates = [q for q, _, _, p in slots if _is_float_parameter(p)]
+    all_names = [q for q, *_ in slots]
+    if targets is None:
+        wanted = {
+            f"{module_name}.weight" if module_name else "weight"
+            for module_name, module in model.named_modules()
+            if isinstance(module, DEFAULT_LAYERS)
+        }
+        selected = [q for q in candidates if q in wanted]
+    else:
+        for pattern in targets:
+            if not fnmatch.filter(all_names, pattern):
+                raise ValueError(
+                    f"`targets` pattern {pattern!r} matches no parameter; candidates are {candidates}"
+                )
+            if not _WILDCARDS & set(pattern) and pattern not in candidates:
+                raise ValueError(
+                    f"`targets` names {pattern!r}, which is not a floating-point nn.Parameter "
+                    f"(only those can be pruned); candidates are {candidates}"
+                )
+        selected = [q for q in candidates if any(fnmatch.fnmatchcase(q, p) for p in targets)]
+    for pattern in exclude:
+        if not fnmatch.filter(all_names, pattern):
+            raise ValueError(f"`exclude` pattern {pattern!r} matches no parameter; candidates are {candidates}")
+    selected = [q for q in selected if not any(fnmatch.fnmatchcase(q, p) for p in exclude)]
+    if not selected:
+        raise ValueError(
+            f"Nothing to prune: `targets={targets!r}` with `exclude={list(exclude)!r}` selects no "
+            f"floating-point parameter of {type(model).__name__}; candidates are {candidates}"
+        )
+
+    chosen = set(selected)
+    by_param: dict[int, Target] = {}
+    for qualname, _, _, param in slots:
+        if qualname in chosen and id(param) not in by_param:
+            by_param[id(param)] = Target(qualname)
+    for _, module, name, param in slots:
+        target = by_param.get(id(param))
+        if target is not None and not any(m is module and n == name for m, n in target.holders):
+            target.holders.append((module, name))
+    return list(by_param.values())
