@@ -1,0 +1,195 @@
+"""PruningCallback end to end on the tutorial's LeNet, with torch.nn.utils.prune as the reference."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import pytest
+import torch
+from lightning import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.nn.utils import prune
+
+from lightning_prune import PruningCallback
+from lightning_prune.schedules import Explicit, Linear, Polynomial
+from tests.tutorial import LitLeNet, lenet_data
+
+WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
+
+
+class Recorder(Callback):
+    """Records, at each epoch end, the weights before pruning (place it first) or the masks after (place it last)."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.masks: list[dict[str, torch.Tensor]] = []
+        self.keys: list[list[str]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        named = dict(pl_module.named_parameters())
+        self.weights.append({n: named.get(n, named.get(n + "_orig")).detach().clone() for n in WEIGHTS})
+        buffers = dict(pl_module.named_buffers())
+        self.masks.append({n: buffers[n + "_mask"].clone() for n in WEIGHTS if n + "_mask" in buffers})
+        self.keys.append(list(pl_module.state_dict()))
+
+
+def _fit(callback: PruningCallback, tmp_path, *, epochs: int = 3, model: LitLeNet | None = None, extra=(), logger=False):
+    torch.manual_seed(0)
+    model = model or LitLeNet()
+    before, after = Recorder(), Recorder()
+    trainer = Trainer(
+        max_epochs=epochs,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[before, callback, after, *extra],
+    )
+    trainer.fit(model, lenet_data())
+    return model, before, after
+
+
+def test_global_l1_masks_equal_torch_at_every_event(tmp_path) -> None:
+    schedule = Explicit({0: 0.3, 1: 0.6, 2: 0.8})
+    callback = PruningCallback(method="l1_unstructured", scope="global", schedule=schedule, make_permanent=False)
+    model, before, after = _fit(callback, tmp_path)
+    reference = LitLeNet()
+    pruned = 0
+    total = sum(w.numel() for w in before.weights[0].values())
+    for epoch, sparsity in schedule.sparsities.items():
+        with torch.no_grad():
+            for name in WEIGHTS:
+                reference.get_parameter(name if epoch == 0 else name + "_orig").copy_(before.weights[epoch][name])
+            reference(torch.zeros(1, 1, 32, 32))  # torch reads the hook-recomputed `weight`
+        params = [(reference.get_submodule(n.split(".")[0]), "weight") for n in WEIGHTS]
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=round(sparsity * total) - pruned)
+        pruned = round(sparsity * total)
+        for name in WEIGHTS:
+            expected = reference.get_buffer(name + "_mask").bool()
+            assert torch.equal(after.masks[epoch][name], expected), (epoch, name)
+            assert after.masks[epoch][name].dtype == torch.bool
+    assert sum(int((~m).sum()) for m in after.masks[-1].values()) == round(0.8 * total)
+
+
+def test_layout_during_training_and_plain_after_fit(tmp_path) -> None:
+    callback = PruningCallback(schedule=Linear(0.5, start_epoch=0, end_epoch=1), make_permanent=True)
+    model, _, after = _fit(callback, tmp_path, epochs=2)
+    for name in WEIGHTS:
+        assert name + "_orig" in after.keys[1] and name + "_mask" in after.keys[1] and name not in after.keys[1]
+    assert sorted(model.state_dict()) == sorted(dict(LitLeNet().named_parameters()))
+    assert not prune.is_pruned(model)
+    assert not [n for n, _ in model.named_buffers()]
+    for name in WEIGHTS:
+        weight = model.get_parameter(name)
+        assert torch.equal(weight == 0, ~after.masks[-1][name])
+
+
+def test_zeros_visible_right_after_event(tmp_path) -> None:
+    seen = {}
+
+    class Look(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            seen["zeros"] = int((pl_module.fc1.weight == 0).sum())
+
+    _fit(PruningCallback(schedule=0.5, make_permanent=False), tmp_path, epochs=1, extra=[Look()])
+    assert seen["zeros"] == round(0.5 * 48000)
+
+
+def test_masks_never_regrow_and_counts_are_exact(tmp_path) -> None:
+    schedule = Polynomial(final_sparsity=0.9, start_epoch=0, end_epoch=3)
+    callback = PruningCallback(method="random_unstructured", schedule=schedule, seed=3, make_permanent=False)
+    _, _, after = _fit(callback, tmp_path, epochs=4)
+    for epoch in range(1, 4):
+        for name in WEIGHTS:
+            previous, current = after.masks[epoch - 1].get(name), after.masks[epoch][name]
+            if previous is not None:
+                assert not (current & ~previous).any(), "a pruned entry came back"
+            assert int((~current).sum()) == round(schedule.sparsity_at(epoch) * current.numel())
+
+
+def test_structured_channels(tmp_path) -> None:
+    callback = PruningCallback(method="ln_structured", dim=0, norm=1, schedule=0.5, targets=["conv*.weight"])
+    model, _, after = _fit(callback, tmp_path, epochs=1)
+    for name, channels in (("conv1.weight", 6), ("conv2.weight", 16)):
+        alive = after.masks[0][name].flatten(1).any(1)
+        assert int((~alive).sum()) == channels // 2
+        assert after.masks[0][name][alive].all(), "kept channels are whole"
+        assert model.get_parameter(name)[~alive].eq(0).all()
+
+
+def test_tutorial_foobar_through_callback(tmp_path) -> None:
+    class FooBarPruningMethod(prune.BasePruningMethod):
+        PRUNING_TYPE = "unstructured"
+
+        def compute_mask(self, t, default_mask):
+            mask = default_mask.clone()
+            mask.view(-1)[::2] = 0
+            return mask
+
+    callback = PruningCallback(method=FooBarPruningMethod, targets=["fc3.bias"], schedule=0.5, make_permanent=False)
+    model, _, _ = _fit(callback, tmp_path, epochs=1)
+    assert model.fc3.bias_mask.tolist() == [False, True] * 5
+
+
+def test_deepcopy_and_second_fit_while_pruned(tmp_path) -> None:
+    callback = PruningCallback(scope="global", schedule=Explicit({0: 0.5, 2: 0.7}), make_permanent=False)
+    model, _, after = _fit(callback, tmp_path, epochs=2)
+    clone = copy.deepcopy(model)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(clone(x), model(x))
+    first = {n: m.clone() for n, m in after.masks[-1].items()}
+    model, _, after = _fit(callback, tmp_path, epochs=3, model=model)
+    total = sum(m.numel() for m in first.values())
+    assert sum(int((~m).sum()) for m in after.masks[-1].values()) == round(0.7 * total)
+    for name, mask in first.items():
+        assert not (after.masks[-1][name] & ~mask).any(), "the second fit keeps the first fit's masks"
+
+
+def test_second_fit_after_make_permanent_keeps_zeros(tmp_path) -> None:
+    callback = PruningCallback(schedule=0.5)
+    model, _, _ = _fit(callback, tmp_path, epochs=1)
+    zeros = {n: model.get_parameter(n) == 0 for n in WEIGHTS}
+    model, _, after = _fit(callback, tmp_path, epochs=2, model=model)
+    for name in WEIGHTS:
+        assert (model.get_parameter(name)[zeros[name]] == 0).all()
+
+
+def test_logs_schedule_values_to_every_logger(tmp_path) -> None:
+    schedule = Explicit({0: 0.25, 1: 0.5})
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    callback = PruningCallback(scope="global", schedule=schedule)
+    _fit(callback, tmp_path, epochs=2, logger=loggers)
+    loggers[0].save()
+    with open(loggers[0].log_dir + "/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("sparsity/global")]
+    assert [float(r["sparsity/global"]) for r in rows] == pytest.approx([0.25, 0.5], abs=1e-4)
+    assert [int(r["step"]) for r in rows] == [4, 8]
+    assert all(r["sparsity/fc1.weight"] for r in rows)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(loggers[1].log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"sparsity/global", *(f"sparsity/{n}" for n in WEIGHTS)} <= set(tags["scalars"])
+    assert [round(e.value, 4) for e in events.Scalars("sparsity/global")] == [0.25, 0.5]
+    assert "weights/fc1.weight" in tags["histograms"]
+    assert "sparsity/per_layer" in tags["images"]
+
+
+def test_console_table(tmp_path, caplog) -> None:
+    with caplog.at_level("INFO", logger="lightning.pytorch.callbacks.pruning"):
+        _fit(PruningCallback(schedule=0.5), tmp_path, epochs=1)
+    assert "pruning event after epoch 0: target 50.00%, reached 50.00%" in caplog.text
+    assert "fc1.weight" in caplog.text and "24000/48000" in caplog.text
+
+
+def test_no_work_without_event(tmp_path, monkeypatch) -> None:
+    from lightning_prune import core
+
+    calls = []
+    monkeypatch.setattr(core, "compute_masks", lambda *a, **k: calls.append(1))
+    _fit(PruningCallback(schedule=Explicit({5: 0.5})), tmp_path, epochs=2)
+    assert calls == []

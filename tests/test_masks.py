@@ -1,0 +1,108 @@
+"""Mask math against exact references: sort-based selection and torch.nn.utils.prune."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_prune import masks as M
+
+
+def _reference(scores: list[torch.Tensor], alive: list[torch.Tensor], n_pruned: int, largest: bool) -> list[torch.Tensor]:
+    """Stable-sort reference: dead entries first, then by |score| (or reversed), ties by position."""
+    flat_s = torch.cat([s.reshape(-1).to(torch.float32).abs() for s in scores])
+    flat_a = torch.cat([a.reshape(-1) for a in alive])
+    key = -flat_s if largest else flat_s
+    key = torch.where(flat_a, key, torch.full_like(key, -float("inf")))
+    order = torch.sort(key, stable=True).indices
+    keep = torch.ones_like(flat_a)
+    keep[order[:n_pruned]] = False
+    keep &= flat_a
+    return [part.view(a.shape) for part, a in zip(keep.split([a.numel() for a in alive]), alive)]
+
+
+@pytest.mark.parametrize("largest", [pytest.param(False, id="smallest"), pytest.param(True, id="largest")])
+def test_prune_smallest_matches_sort_with_ties(largest: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randint(-3, 4, (7, 5), generator=g).float(), torch.randint(-3, 4, (11,), generator=g).float()]
+    alive = [torch.rand(7, 5, generator=g) > 0.3, torch.rand(11, generator=g) > 0.3]
+    dead = sum(int((~a).sum()) for a in alive)
+    for n in range(dead, 46 + 1):
+        got = M.prune_smallest(scores, alive, n, largest=largest)
+        for g_, r in zip(got, _reference(scores, alive, n, largest)):
+            assert torch.equal(g_, r), n
+
+
+def test_prune_smallest_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(M, "_CHUNK", 16)  # ties and thresholds straddle chunk borders
+    scores = [torch.tensor([1.0, 2.0, 2.0, 0.5] * 13), torch.tensor([2.0] * 21)]
+    alive = [torch.ones(52, dtype=torch.bool), torch.ones(21, dtype=torch.bool)]
+    for n in (0, 13, 20, 30, 50, 73):
+        got = M.prune_smallest(scores, alive, n)
+        assert all(torch.equal(a, b) for a, b in zip(got, _reference(scores, alive, n, False)))
+
+
+def test_prune_smallest_never_revives_and_leaves_inputs() -> None:
+    alive = [torch.tensor([True, False, True, False])]
+    before = alive[0].clone()
+    out = M.prune_smallest([torch.tensor([0.0, 9.0, 1.0, 9.0])], alive, 1)
+    assert torch.equal(out[0], before) and torch.equal(alive[0], before)
+    out = M.prune_smallest([torch.tensor([0.0, 9.0, 1.0, 9.0])], alive, 3)
+    assert out[0].tolist() == [False, False, True, False]
+
+
+def test_prune_smallest_handles_nan_inf_and_negative_zero() -> None:
+    scores = [torch.tensor([float("nan"), float("inf"), -0.0, 0.0, -5.0])]
+    out = M.prune_smallest(scores, [torch.ones(5, dtype=torch.bool)], 3)
+    assert out[0].tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("n", [-1, 6])
+def test_prune_smallest_rejects_impossible_counts(n: int) -> None:
+    with pytest.raises(ValueError, match="n_pruned"):
+        M.prune_smallest([torch.zeros(5)], [torch.ones(5, dtype=torch.bool)], n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 6), min_size=1, max_size=3), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    fractions=st.lists(st.floats(0, 1), min_size=1, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_counts_exact_and_monotone(shapes, dtype, fractions, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    scores = [torch.randn(*s, generator=g).to(dtype) for s in shapes]
+    alive = [torch.ones(*s, dtype=torch.bool) for s in shapes]
+    total = sum(a.numel() for a in alive)
+    target = 0
+    for fraction in sorted(fractions):
+        target = max(target, M.count_for(fraction, total))
+        new = M.prune_smallest(scores, alive, target)
+        assert sum(int((~m).sum()) for m in new) == target
+        assert all(not (m & ~a).any() for m, a in zip(new, alive)), "a pruned entry came back"
+        assert all(torch.equal(a, b) for a, b in zip(new, M.prune_smallest(scores, alive, target)))
+        alive = new
+
+
+def test_slice_helpers() -> None:
+    mask = torch.ones(3, 2, 2, dtype=torch.bool)
+    mask[1] = False
+    assert M.slice_alive(mask, 0).tolist() == [True, False, True]
+    t = torch.arange(12.0).view(3, 4)
+    assert torch.allclose(M.slice_norms(t, 2, 0), torch.linalg.vector_norm(t, dim=1))
+    assert torch.allclose(M.slice_norms(t, 2, 0, normalize=True), torch.linalg.vector_norm(t, dim=1) / 2)
+    assert torch.allclose(M.slice_norms(t, float("inf"), 1, normalize=True), t.abs().amax(dim=0))
+    kept = M.expand_slices(torch.ones(2, 3, dtype=torch.bool), torch.tensor([True, False, True]), dim=-1)
+    assert kept.tolist() == [[True, False, True], [True, False, True]]
+
+
+def test_random_scores_follow_torch_rng() -> None:
+    alive = torch.tensor([[True, False], [True, True]])
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    scores = M.random_scores(alive)
+    assert torch.equal(scores[alive], expected) and scores[~alive].eq(0).all()

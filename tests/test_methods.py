@@ -1,0 +1,207 @@
+"""Built-in and custom methods against torch.nn.utils.prune as the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_prune import core
+from lightning_prune.methods import resolve_method
+from lightning_prune.targets import resolve_targets
+from tests.tutorial import TutorialLeNet
+
+
+class FooBarPruningMethod(prune.BasePruningMethod):
+    """Prune every other entry in a tensor (the tutorial's custom method, unchanged)."""
+
+    PRUNING_TYPE = "unstructured"
+
+    def compute_mask(self, t, default_mask):
+        mask = default_mask.clone()
+        mask.view(-1)[::2] = 0
+        return mask
+
+
+def _ones(t: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(t, dtype=torch.bool)
+
+
+TORCH_FIRST_EVENT = [
+    pytest.param("l1_unstructured", {}, lambda m: prune.l1_unstructured(m, "weight", amount=0.3), 0.3, id="l1"),
+    pytest.param("random_unstructured", {}, lambda m: prune.random_unstructured(m, "weight", amount=0.3), 0.3, id="random"),
+    pytest.param(
+        "ln_structured", {"dim": 0, "norm": 2}, lambda m: prune.ln_structured(m, "weight", 0.5, n=2, dim=0), 0.5, id="ln-dim0"
+    ),
+    pytest.param(
+        "ln_structured", {"dim": 1, "norm": 1}, lambda m: prune.ln_structured(m, "weight", 0.5, n=1, dim=1), 0.5, id="l1-dim1"
+    ),
+    pytest.param(
+        "random_structured", {"dim": 0}, lambda m: prune.random_structured(m, "weight", 0.5, dim=0), 0.5, id="random-struct"
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "torch_fn", "sparsity"), TORCH_FIRST_EVENT)
+def test_first_event_equals_torch(name, kwargs, torch_fn, sparsity) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3)
+    weight = conv.weight.detach().clone()
+    torch.manual_seed(1)
+    torch_fn(conv)
+    torch.manual_seed(1)
+    ours = resolve_method(name, **kwargs).masks([weight], [_ones(weight)], sparsity, scope="layer")[0]
+    assert torch.equal(ours, conv.weight_mask.bool())
+
+
+@pytest.mark.parametrize(
+    ("name", "torch_fn"),
+    [
+        pytest.param("l1_unstructured", lambda m, k: prune.l1_unstructured(m, "weight", amount=k), id="l1"),
+        pytest.param("random_unstructured", lambda m, k: prune.random_unstructured(m, "weight", amount=k), id="random"),
+    ],
+)
+def test_iterative_events_equal_torch_with_integer_amounts(name, torch_fn) -> None:
+    """Cumulative targets 0.2 -> 0.5 -> 0.8 are torch's 'amount of what remains' as counts."""
+    torch.manual_seed(0)
+    layer = nn.Linear(30, 20)
+    weight = layer.weight.detach().clone()
+    method = resolve_method(name)
+    mask = _ones(weight)
+    pruned = 0
+    for step, sparsity in enumerate((0.2, 0.5, 0.8)):
+        torch.manual_seed(10 + step)
+        torch_fn(layer, round(sparsity * 600) - pruned)
+        torch.manual_seed(10 + step)
+        mask = method.masks([weight], [mask], sparsity, scope="layer")[0]
+        pruned = int((~mask).sum())
+        assert pruned == round(sparsity * 600)
+        assert torch.equal(mask, layer.weight_mask.bool())
+
+
+def test_global_unstructured_equals_torch() -> None:
+    torch.manual_seed(0)
+    model = TutorialLeNet()
+    params = [(model.conv1, "weight"), (model.conv2, "weight"), (model.fc1, "weight"), (model.fc2, "weight"), (model.fc3, "weight")]
+    weights = [getattr(m, n).detach().clone() for m, n in params]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.2)
+    ours = resolve_method("l1_unstructured").masks(weights, [_ones(w) for w in weights], 0.2, scope="global")
+    for mask, (module, _) in zip(ours, params):
+        assert torch.equal(mask, module.weight_mask.bool())
+    sparsities = [1 - m.float().mean().item() for m in ours]
+    assert len(set(sparsities)) > 1, "global scope gives different per-layer sparsities"
+
+
+def test_tutorial_walkthrough_on_conv1(lenet_seed: int = 0) -> None:
+    """random 30% of conv1.weight, the 3 smallest biases, then ln_structured 50% along dim 0."""
+    torch.manual_seed(lenet_seed)
+    reference, ours = TutorialLeNet(), TutorialLeNet()
+    ours.load_state_dict(reference.state_dict())
+    torch.manual_seed(7)
+    prune.random_unstructured(reference.conv1, name="weight", amount=0.3)
+    prune.l1_unstructured(reference.conv1, name="bias", amount=3)
+    prune.ln_structured(reference.conv1, name="weight", amount=0.5, n=2, dim=0)
+
+    weight_target = resolve_targets(ours, ["conv1.weight"])
+    bias_target = resolve_targets(ours, ["conv1.bias"])
+    torch.manual_seed(7)
+    core.commit_masks(weight_target, core.compute_masks(weight_target, resolve_method("random_unstructured"), 0.3, scope="layer"))
+    core.commit_masks(bias_target, core.compute_masks(bias_target, resolve_method("l1_unstructured"), 0.5, scope="layer"))
+    structured = resolve_method("ln_structured", dim=0, norm=2)
+    core.commit_masks(weight_target, core.compute_masks(weight_target, structured, 0.5, scope="layer"))
+
+    assert torch.equal(ours.conv1.weight_mask, reference.conv1.weight_mask.bool())
+    assert torch.equal(ours.conv1.bias_mask, reference.conv1.bias_mask.bool())
+    assert torch.equal(ours.conv1.weight, reference.conv1.weight)
+    channels = ours.conv1.weight_mask.flatten(1).any(1)
+    assert int(channels.sum()) == 3, "3 of 6 channels pruned"
+    assert int((~ours.conv1.weight_mask[channels]).sum()) > 0, "the random zeros of the kept channels stay"
+    assert prune.is_pruned(ours)
+
+
+def test_global_structured_uses_size_normalised_norm() -> None:
+    """Two layers with identical per-entry statistics but different slice sizes are pruned alike."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.randn(40, 10, generator=g)
+    large = small.repeat(1, 10)  # same RMS per row, 10x the entries
+    method = resolve_method("ln_structured", dim=0, norm=2)
+    masks = method.masks([small, large], [_ones(small), _ones(large)], 0.5, scope="global")
+    assert torch.equal(masks[0].any(1), masks[1].any(1))
+    assert int((~masks[0].any(1)).sum()) + int((~masks[1].any(1)).sum()) == 40
+
+
+def test_random_structured_global_exact_slice_count() -> None:
+    weights = [torch.randn(6, 4), torch.randn(10, 2, 3)]
+    method = resolve_method("random_structured", dim=0)
+    masks = method.masks(weights, [_ones(w) for w in weights], 0.25, scope="global", generator=torch.Generator().manual_seed(0))
+    assert sum(int((~m.flatten(1).any(1)).sum()) for m in masks) == 4
+
+
+def test_foobar_unchanged_matches_tutorial() -> None:
+    torch.manual_seed(0)
+    reference, ours = nn.Linear(84, 10), nn.Linear(84, 10)
+    FooBarPruningMethod.apply(reference, "bias")
+    method = resolve_method(FooBarPruningMethod)
+    mask = method.masks([ours.bias.detach()], [_ones(ours.bias)], 0.5, scope="layer")[0]
+    assert torch.equal(mask, reference.bias_mask.bool())
+    assert mask.tolist() == [False, True] * 5
+
+
+def test_custom_method_iterates_like_torch_container() -> None:
+    torch.manual_seed(0)
+    reference = nn.Linear(5, 4)
+    weight = reference.weight.detach().clone()
+    FooBarPruningMethod.apply(reference, "weight")
+    FooBarPruningMethod.apply(reference, "weight")  # the container passes surviving entries only
+    method = resolve_method("tests.test_methods.FooBarPruningMethod")
+    mask = method.masks([weight], [_ones(weight)], 0.5, scope="layer")[0]
+    mask = method.masks([weight], [mask], 0.9, scope="layer")[0]
+    assert torch.equal(mask, reference.weight_mask.bool())
+
+
+def test_custom_method_gets_fraction_of_what_remains() -> None:
+    seen = []
+
+    class Recording(prune.L1Unstructured):
+        def __init__(self, amount):
+            seen.append(amount)
+            super().__init__(amount)
+
+    weight = torch.randn(10, 10)
+    method = resolve_method(Recording)
+    mask = method.masks([weight], [_ones(weight)], 0.5, scope="layer")[0]
+    mask = method.masks([weight], [mask], 0.75, scope="layer")[0]
+    assert seen == [0.5, 0.5]
+    assert int((~mask).sum()) == 75
+    again = method.masks([weight], [mask], 0.6, scope="layer")[0]
+    assert torch.equal(again, mask) and len(seen) == 2, "a met target changes nothing"
+
+
+@pytest.mark.parametrize(
+    ("method", "error", "match"),
+    [
+        pytest.param("l2_magic", ValueError, r"one of \['l1_unstructured'", id="unknown-name"),
+        pytest.param("nowhere.Missing", ValueError, "could not be imported", id="bad-path"),
+        pytest.param(nn.Linear, TypeError, "BasePruningMethod", id="not-a-method"),
+        pytest.param(prune.L1Unstructured(0.3), TypeError, "pass the class, not an instance", id="instance"),
+        pytest.param(prune.BasePruningMethod, TypeError, "abstract", id="abstract"),
+    ],
+)
+def test_bad_methods(method, error, match) -> None:
+    with pytest.raises(error, match=match):
+        resolve_method(method)
+
+
+@pytest.mark.parametrize("norm", [0, -1, "foo", True, None])
+def test_bad_norm(norm) -> None:
+    with pytest.raises(ValueError, match="`norm`"):
+        resolve_method("ln_structured", norm=norm)
+
+
+def test_structured_checks_targets() -> None:
+    method = resolve_method("ln_structured", dim=2)
+    with pytest.raises(ValueError, match=r"`dim` in \[-2, 1\].*'fc.weight'"):
+        method.check_target("fc.weight", torch.Size([3, 4]))
+    with pytest.raises(ValueError, match="at least 2 dimensions.*'fc.bias'"):
+        method.check_target("fc.bias", torch.Size([3]))

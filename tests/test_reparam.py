@@ -1,0 +1,140 @@
+"""The reparametrization: tutorial layout, torch interoperability, deepcopy, pickling, loading."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_prune import reparam
+
+
+def _mask(shape, seed=0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) > 0.5
+
+
+def test_layout_matches_tutorial() -> None:
+    layer = nn.Linear(3, 4)
+    param = layer.weight
+    reparam.apply(layer, "weight", _mask((4, 3)))
+    assert layer.weight_orig is param, "the very same Parameter, so optimizers keep working"
+    assert layer.weight_mask.dtype == torch.bool
+    assert [n for n, _ in layer.named_parameters()] == ["bias", "weight_orig"]
+    assert [n for n, _ in layer.named_buffers()] == ["weight_mask"]
+    assert list(layer.state_dict()) == ["bias", "weight_orig", "weight_mask"]
+    assert torch.equal(layer.weight, param.detach() * layer.weight_mask), "zeros show before any forward"
+    assert prune.is_pruned(layer)
+
+
+def test_forward_uses_mask_and_gradients_are_masked() -> None:
+    layer = nn.Linear(3, 4)
+    reparam.apply(layer, "weight", _mask((4, 3)))
+    layer(torch.randn(5, 3)).sum().backward()
+    assert layer.weight_orig.grad is not None
+    assert layer.weight_orig.grad[~layer.weight_mask].eq(0).all()
+
+
+def test_update_never_regrows() -> None:
+    layer = nn.Linear(3, 4)
+    first = _mask((4, 3), 0)
+    reparam.apply(layer, "weight", first)
+    reparam.update(layer, "weight", torch.ones(4, 3, dtype=torch.bool))
+    assert torch.equal(layer.weight_mask, first)
+    with pytest.raises(ValueError, match="shape"):
+        reparam.update(layer, "weight", torch.ones(3, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("remover", [pytest.param(reparam.remove, id="ours"), pytest.param(prune.remove, id="torch")])
+def test_remove_makes_permanent(remover) -> None:
+    layer = nn.Linear(3, 4)
+    param, mask = layer.weight, _mask((4, 3))
+    expected = param.detach() * mask
+    reparam.apply(layer, "weight", mask)
+    remover(layer, "weight")
+    assert layer.weight is param and torch.equal(layer.weight.detach(), expected)
+    assert list(layer.state_dict()) == ["bias", "weight"] or list(layer.state_dict()) == ["weight", "bias"]
+    assert not prune.is_pruned(layer)
+    layer.load_state_dict(nn.Linear(3, 4).state_dict())  # plain loading works again
+
+
+def test_remove_unpruned_is_an_error() -> None:
+    with pytest.raises(ValueError, match="not pruned"):
+        reparam.remove(nn.Linear(2, 2), "weight")
+
+
+def test_apply_rejects_non_float_and_leaves_module() -> None:
+    module = nn.Module()
+    module.register_parameter("count", nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False))
+    with pytest.raises(ValueError, match="floating-point"):
+        reparam.apply(module, "count")
+    assert list(module._parameters) == ["count"] and not module._buffers
+
+
+def test_apply_rolls_back_on_bad_mask() -> None:
+    layer = nn.Linear(3, 4)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(ValueError, match="shape"):
+        reparam.apply(layer, "weight", torch.ones(2, 2, dtype=torch.bool))
+    assert list(layer.state_dict()) == list(before) and not prune.is_pruned(layer)
+
+
+def test_adopts_torch_pruned_tensor() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    prune.l1_unstructured(layer, "weight", amount=0.4)
+    prune.l1_unstructured(layer, "weight", amount=0.5)
+    expected = layer.weight_mask.bool().clone()
+    reparam.apply(layer, "weight")
+    assert torch.equal(layer.weight_mask, expected) and layer.weight_mask.dtype == torch.bool
+    hooks = [h for h in layer._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+    assert len(hooks) == 1 and isinstance(hooks[0], reparam.MaskHook), "adopted, not doubled"
+
+
+def test_deepcopy_and_pickle_after_training_forward() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    reparam.apply(model[0], "weight", _mask((4, 3)))
+    model(torch.randn(2, 3)).sum().backward()  # module.weight is now part of a graph
+    with pytest.raises(RuntimeError):
+        torch_pruned = nn.Linear(3, 4)
+        prune.random_unstructured(torch_pruned, "weight", 0.5)
+        torch_pruned(torch.randn(1, 3)).sum().backward()
+        copy.deepcopy(torch_pruned)
+    clone = copy.deepcopy(model)
+    x = torch.randn(7, 3)
+    assert torch.equal(clone(x), model(x))
+    assert clone[0].weight_orig is not model[0].weight_orig
+    reparam.remove(clone[0], "weight")
+    assert prune.is_pruned(model) and not prune.is_pruned(clone)
+    restored = pickle.loads(pickle.dumps(model))
+    assert torch.equal(restored(x), model(x))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False)(x), model(x))
+
+
+def test_plain_state_dict_loads_into_pruned_module() -> None:
+    layer = nn.Linear(3, 4)
+    mask = _mask((4, 3))
+    reparam.apply(layer, "weight", mask)
+    plain = nn.Linear(3, 4).state_dict()
+    layer.load_state_dict(plain)
+    assert torch.equal(layer.weight_orig.detach(), plain["weight"])
+    assert torch.equal(layer.weight_mask, mask), "a state_dict without a mask keeps the current one"
+
+
+def test_tied_parameter_both_holders_see_mask() -> None:
+    first, second = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+    second.weight = first.weight
+    mask = _mask((4, 4))
+    for module in (first, second):
+        reparam.apply(module, "weight", mask)
+    assert first.weight_orig is second.weight_orig
+    x = torch.randn(2, 4)
+    assert torch.equal(first(x), second(x))
+    assert torch.equal(first(x), x @ (first.weight_orig * mask).T)

@@ -1,0 +1,77 @@
+"""Schedules: closed-form values and argument checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_prune.schedules import Constant, Explicit, Geometric, Linear, Polynomial, Schedule, as_schedule
+
+
+def test_constant_single_event() -> None:
+    assert [Constant(0.4, start_epoch=2).sparsity_at(e) for e in range(4)] == [None, None, 0.4, None]
+
+
+def test_linear_every_n_and_end() -> None:
+    s = Linear(0.9, start_epoch=1, end_epoch=6, initial_sparsity=0.1, every_n_epochs=2)
+    values = {e: s.sparsity_at(e) for e in range(8)}
+    assert [e for e, v in values.items() if v is not None] == [1, 3, 5, 6]
+    assert values[1] == pytest.approx(0.1) and values[6] == pytest.approx(0.9)
+    assert values[3] == pytest.approx(0.1 + 0.8 * 2 / 5)
+
+
+def test_polynomial_is_zhu_gupta() -> None:
+    s = Polynomial(final_sparsity=0.9, start_epoch=2, end_epoch=6, initial_sparsity=0.2, power=3)
+    for epoch in range(2, 7):
+        expected = 0.9 + (0.2 - 0.9) * (1 - (epoch - 2) / 4) ** 3
+        assert s.sparsity_at(epoch) == pytest.approx(expected)
+    assert s.sparsity_at(1) is None and s.sparsity_at(7) is None
+    values = [s.sparsity_at(e) for e in range(2, 7)]
+    assert values == sorted(values)
+
+
+def test_polynomial_single_epoch_span() -> None:
+    assert Polynomial(0.5, start_epoch=3, end_epoch=3).sparsity_at(3) == 0.5
+
+
+def test_geometric_is_imp() -> None:
+    s = Geometric(rate=0.2, every_n_epochs=3)
+    assert [s.sparsity_at(e) for e in (0, 3, 6)] == [0.2, 0.36, 0.488]
+    assert s.sparsity_at(1) is None
+    capped = Geometric(rate=0.5, final_sparsity=0.8)
+    assert [capped.sparsity_at(e) for e in range(4)] == [0.5, 0.75, 0.8, None]
+
+
+def test_explicit_accepts_yaml_string_keys() -> None:
+    s = Explicit({"0": 0.1, "3": 0.5})
+    assert [s.sparsity_at(e) for e in range(4)] == [0.1, None, None, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        pytest.param(lambda: Constant(1.5), r"`sparsity` in \[0, 1\], got 1.5", id="constant-high"),
+        pytest.param(lambda: Constant(float("nan")), "`sparsity`", id="constant-nan"),
+        pytest.param(lambda: Constant(0.5, start_epoch=-1), "`start_epoch`", id="negative-epoch"),
+        pytest.param(lambda: Linear(0.5, 3, 2), "`end_epoch`", id="end-before-start"),
+        pytest.param(lambda: Linear(0.3, 0, 2, initial_sparsity=0.5), "never regrow", id="decreasing"),
+        pytest.param(lambda: Polynomial(0.5, 0, 2, power=0), "`power`", id="power"),
+        pytest.param(lambda: Polynomial(0.5, 0, 2, every_n_epochs=0), "`every_n_epochs`", id="every"),
+        pytest.param(lambda: Geometric(rate=0.0), r"`rate` in \(0, 1\]", id="rate-zero"),
+        pytest.param(lambda: Explicit({0: 0.5, 1: 0.4}), "non-decreasing", id="explicit-decreasing"),
+        pytest.param(lambda: Explicit({}), "non-empty", id="explicit-empty"),
+        pytest.param(lambda: Explicit({0: 1.2}), r"sparsities\[0\]", id="explicit-range"),
+        pytest.param(lambda: as_schedule(-0.1), r"`sparsity` in \[0, 1\], got -0.1", id="bare-negative"),
+        pytest.param(lambda: as_schedule("0.5"), "`schedule`", id="bare-string"),
+    ],
+)
+def test_bad_arguments(build, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_custom_schedule_subclass() -> None:
+    class EveryOther(Schedule):
+        def sparsity_at(self, epoch: int) -> float | None:
+            return 0.1 * epoch if epoch % 2 == 0 else None
+
+    assert as_schedule(EveryOther()).sparsity_at(4) == pytest.approx(0.4)

@@ -1,0 +1,68 @@
+"""Target resolution: defaults, patterns, exclusions, errors, tied weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_prune import reparam
+from lightning_prune.targets import resolve_targets
+from tests.tutorial import TutorialLeNet
+
+
+def _names(targets) -> list[str]:
+    return [t.qualname for t in targets]
+
+
+def test_default_targets_are_linear_and_conv_weights() -> None:
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Conv3d(1, 1, 1), nn.LayerNorm(4), nn.Linear(4, 2))
+    assert _names(resolve_targets(model)) == ["0.weight", "2.weight", "4.weight"]
+
+
+def test_patterns_and_exclude() -> None:
+    model = TutorialLeNet()
+    assert _names(resolve_targets(model, ["fc*.weight"], exclude=["fc3.weight"])) == ["fc1.weight", "fc2.weight"]
+    assert _names(resolve_targets(model, ["conv1.*"])) == ["conv1.weight", "conv1.bias"]
+
+
+def test_names_stay_logical_while_pruned() -> None:
+    model = TutorialLeNet()
+    reparam.apply(model.fc1, "weight")
+    assert _names(resolve_targets(model, ["fc1.weight"])) == ["fc1.weight"]
+    assert resolve_targets(model, ["fc1.weight"])[0].parameter is model.fc1.weight_orig
+
+
+@pytest.mark.parametrize(
+    ("targets", "exclude", "match"),
+    [
+        pytest.param(["fc9.weight"], (), r"`targets` pattern 'fc9.weight' matches no parameter; candidates are \['conv1.weight'", id="no-match"),
+        pytest.param(None, ["nothing*"], "`exclude` pattern 'nothing\\*' matches no parameter", id="exclude-no-match"),
+        pytest.param(["fc*.weight"], ["fc*"], "Nothing to prune", id="all-excluded"),
+        pytest.param("fc1.weight", (), "list of name patterns", id="bare-string"),
+    ],
+)
+def test_bad_patterns(targets, exclude, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        resolve_targets(TutorialLeNet(), targets, exclude)
+
+
+def test_integer_parameter_named_explicitly_is_an_error() -> None:
+    model = nn.Linear(2, 2)
+    model.register_parameter("steps", nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False))
+    with pytest.raises(ValueError, match="'steps', which is not a floating-point nn.Parameter"):
+        resolve_targets(model, ["steps"])
+    assert _names(resolve_targets(model, ["*"])) == ["weight", "bias"], "wildcards skip non-float parameters"
+
+
+def test_model_without_targets() -> None:
+    with pytest.raises(ValueError, match="Nothing to prune.*ReLU"):
+        resolve_targets(nn.ReLU())
+
+
+def test_tied_weights_are_one_target_with_two_holders() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model[1].weight = model[0].weight
+    targets = resolve_targets(model)
+    assert _names(targets) == ["0.weight"]
+    assert [(id(m), n) for m, n in targets[0].holders] == [(id(model[0]), "weight"), (id(model[1]), "weight")]
