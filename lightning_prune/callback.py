@@ -241,7 +241,9 @@ class PruningCallback(Callback):
         checksum = mask_checksum(masks)
         gathered = trainer.strategy.all_gather(checksum)
         if not bool((gathered == gathered[0]).all()):
-            differing = [t.qualname for i, t in enumerate(self._targets) if not bool((gathered[:, i] == gathered[0, i]).all())]
+            differing = [
+                t.qualname for i, t in enumerate(self._targets) if not bool((gathered[:, i] == gathered[0, i]).all())
+            ]
             raise RuntimeError(
                 f"Pruning masks differ between ranks after epoch {epoch} for {differing}; the model was left "
                 f"unchanged. The ranks' weights have diverged (is the model wrapped by DDP?)"
@@ -258,7 +260,9 @@ class PruningCallback(Callback):
             reinitialize(pl_module, self.seed + self._round)
         core.commit_masks(self._targets, [t.mask for t in self._targets])  # type: ignore[misc]
 
-    def _report(self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float) -> None:
+    def _report(
+        self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float
+    ) -> None:
         if not trainer.is_global_zero:
             return
         metrics = reporting.scalars(after, per_layer=self.log_per_layer)

@@ -31,15 +31,20 @@ from lightning_prune import reparam
 from lightning_prune.methods import PruningMethod, Scope
 from lightning_prune.targets import Target
 
-__all__ = ["Counts", "SparsityStats", "commit_masks", "compute_masks", "current_masks", "make_permanent", "sparsity_stats"]
+__all__ = [
+    "Counts",
+    "SparsityStats",
+    "commit_masks",
+    "compute_masks",
+    "current_masks",
+    "make_permanent",
+    "sparsity_stats",
+]
 
 
 def current_masks(targets: Sequence[Target]) -> list[Tensor]:
     """Each target's bool mask; all ``True`` (a new tensor) for a target not yet reparametrized."""
-    return [
-        t.mask if t.mask is not None else torch.ones_like(t.parameter, dtype=torch.bool)
-        for t in targets
-    ]
+    return [t.mask if t.mask is not None else torch.ones_like(t.parameter, dtype=torch.bool) for t in targets]
 
 
 @torch.no_grad()

@@ -64,7 +64,9 @@ def logical_tensors(module: nn.Module) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for prefix, sub in module.named_modules():
         dot = f"{prefix}." if prefix else ""
-        pruned = {n[: -len("_mask")] for n in sub._buffers if n.endswith("_mask") and n[:-5] + "_orig" in sub._parameters}
+        pruned = {
+            n[: -len("_mask")] for n in sub._buffers if n.endswith("_mask") and n[:-5] + "_orig" in sub._parameters
+        }
         for name, param in sub._parameters.items():
             if param is not None:
                 plain = name[: -len("_orig")] if name.endswith("_orig") and name[:-5] in pruned else name
@@ -97,7 +99,9 @@ class Snapshot:
         live = logical_tensors(module)
         if live.keys() != self.tensors.keys():
             missing, extra = sorted(self.tensors.keys() - live.keys()), sorted(live.keys() - self.tensors.keys())
-            raise RuntimeError(f"Cannot rewind: the module's tensors changed since the snapshot (missing {missing}, new {extra})")
+            raise RuntimeError(
+                f"Cannot rewind: the module's tensors changed since the snapshot (missing {missing}, new {extra})"
+            )
         if len(optimizers) != len(self.optimizers) or len(schedulers) != len(self.schedulers):
             raise RuntimeError(
                 f"Cannot rewind: the snapshot holds {len(self.optimizers)} optimizers and {len(self.schedulers)} "
@@ -124,7 +128,7 @@ class Snapshot:
 
 @contextmanager
 def _plain(module: nn.Module) -> Iterator[None]:
-    """Inside, every tensor of ``module`` pruned by a :class:`~lightning_prune.reparam.MaskHook` is a plain parameter again."""
+    """Inside, every tensor of ``module`` pruned by a ``MaskHook`` is a plain parameter again."""
     names = [n for n in list(module._parameters) if n.endswith("_orig") and reparam.is_reparametrized(module, n[:-5])]
     for orig_name in names:
         name = orig_name[: -len("_orig")]

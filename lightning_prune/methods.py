@@ -21,7 +21,7 @@ import importlib
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ from lightning_prune.masks import count_for, expand_slices, prune_smallest, rand
 __all__ = ["BUILTIN_METHODS", "CustomMethod", "PruningMethod", "resolve_method", "validate_norm"]
 
 Scope = Literal["layer", "global"]
-MethodArg = Union[str, type[torch_prune.BasePruningMethod]]
+MethodArg = str | type[torch_prune.BasePruningMethod]
 
 
 class PruningMethod:
@@ -74,7 +74,9 @@ class _Unstructured(PruningMethod):
             n_pruned = count_for(sparsity, sum(m.numel() for m in masks))
             return prune_smallest(self._scores(weights, masks, generator), masks, n_pruned, largest=self.random)
         return [
-            prune_smallest(self._scores([w], [m], generator), [m], count_for(sparsity, m.numel()), largest=self.random)[0]
+            prune_smallest(self._scores([w], [m], generator), [m], count_for(sparsity, m.numel()), largest=self.random)[
+                0
+            ]
             for w, m in zip(weights, masks)
         ]
 
@@ -131,7 +133,9 @@ class _Structured(PruningMethod):
             keep = prune_smallest(scores, alive, count_for(sparsity, sum(a.numel() for a in alive)))
         else:
             keep = [
-                prune_smallest(self._scores([w], [a], generator, normalize=False), [a], count_for(sparsity, a.numel()))[0]
+                prune_smallest(self._scores([w], [a], generator, normalize=False), [a], count_for(sparsity, a.numel()))[
+                    0
+                ]
                 for w, a in zip(effective, alive)
             ]
         return [expand_slices(m, k, self.dim) for m, k in zip(masks, keep)]
@@ -219,7 +223,7 @@ class CustomMethod(PruningMethod):
         effective = weight * mask
         if alive == total or self.pruning_type == "global":
             # what torch.nn.utils.prune shows a method that prunes a tensor for the first time
-            index: tuple[object, ...] = (slice(None),)
+            index: tuple[Any, ...] = (slice(None),)
         elif self.pruning_type == "unstructured":
             index = (mask,)
         elif self.pruning_type == "structured":

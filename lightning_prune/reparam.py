@@ -49,8 +49,9 @@ class MaskHook(torch_prune.BasePruningMethod):
         return default_mask
 
     def apply_mask(self, module: nn.Module) -> Tensor:
-        orig = module._parameters[self._tensor_name + "_orig"]
-        return orig * module._buffers[self._tensor_name + "_mask"]
+        orig, mask = module._parameters[self._tensor_name + "_orig"], module._buffers[self._tensor_name + "_mask"]
+        assert orig is not None and mask is not None
+        return orig * mask
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         weight = self.apply_mask(module)
@@ -106,7 +107,9 @@ def is_reparametrized(module: nn.Module, name: str) -> bool:
 @torch.no_grad()
 def _refresh(module: nn.Module, name: str) -> None:
     """Set ``module.<name>`` to the masked weight now, so the zeros show before any forward."""
-    setattr(module, name, module._parameters[name + "_orig"] * module._buffers[name + "_mask"])
+    orig, mask = module._parameters[name + "_orig"], module._buffers[name + "_mask"]
+    assert orig is not None and mask is not None
+    setattr(module, name, orig * mask)
 
 
 def _adopt(module: nn.Module, name: str, hook: torch_prune.BasePruningMethod) -> None:

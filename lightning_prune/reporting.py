@@ -93,7 +93,7 @@ def log_event(
     """
     for logger in loggers:
         logger.log_metrics(dict(metrics), step=step)
-        experiment = getattr(logger, "experiment", None)
+        experiment: Any = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_histogram"):
             for name, values in surviving():
                 if values.numel():

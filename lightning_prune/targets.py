@@ -112,9 +112,7 @@ def resolve_targets(
     else:
         for pattern in targets:
             if not fnmatch.filter(all_names, pattern):
-                raise ValueError(
-                    f"`targets` pattern {pattern!r} matches no parameter; candidates are {candidates}"
-                )
+                raise ValueError(f"`targets` pattern {pattern!r} matches no parameter; candidates are {candidates}")
             if not _WILDCARDS & set(pattern) and pattern not in candidates:
                 raise ValueError(
                     f"`targets` names {pattern!r}, which is not a floating-point nn.Parameter "

@@ -34,7 +34,9 @@ class Recorder(Callback):
         self.keys.append(list(pl_module.state_dict()))
 
 
-def _fit(callback: PruningCallback, tmp_path, *, epochs: int = 3, model: LitLeNet | None = None, extra=(), logger=False):
+def _fit(
+    callback: PruningCallback, tmp_path, *, epochs: int = 3, model: LitLeNet | None = None, extra=(), logger=False
+):
     torch.manual_seed(0)
     model = model or LitLeNet()
     before, after = Recorder(), Recorder()
@@ -54,7 +56,7 @@ def _fit(callback: PruningCallback, tmp_path, *, epochs: int = 3, model: LitLeNe
 def test_global_l1_masks_equal_torch_at_every_event(tmp_path) -> None:
     schedule = Explicit({0: 0.3, 1: 0.6, 2: 0.8})
     callback = PruningCallback(method="l1_unstructured", scope="global", schedule=schedule, make_permanent=False)
-    model, before, after = _fit(callback, tmp_path)
+    _, before, after = _fit(callback, tmp_path)
     reference = LitLeNet()
     pruned = 0
     total = sum(w.numel() for w in before.weights[0].values())
@@ -151,7 +153,7 @@ def test_second_fit_after_make_permanent_keeps_zeros(tmp_path) -> None:
     callback = PruningCallback(schedule=0.5)
     model, _, _ = _fit(callback, tmp_path, epochs=1)
     zeros = {n: model.get_parameter(n) == 0 for n in WEIGHTS}
-    model, _, after = _fit(callback, tmp_path, epochs=2, model=model)
+    model, _, _ = _fit(callback, tmp_path, epochs=2, model=model)
     for name in WEIGHTS:
         assert (model.get_parameter(name)[zeros[name]] == 0).all()
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from lightning_prune import masks as M
 
 
-def _reference(scores: list[torch.Tensor], alive: list[torch.Tensor], n_pruned: int, largest: bool) -> list[torch.Tensor]:
+def _reference(
+    scores: list[torch.Tensor], alive: list[torch.Tensor], n_pruned: int, largest: bool
+) -> list[torch.Tensor]:
     """Stable-sort reference: dead entries first, then by |score| (or reversed), ties by position."""
     flat_s = torch.cat([s.reshape(-1).to(torch.float32).abs() for s in scores])
     flat_a = torch.cat([a.reshape(-1) for a in alive])

@@ -30,15 +30,29 @@ def _ones(t: torch.Tensor) -> torch.Tensor:
 
 TORCH_FIRST_EVENT = [
     pytest.param("l1_unstructured", {}, lambda m: prune.l1_unstructured(m, "weight", amount=0.3), 0.3, id="l1"),
-    pytest.param("random_unstructured", {}, lambda m: prune.random_unstructured(m, "weight", amount=0.3), 0.3, id="random"),
     pytest.param(
-        "ln_structured", {"dim": 0, "norm": 2}, lambda m: prune.ln_structured(m, "weight", 0.5, n=2, dim=0), 0.5, id="ln-dim0"
+        "random_unstructured", {}, lambda m: prune.random_unstructured(m, "weight", amount=0.3), 0.3, id="random"
     ),
     pytest.param(
-        "ln_structured", {"dim": 1, "norm": 1}, lambda m: prune.ln_structured(m, "weight", 0.5, n=1, dim=1), 0.5, id="l1-dim1"
+        "ln_structured",
+        {"dim": 0, "norm": 2},
+        lambda m: prune.ln_structured(m, "weight", 0.5, n=2, dim=0),
+        0.5,
+        id="ln-dim0",
     ),
     pytest.param(
-        "random_structured", {"dim": 0}, lambda m: prune.random_structured(m, "weight", 0.5, dim=0), 0.5, id="random-struct"
+        "ln_structured",
+        {"dim": 1, "norm": 1},
+        lambda m: prune.ln_structured(m, "weight", 0.5, n=1, dim=1),
+        0.5,
+        id="l1-dim1",
+    ),
+    pytest.param(
+        "random_structured",
+        {"dim": 0},
+        lambda m: prune.random_structured(m, "weight", 0.5, dim=0),
+        0.5,
+        id="random-struct",
     ),
 ]
 
@@ -83,7 +97,13 @@ def test_iterative_events_equal_torch_with_integer_amounts(name, torch_fn) -> No
 def test_global_unstructured_equals_torch() -> None:
     torch.manual_seed(0)
     model = TutorialLeNet()
-    params = [(model.conv1, "weight"), (model.conv2, "weight"), (model.fc1, "weight"), (model.fc2, "weight"), (model.fc3, "weight")]
+    params = [
+        (model.conv1, "weight"),
+        (model.conv2, "weight"),
+        (model.fc1, "weight"),
+        (model.fc2, "weight"),
+        (model.fc3, "weight"),
+    ]
     weights = [getattr(m, n).detach().clone() for m, n in params]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.2)
     ours = resolve_method("l1_unstructured").masks(weights, [_ones(w) for w in weights], 0.2, scope="global")
@@ -106,8 +126,12 @@ def test_tutorial_walkthrough_on_conv1(lenet_seed: int = 0) -> None:
     weight_target = resolve_targets(ours, ["conv1.weight"])
     bias_target = resolve_targets(ours, ["conv1.bias"])
     torch.manual_seed(7)
-    core.commit_masks(weight_target, core.compute_masks(weight_target, resolve_method("random_unstructured"), 0.3, scope="layer"))
-    core.commit_masks(bias_target, core.compute_masks(bias_target, resolve_method("l1_unstructured"), 0.5, scope="layer"))
+    core.commit_masks(
+        weight_target, core.compute_masks(weight_target, resolve_method("random_unstructured"), 0.3, scope="layer")
+    )
+    core.commit_masks(
+        bias_target, core.compute_masks(bias_target, resolve_method("l1_unstructured"), 0.5, scope="layer")
+    )
     structured = resolve_method("ln_structured", dim=0, norm=2)
     core.commit_masks(weight_target, core.compute_masks(weight_target, structured, 0.5, scope="layer"))
 
@@ -134,7 +158,9 @@ def test_global_structured_uses_size_normalised_norm() -> None:
 def test_random_structured_global_exact_slice_count() -> None:
     weights = [torch.randn(6, 4), torch.randn(10, 2, 3)]
     method = resolve_method("random_structured", dim=0)
-    masks = method.masks(weights, [_ones(w) for w in weights], 0.25, scope="global", generator=torch.Generator().manual_seed(0))
+    masks = method.masks(
+        weights, [_ones(w) for w in weights], 0.25, scope="global", generator=torch.Generator().manual_seed(0)
+    )
     assert sum(int((~m.flatten(1).any(1)).sum()) for m in masks) == 4
 
 

@@ -36,7 +36,12 @@ def test_names_stay_logical_while_pruned() -> None:
 @pytest.mark.parametrize(
     ("targets", "exclude", "match"),
     [
-        pytest.param(["fc9.weight"], (), r"`targets` pattern 'fc9.weight' matches no parameter; candidates are \['conv1.weight'", id="no-match"),
+        pytest.param(
+            ["fc9.weight"],
+            (),
+            r"`targets` pattern 'fc9.weight' matches no parameter; candidates are \['conv1.weight'",
+            id="no-match",
+        ),
         pytest.param(None, ["nothing*"], "`exclude` pattern 'nothing\\*' matches no parameter", id="exclude-no-match"),
         pytest.param(["fc*.weight"], ["fc*"], "Nothing to prune", id="all-excluded"),
         pytest.param("fc1.weight", (), "list of name patterns", id="bare-string"),
