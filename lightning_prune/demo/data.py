@@ -1,0 +1,101 @@
+"""``DigitsDataModule``: scikit-learn's bundled handwritten digits (1,797 8x8 images), no download.
+
+Example:
+    >>> dm = DigitsDataModule(image_size=8, flatten=True)
+    >>> dm.setup()
+    >>> x, y = next(iter(dm.train_dataloader()))
+    >>> tuple(x.shape), len(dm.train_set) + len(dm.val_set) + len(dm.test_set)
+    ((64, 64), 1797)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = ["DigitsDataModule"]
+
+
+class DigitsDataModule(LightningDataModule):
+    """Train/val/test splits of ``sklearn.datasets.load_digits``, fixed by ``seed``.
+
+    Args:
+        batch_size: samples per batch.
+        image_size: 8 keeps the original 8x8 images; a larger size (32 for LeNet) upsamples
+            them bilinearly once, in ``setup``.
+        flatten: give ``(N, image_size**2)`` vectors instead of ``(N, 1, H, W)`` images.
+        val_fraction: share of the samples in the validation split.
+        test_fraction: share of the samples in the test split.
+        seed: seed of the split and of the training-set shuffling.
+        num_workers: ``DataLoader`` workers.
+    """
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        image_size: int = 32,
+        flatten: bool = False,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Expected `batch_size` to be an int >= 1, got {batch_size!r}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"Expected `image_size` to be an int >= 8 (8: the original images), got {image_size!r}")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"Expected `{name}` in (0, 1), got {value!r}")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(f"Expected `val_fraction + test_fraction` < 1, got {val_fraction + test_fraction}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"Expected `num_workers` to be an int >= 0, got {num_workers!r}")
+        self.save_hyperparameters()
+        self.batch_size, self.image_size, self.flatten = batch_size, image_size, flatten
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.seed, self.num_workers = seed, num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = torch.tensor(digits.target, dtype=torch.int64)
+        if self.image_size != 8:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+        n_val, n_test = round(self.val_fraction * len(x)), round(self.test_fraction * len(x))
+        parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+        mean, std = x[parts["train"]].mean(), x[parts["train"]].std()
+        x = (x - mean) / std
+        if self.flatten:
+            x = x.flatten(1)
+        self.train_set = TensorDataset(x[parts["train"]], y[parts["train"]])
+        self.val_set = TensorDataset(x[parts["val"]], y[parts["val"]])
+        self.test_set = TensorDataset(x[parts["test"]], y[parts["test"]])
+
+    def _loader(self, data: TensorDataset, shuffle: bool = False) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            data, batch_size=self.batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)

@@ -1,0 +1,111 @@
+"""``ImageClassifier``: a LightningModule around the built-in networks, with torchmetrics accuracy.
+
+Example:
+    >>> import torch
+    >>> ImageClassifier(model="lenet_300_100")(torch.zeros(2, 64)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_prune.demo.models import LeNet, LeNet300100, SmallConvNet
+
+__all__ = ["MODELS", "ImageClassifier"]
+
+MODELS = ("lenet", "lenet_300_100", "small_convnet")
+
+
+class ImageClassifier(LightningModule):
+    """Classify images with one of :data:`MODELS`; the network is ``self.net``.
+
+    Args:
+        model: ``"lenet"`` (1x32x32 inputs), ``"lenet_300_100"`` (any input, flattened to
+            ``in_features``) or ``"small_convnet"``.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        lr_step_size: epochs between LR decays (``StepLR``); 0 keeps the LR constant.
+        lr_gamma: LR decay factor.
+        num_classes: output classes.
+        in_features: input size of ``lenet_300_100``.
+    """
+
+    def __init__(
+        self,
+        model: str = "lenet",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        lr_step_size: int = 0,
+        lr_gamma: float = 0.5,
+        num_classes: int = 10,
+        in_features: int = 64,
+    ) -> None:
+        super().__init__()
+        if model not in MODELS:
+            raise ValueError(f"Expected `model` to be one of {list(MODELS)}, got {model!r}")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"Expected `optimizer` to be 'sgd' or 'adam', got {optimizer!r}")
+        if not lr > 0:
+            raise ValueError(f"Expected `lr` > 0, got {lr!r}")
+        if lr_step_size < 0:
+            raise ValueError(f"Expected `lr_step_size` >= 0, got {lr_step_size!r}")
+        self.save_hyperparameters()
+        self.net: nn.Module
+        if model == "lenet":
+            self.net = LeNet(num_classes)
+        elif model == "lenet_300_100":
+            self.net = LeNet300100(in_features, num_classes)
+        else:
+            self.net = SmallConvNet(num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        accuracy: MulticlassAccuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).argmax(dim=1)
+
+    def configure_optimizers(self) -> Any:
+        hp: Any = self.hparams
+        if hp.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        else:
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if not hp.lr_step_size:
+            return opt
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_step_size, gamma=hp.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
