@@ -9,6 +9,7 @@ the checkpoint's ``state_dict``, and removes the reparametrizations at the end o
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -104,7 +105,11 @@ class PruningCallback(Callback):
         self._round = 0  # pruning events that changed a mask
         self._snapshot: Snapshot | None = None
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
-        self._owner: tuple[int, int] | None = None  # (id(trainer), id(module)) of the current fit
+        self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
+        self._model: weakref.ref[LightningModule] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_trainer": None, "_model": None}  # weak references do not pickle
 
     def __repr__(self) -> str:
         schedule = f"{type(self.schedule).__name__}(...)"
@@ -136,14 +141,14 @@ class PruningCallback(Callback):
             self._method.check_target(target.qualname, target.parameter.shape)
         self._check_rewind(trainer)
 
-        owner = (id(trainer), id(pl_module))
-        if self._owner is not None and self._owner[1] != owner[1]:
-            self._pending_masks, self._snapshot = None, None  # masks belong to another model
-        if self._owner is None or self._owner[0] != owner[0]:
+        same_model = self._model is not None and self._model() is pl_module
+        if not same_model:
+            self._pending_masks, self._snapshot = None, None  # any masks belong to another model
+        if self._trainer is None or self._trainer() is not trainer:
             self._done_epoch, self._round, self._snapshot = -1, 0, None
-        if self._owner is not None and self._owner[1] == owner[1] and self._pending_masks is None:
+        if same_model and self._pending_masks is None:
             self._pending_masks = {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
-        self._owner = owner
+        self._trainer, self._model = weakref.ref(trainer), weakref.ref(pl_module)
         self._targets = targets
         if self.seed is None:
             self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
