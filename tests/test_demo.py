@@ -9,19 +9,32 @@ from lightning import Trainer
 from lightning_prune.demo import DigitsDataModule, ImageClassifier, LeNet, LeNet300100, SmallConvNet
 
 
-def test_digits_splits_are_disjoint_fixed_and_complete() -> None:
-    dm = DigitsDataModule(image_size=8, flatten=True, seed=1)
+def _digits(**kwargs) -> DigitsDataModule:
+    dm = DigitsDataModule(**kwargs)
     dm.setup()
-    sets = [dm.train_set, dm.val_set, dm.test_set]
-    assert sum(len(s) for s in sets) == 1797
-    rows = [{tuple(x.tolist()) for x, _ in s} for s in sets]
-    assert not (rows[1] & rows[2]) and len(dm.test_set) == round(0.15 * 1797)
-    again = DigitsDataModule(image_size=8, flatten=True, seed=1)
-    again.setup()
+    return dm
+
+
+def test_digits_splits_are_disjoint_and_complete() -> None:
+    dm = _digits(image_size=8, flatten=True, seed=1)
+    parts = dm.split_indices
+    sizes = {name: len(index) for name, index in parts.items()}
+    assert sizes == {"train": len(dm.train_set), "val": len(dm.val_set), "test": len(dm.test_set)}
+    assert sum(sizes.values()) == 1797
+    assert sizes["val"] == sizes["test"] == round(0.15 * 1797)
+    assert sorted(torch.cat(list(parts.values())).tolist()) == list(range(1797))
+
+
+def test_digits_split_is_fixed_by_seed() -> None:
+    dm = _digits(image_size=8, flatten=True, seed=1)
+    again = _digits(image_size=8, flatten=True, seed=1)
+    other = _digits(image_size=8, flatten=True, seed=2)
+    for name in ("train", "val", "test"):
+        assert torch.equal(again.split_indices[name], dm.split_indices[name])
     assert torch.equal(again.test_set.tensors[0], dm.test_set.tensors[0])
-    other = DigitsDataModule(image_size=8, flatten=True, seed=2)
-    other.setup()
-    assert not torch.equal(other.test_set.tensors[0], dm.test_set.tensors[0])
+    assert not torch.equal(other.split_indices["test"], dm.split_indices["test"])
+    first = next(iter(dm.train_dataloader()))[1]
+    assert torch.equal(next(iter(again.train_dataloader()))[1], first)
 
 
 @pytest.mark.parametrize(
@@ -29,24 +42,32 @@ def test_digits_splits_are_disjoint_fixed_and_complete() -> None:
     [
         pytest.param({"image_size": 32}, (64, 1, 32, 32), id="lenet-images"),
         pytest.param({"image_size": 8}, (64, 1, 8, 8), id="raw-images"),
-        pytest.param({"image_size": 8, "flatten": True}, (64, 64), id="flat"),
+        pytest.param({"image_size": 8, "flatten": True}, (64, 64), id="flat-8"),
+        pytest.param({"image_size": 32, "flatten": True, "batch_size": 16}, (16, 1024), id="flat-32"),
     ],
 )
 def test_digits_shapes(kwargs, shape) -> None:
-    dm = DigitsDataModule(**kwargs)
-    dm.setup()
-    x, y = next(iter(dm.train_dataloader()))
-    assert tuple(x.shape) == shape and y.dtype == torch.int64
-    assert abs(float(dm.train_set.tensors[0].mean())) < 1e-4
+    dm = _digits(**kwargs)
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
+        x, y = next(iter(loader))
+        assert tuple(x.shape) == shape and y.dtype == torch.int64
+    train = dm.train_set.tensors[0]
+    assert abs(float(train.mean())) < 1e-4 and abs(float(train.std()) - 1) < 1e-4
+    assert dm.num_classes == 10 and set(dm.train_set.tensors[1].tolist()) == set(range(10))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        pytest.param({"batch_size": 0}, "`batch_size`", id="batch"),
-        pytest.param({"image_size": 4}, "`image_size`", id="size"),
-        pytest.param({"val_fraction": 1.5}, "`val_fraction`", id="val"),
-        pytest.param({"val_fraction": 0.5, "test_fraction": 0.5}, "val_fraction \\+ test_fraction", id="sum"),
+        pytest.param({"batch_size": 0}, "`batch_size`.*got 0", id="batch"),
+        pytest.param({"image_size": 4}, "`image_size`.*got 4", id="size"),
+        pytest.param({"image_size": True}, "`image_size`.*got True", id="size-bool"),
+        pytest.param({"flatten": "yes"}, "`flatten`.*got 'yes'", id="flatten"),
+        pytest.param({"val_fraction": 1.5}, r"`val_fraction` in \(0, 1\), got 1.5", id="val"),
+        pytest.param({"test_fraction": 0}, "`test_fraction`.*got 0", id="test"),
+        pytest.param({"val_fraction": 0.5, "test_fraction": 0.5}, "`val_fraction \\+ test_fraction`", id="sum"),
+        pytest.param({"seed": 1.5}, "`seed`.*got 1.5", id="seed"),
+        pytest.param({"num_workers": -1}, "`num_workers`.*got -1", id="workers"),
     ],
 )
 def test_digits_bad_arguments(kwargs, match) -> None:
@@ -59,16 +80,56 @@ def test_digits_bad_arguments(kwargs, match) -> None:
     [
         pytest.param(LeNet(), torch.zeros(2, 1, 32, 32), id="lenet"),
         pytest.param(LeNet300100(), torch.zeros(2, 64), id="lenet-300-100"),
-        pytest.param(SmallConvNet(), torch.zeros(2, 1, 32, 32), id="small-convnet"),
+        pytest.param(LeNet300100(in_features=1024), torch.zeros(2, 1, 32, 32), id="lenet-300-100-32"),
+        pytest.param(SmallConvNet(), torch.zeros(2, 1, 32, 32), id="small-convnet-32"),
+        pytest.param(SmallConvNet(), torch.zeros(2, 1, 8, 8), id="small-convnet-8"),
     ],
 )
 def test_models_give_logits(net, x) -> None:
     assert net(x).shape == (2, 10)
 
 
-def test_classifier_bad_model() -> None:
-    with pytest.raises(ValueError, match=r"`model` to be one of \['lenet'"):
-        ImageClassifier(model="resnet")
+def test_lenet_is_the_tutorial_lenet() -> None:
+    shapes = {name: tuple(p.shape) for name, p in LeNet().named_parameters() if name.endswith("weight")}
+    assert shapes == {
+        "conv1.weight": (6, 1, 5, 5),
+        "conv2.weight": (16, 6, 5, 5),
+        "fc1.weight": (120, 400),
+        "fc2.weight": (84, 120),
+        "fc3.weight": (10, 84),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"model": "resnet"}, r"`model` to be one of \['lenet'.*got 'resnet'", id="model"),
+        pytest.param({"optimizer": "rmsprop"}, "`optimizer`.*got 'rmsprop'", id="optimizer"),
+        pytest.param({"lr": 0.0}, "`lr`.*got 0.0", id="lr"),
+        pytest.param({"lr_step_size": -1}, "`lr_step_size`.*got -1", id="step"),
+        pytest.param({"lr_gamma": 2.0}, "`lr_gamma`.*got 2.0", id="gamma"),
+    ],
+)
+def test_classifier_bad_arguments(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        ImageClassifier(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "scheduled"),
+    [
+        pytest.param({}, False, id="sgd"),
+        pytest.param({"optimizer": "adam", "lr": 1e-3, "lr_step_size": 2}, True, id="adam-steplr"),
+    ],
+)
+def test_classifier_optimizers(kwargs, scheduled) -> None:
+    config = ImageClassifier(**kwargs).configure_optimizers()
+    if not scheduled:
+        assert isinstance(config, torch.optim.SGD)
+        return
+    assert isinstance(config["optimizer"], torch.optim.Adam)
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert config["lr_scheduler"]["scheduler"].step_size == 2
 
 
 @pytest.mark.parametrize(
@@ -92,9 +153,24 @@ def test_classifier_fits_and_reloads(tmp_path, model, data) -> None:
         default_root_dir=tmp_path,
     )
     trainer.fit(module, DigitsDataModule(**data))
-    assert "val/acc" in trainer.callback_metrics
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(trainer.callback_metrics)
+    assert all(name.startswith("net.") for name, _ in module.named_parameters())
     trainer.save_checkpoint(tmp_path / "x.ckpt")
     loaded = ImageClassifier.load_from_checkpoint(tmp_path / "x.ckpt")
-    assert loaded.hparams.model == model
-    for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert loaded.hparams.model == model and loaded.hparams.lr_step_size == 1
+    state, reloaded = module.state_dict(), loaded.state_dict()
+    assert state.keys() == reloaded.keys()
+    for name, value in state.items():
+        assert torch.equal(value, reloaded[name]), name
+
+
+def test_classifier_tests(tmp_path) -> None:
+    trainer = Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=2,
+        default_root_dir=tmp_path,
+    )
+    (metrics,) = trainer.test(ImageClassifier(model="lenet_300_100"), DigitsDataModule(image_size=8), verbose=False)
+    assert set(metrics) == {"test/loss", "test/acc"} and 0 <= metrics["test/acc"] <= 1

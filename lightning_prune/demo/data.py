@@ -1,12 +1,4 @@
-"""``DigitsDataModule``: scikit-learn's bundled handwritten digits (1,797 8x8 images), no download.
-
-Example:
-    >>> dm = DigitsDataModule(image_size=8, flatten=True)
-    >>> dm.setup()
-    >>> x, y = next(iter(dm.train_dataloader()))
-    >>> tuple(x.shape), len(dm.train_set) + len(dm.val_set) + len(dm.test_set)
-    ((64, 64), 1797)
-"""
+"""``DigitsDataModule``: scikit-learn's bundled handwritten digits (1,797 8x8 images), no download."""
 
 from __future__ import annotations
 
@@ -30,6 +22,18 @@ class DigitsDataModule(LightningDataModule):
         test_fraction: share of the samples in the test split.
         seed: seed of the split and of the training-set shuffling.
         num_workers: ``DataLoader`` workers.
+
+    Attributes:
+        num_classes: 10, the digits 0 to 9.
+        split_indices: after ``setup``, the indices into ``load_digits()`` of the ``"train"``,
+            ``"val"`` and ``"test"`` splits.
+
+    Example:
+        >>> dm = DigitsDataModule(image_size=8, flatten=True)
+        >>> dm.setup()
+        >>> x, y = next(iter(dm.train_dataloader()))
+        >>> tuple(x.shape), len(dm.train_set) + len(dm.val_set) + len(dm.test_set)
+        ((64, 64), 1797)
     """
 
     num_classes = 10
@@ -47,22 +51,28 @@ class DigitsDataModule(LightningDataModule):
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Expected `batch_size` to be an int >= 1, got {batch_size!r}")
+        if not isinstance(flatten, bool):
+            raise ValueError(f"Expected `flatten` to be a bool, got {flatten!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"Expected `image_size` to be an int >= 8 (8: the original images), got {image_size!r}")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not isinstance(value, (int, float)) or not 0 < value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise ValueError(f"Expected `{name}` in (0, 1), got {value!r}")
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"Expected `val_fraction + test_fraction` < 1, got {val_fraction + test_fraction}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"Expected `seed` to be an int, got {seed!r}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"Expected `num_workers` to be an int >= 0, got {num_workers!r}")
         self.save_hyperparameters()
         self.batch_size, self.image_size, self.flatten = batch_size, image_size, flatten
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.seed, self.num_workers = seed, num_workers
+        self.split_indices: dict[str, torch.Tensor] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "train_set"):
+        """Load, resize, split and normalise the digits once; later calls do nothing."""
+        if self.split_indices:
             return
         from sklearn.datasets import load_digits
 
@@ -72,12 +82,13 @@ class DigitsDataModule(LightningDataModule):
         if self.image_size != 8:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        n_val, n_test = round(self.val_fraction * len(x)), round(self.test_fraction * len(x))
+        n_val, n_test = max(1, round(self.val_fraction * len(x))), max(1, round(self.test_fraction * len(x)))
         parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
         mean, std = x[parts["train"]].mean(), x[parts["train"]].std()
         x = (x - mean) / std
         if self.flatten:
             x = x.flatten(1)
+        self.split_indices = parts
         self.train_set = TensorDataset(x[parts["train"]], y[parts["train"]])
         self.val_set = TensorDataset(x[parts["val"]], y[parts["val"]])
         self.test_set = TensorDataset(x[parts["test"]], y[parts["test"]])

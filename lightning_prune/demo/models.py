@@ -1,10 +1,4 @@
-"""Built-in networks: the pruning tutorial's LeNet, LeNet-300-100 and a small conv net.
-
-Example:
-    >>> import torch
-    >>> LeNet()(torch.zeros(2, 1, 32, 32)).shape
-    torch.Size([2, 10])
-"""
+"""Built-in networks: the pruning tutorial's LeNet, LeNet-300-100 and a small conv net."""
 
 from __future__ import annotations
 
@@ -16,7 +10,16 @@ __all__ = ["LeNet", "LeNet300100", "SmallConvNet"]
 
 
 class LeNet(nn.Module):
-    """LeNet (LeCun et al., 1998) exactly as the PyTorch pruning tutorial writes it; 1x32x32 inputs."""
+    """LeNet (LeCun et al., 1998) exactly as the PyTorch pruning tutorial writes it; 1x32x32 inputs.
+
+    Args:
+        num_classes: output logits.
+
+    Example:
+        >>> import torch
+        >>> LeNet()(torch.zeros(2, 1, 32, 32)).shape
+        torch.Size([2, 10])
+    """
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -35,6 +38,10 @@ class LeNet(nn.Module):
 
 class LeNet300100(nn.Module):
     """The fully connected LeNet-300-100 of the lottery-ticket papers; flattens any input.
+
+    Args:
+        in_features: size of the flattened input (64 for the 8x8 digits, 1024 for 32x32).
+        num_classes: output logits.
 
     Example:
         >>> import torch
@@ -55,6 +62,12 @@ class LeNet300100(nn.Module):
 
 class SmallConvNet(nn.Module):
     """Two 3x3 conv blocks with batch norm, global average pooling and a linear classifier.
+
+    Works on any image size (1x8x8 and 1x32x32 digits alike).
+
+    Args:
+        num_classes: output logits.
+        channels: channels of the first block; the second has twice as many.
 
     Example:
         >>> import torch

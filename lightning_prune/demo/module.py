@@ -1,10 +1,4 @@
-"""``ImageClassifier``: a LightningModule around the built-in networks, with torchmetrics accuracy.
-
-Example:
-    >>> import torch
-    >>> ImageClassifier(model="lenet_300_100")(torch.zeros(2, 64)).shape
-    torch.Size([2, 10])
-"""
+"""``ImageClassifier``: a LightningModule around the built-in networks, with torchmetrics accuracy."""
 
 from __future__ import annotations
 
@@ -37,6 +31,12 @@ class ImageClassifier(LightningModule):
         lr_gamma: LR decay factor.
         num_classes: output classes.
         in_features: input size of ``lenet_300_100``.
+
+    Example:
+        >>> import torch
+        >>> classifier = ImageClassifier(model="lenet_300_100")
+        >>> classifier(torch.zeros(2, 64)).shape, sorted(classifier.net.state_dict())[:2]
+        (torch.Size([2, 10]), ['fc1.bias', 'fc1.weight'])
     """
 
     def __init__(
@@ -58,8 +58,10 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"Expected `optimizer` to be 'sgd' or 'adam', got {optimizer!r}")
         if not lr > 0:
             raise ValueError(f"Expected `lr` > 0, got {lr!r}")
-        if lr_step_size < 0:
-            raise ValueError(f"Expected `lr_step_size` >= 0, got {lr_step_size!r}")
+        if isinstance(lr_step_size, bool) or not isinstance(lr_step_size, int) or lr_step_size < 0:
+            raise ValueError(f"Expected `lr_step_size` to be an int >= 0 (0: no scheduler), got {lr_step_size!r}")
+        if not 0 < lr_gamma <= 1:
+            raise ValueError(f"Expected `lr_gamma` in (0, 1], got {lr_gamma!r}")
         self.save_hyperparameters()
         self.net: nn.Module
         if model == "lenet":
