@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from torch import Tensor
 from typing_extensions import override
 
@@ -84,6 +85,7 @@ class PruningCallback(Callback):
         if scope not in ("layer", "global"):
             raise ValueError(f"Expected `scope` to be 'layer' or 'global', got {scope!r}")
         self.scope: Literal["layer", "global"] = scope
+        self._method.check_scope(scope)
         for arg, value in (("targets", targets), ("exclude", exclude)):
             if value is not None and (isinstance(value, str) or not all(isinstance(p, str) for p in value)):
                 raise ValueError(f"Expected `{arg}` to be a list of name patterns, got {value!r}")
@@ -131,7 +133,7 @@ class PruningCallback(Callback):
         if stage != "fit":
             return
         strategy = type(trainer.strategy).__name__
-        if strategy in _SHARDED:
+        if any(cls.__name__ in _SHARDED for cls in type(trainer.strategy).__mro__):
             raise NotImplementedError(
                 f"PruningCallback does not support the sharded strategy {strategy} yet: masks would be computed on "
                 f"shards. Use a data-parallel strategy ('ddp', 'ddp_spawn', 'auto')."
@@ -186,8 +188,8 @@ class PruningCallback(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # A checkpoint written after an epoch's validation but before its end holds no event for
-        # that epoch; Lightning resumes at the next epoch, so run what the schedule missed.
+        # Run any event that the restored position says was missed (a checkpoint written between an
+        # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
         for epoch in range(self._done_epoch + 1, trainer.current_epoch):
             self._end_of_epoch(trainer, pl_module, epoch)
 
@@ -205,6 +207,11 @@ class PruningCallback(Callback):
         if self.make_permanent:
             self._pending_masks = {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
             core.make_permanent(self._targets)
+        elif isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+            # ddp_spawn/ddp_fork hand rank 0's `state_dict()` to the main process, whose model is not
+            # reparametrized and loads it with strict=False: `<name>_orig`/`_mask` would be dropped silently.
+            # This process ends with the fit, so give that last state_dict plain, masked weights.
+            pl_module._register_state_dict_hook(self._plain_state_dict_hook)
 
     # ------------------------------------------------------------------ events
     @staticmethod
@@ -312,10 +319,15 @@ class PruningCallback(Callback):
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
 
-    @override
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    def _plain_keys(self, pl_module: LightningModule) -> list[str]:
         prefixes: dict[int, list[str]] = {}
         for prefix, module in pl_module.named_modules(remove_duplicate=False):
             prefixes.setdefault(id(module), []).append(f"{prefix}." if prefix else "")
-        keys = [p + name for t in self._targets for module, name in t.holders for p in prefixes.get(id(module), [])]
-        plain_state_dict(checkpoint["state_dict"], keys)
+        return [p + name for t in self._targets for module, name in t.holders for p in prefixes.get(id(module), [])]
+
+    def _plain_state_dict_hook(self, module: LightningModule, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        plain_state_dict(state_dict, [prefix + key for key in self._plain_keys(module)])
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        plain_state_dict(checkpoint["state_dict"], self._plain_keys(pl_module))

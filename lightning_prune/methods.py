@@ -57,6 +57,9 @@ class PruningMethod:
     def check_target(self, qualname: str, shape: torch.Size) -> None:
         """Raise ``ValueError`` if this method cannot prune a tensor of ``shape``."""
 
+    def check_scope(self, scope: Scope) -> None:
+        """Raise ``ValueError`` if this method cannot prune with ``scope``."""
+
     def units(self, mask: Tensor) -> tuple[int, int]:
         """``(pruned, total)`` in the units this method counts: entries or slices."""
         return mask.numel() - int(mask.sum().item()), mask.numel()
@@ -184,6 +187,18 @@ class CustomMethod(PruningMethod):
         self.cls = cls
         self.name = f"{cls.__module__}.{cls.__qualname__}"
         parameters = inspect.signature(cls.__init__).parameters
+        unfillable = [
+            name
+            for name, p in list(parameters.items())[1:]
+            if name not in ("amount", "dim", "n")
+            and p.default is inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        if unfillable:
+            raise TypeError(
+                f"`method={cls.__name__}` needs the constructor arguments {unfillable}, which PruningCallback cannot "
+                f"pass (it passes `amount`, `dim` and `n` only); give them defaults"
+            )
         self.takes_amount = "amount" in parameters
         self.kwargs: dict[str, object] = {}
         if "dim" in parameters:
@@ -195,6 +210,13 @@ class CustomMethod(PruningMethod):
             raise ValueError(
                 f"Expected `method` {self.name} to have PRUNING_TYPE 'unstructured', 'structured' or 'global', "
                 f"got {self.pruning_type!r}"
+            )
+
+    def check_scope(self, scope: Scope) -> None:
+        if scope == "global" and self.pruning_type != "unstructured":
+            raise ValueError(
+                f"`scope='global'` with a custom `method` needs PRUNING_TYPE 'unstructured' "
+                f"(as torch.nn.utils.prune.global_unstructured), got {self.pruning_type!r} for {self.name}"
             )
 
     def _instance(self, amount: float) -> torch_prune.BasePruningMethod:

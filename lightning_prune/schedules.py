@@ -222,5 +222,8 @@ def as_schedule(schedule: Schedule | float) -> Schedule:
     if isinstance(schedule, Schedule):
         return schedule
     if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
-        return Constant(float(schedule))
+        try:
+            return Constant(float(schedule))
+        except ValueError as err:
+            raise ValueError(f"`schedule={schedule!r}`: {err}") from None
     raise ValueError(f"Expected `schedule` to be a Schedule or a sparsity in [0, 1], got {schedule!r}")

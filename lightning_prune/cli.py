@@ -1,0 +1,72 @@
+"""The ``lightning-prune`` console script: Lightning's ``LightningCLI`` with built-in defaults.
+
+Any importable ``LightningModule`` and ``LightningDataModule`` can be given by ``class_path``;
+without one, the model is :class:`~lightning_prune.demo.module.ImageClassifier` (LeNet) and the
+data :class:`~lightning_prune.demo.data.DigitsDataModule` (scikit-learn's bundled digits, so
+nothing is downloaded). The pruning itself is a callback in the YAML::
+
+    trainer:
+      callbacks:
+        - class_path: lightning_prune.PruningCallback
+          init_args:
+            method: l1_unstructured
+            scope: global
+            schedule:
+              class_path: lightning_prune.schedules.Polynomial
+              init_args: {final_sparsity: 0.9, start_epoch: 0, end_epoch: 7}
+            rewind: {epoch: 0}
+
+A custom ``BasePruningMethod`` subclass is given as ``method: my_package.MyPruningMethod``.
+
+Usage::
+
+    lightning-prune fit --config configs/lenet_digits.yaml
+    python -m lightning_prune.cli fit --config configs/lenet_digits.yaml --trainer.max_epochs=3
+    lightning-prune fit --print_config                # the full configuration, defaults included
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "PruneCLI", "main"]
+
+DEFAULT_MODEL = "lightning_prune.demo.module.ImageClassifier"
+DEFAULT_DATA = "lightning_prune.demo.data.DigitsDataModule"
+
+
+class PruneCLI(LightningCLI):
+    """``LightningCLI`` whose model and data default to the built-in LeNet on digits."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+
+
+def main(args: ArgsType = None, run: bool = True) -> PruneCLI:
+    """Parse ``args`` (default: ``sys.argv[1:]``) and run the subcommand.
+
+    Args:
+        args: command-line arguments, e.g. ``["fit", "--config", "configs/lenet_digits.yaml"]``.
+        run: run the subcommand; with ``False`` there is no subcommand, the objects are only built.
+
+    Returns:
+        The ``LightningCLI``, with its ``model``, ``datamodule`` and ``trainer``.
+
+    Example:
+        >>> cli = main(["--trainer.logger=false", "--model.lr=0.1"], run=False)
+        >>> type(cli.model).__name__, type(cli.datamodule).__name__, cli.model.hparams.lr
+        ('ImageClassifier', 'DigitsDataModule', 0.1)
+    """
+    return PruneCLI(
+        model_class=None,
+        datamodule_class=None,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""Bad input fails early and clearly; documented edge cases (tied, frozen, empty tensors) just work.
+
+Every error must be raised at construction or in ``setup``, before a single training step, with a
+message naming the argument and the value (or the candidate names), and the model's state_dict
+must be bit-identical afterwards, with no ``_mask`` buffer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from lightning_prune import PruningCallback, Rewind
+from lightning_prune.schedules import Constant, Explicit, Geometric, Linear, Polynomial
+from tests.helpers import (
+    TinyNet,
+    assert_same_state,
+    make_loader,
+    make_model,
+    make_trainer,
+    masks_of,
+    snapshot_state,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+
+
+class BatchCounter(Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.batches += 1
+
+
+class IntParamNet(TinyNet):
+    """:class:`TinyNet` plus an integer and a bool ``nn.Parameter`` (frozen, as they must be)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False)
+        self.flags = nn.Parameter(torch.ones(4, dtype=torch.bool), requires_grad=False)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD([self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias], lr=0.1)
+
+
+class NormOnly(LightningModule):
+    """Nothing a default target would select: only norm layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(7)
+        self.bn = nn.BatchNorm1d(7)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.bn(self.norm(batch[0])).pow(2).mean()
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class StructuredCustom(prune.BasePruningMethod):
+    PRUNING_TYPE = "structured"
+
+    def __init__(self, amount: float, dim: int = -1) -> None:
+        self.amount, self.dim = amount, dim
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        return default_mask
+
+
+class NeedsExtraArgument(prune.BasePruningMethod):
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, amount: float, threshold: float) -> None:
+        self.amount, self.threshold = amount, threshold
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        return default_mask
+
+
+# ---------------------------------------------------------------- errors at construction
+
+INIT_CASES = [
+    pytest.param(lambda: {"schedule": Constant(1.5)}, r"`sparsity`.*\[0, 1\].*1\.5", id="constant_above_1"),
+    pytest.param(lambda: {"schedule": -0.1}, r"`schedule.*\[0, 1\].*-0\.1", id="bare_float_below_0"),
+    pytest.param(lambda: {"schedule": 1.5}, r"`schedule.*\[0, 1\].*1\.5", id="bare_float_above_1"),
+    pytest.param(lambda: {"schedule": "0.5"}, r"`schedule`.*'0\.5'", id="schedule_string"),
+    pytest.param(
+        lambda: {"schedule": Polynomial(final_sparsity=0.2, start_epoch=0, end_epoch=3, initial_sparsity=0.5)},
+        r"`initial_sparsity` <= `final_sparsity`.*0\.5 > 0\.2",
+        id="polynomial_final_below_initial",
+    ),
+    pytest.param(
+        lambda: {"schedule": Polynomial(final_sparsity=1.5, start_epoch=0, end_epoch=3)},
+        r"`final_sparsity`.*1\.5",
+        id="polynomial_final_above_1",
+    ),
+    pytest.param(
+        lambda: {"schedule": Linear(0.5, start_epoch=0, end_epoch=3, every_n_epochs=0)},
+        r"`every_n_epochs`.*0",
+        id="linear_every_0_epochs",
+    ),
+    pytest.param(
+        lambda: {"schedule": Linear(0.5, start_epoch=3, end_epoch=1)}, r"`end_epoch`.*>= 3.*1", id="linear_end_first"
+    ),
+    pytest.param(lambda: {"schedule": Geometric(rate=0.0)}, r"`rate`.*\(0, 1\].*0\.0", id="geometric_rate_0"),
+    pytest.param(
+        lambda: {"schedule": Explicit({0: 0.5, 1: 0.3})},
+        r"`sparsities`.*non-decreasing.*0\.5.*0\.3",
+        id="explicit_decreasing",
+    ),
+    pytest.param(lambda: {"schedule": Explicit({0: 1.2})}, r"`sparsities\[0\]`.*1\.2", id="explicit_above_1"),
+    pytest.param(lambda: {"schedule": Explicit({-1: 0.2})}, r"epoch.*-1", id="explicit_negative_epoch"),
+    pytest.param(
+        lambda: {"method": "l2_unstructured"},
+        r"`method`.*'l1_unstructured', 'random_unstructured', 'ln_structured', 'random_structured'.*'l2_unstructured'",
+        id="unknown_method",
+    ),
+    pytest.param(
+        lambda: {"method": "no_such_package.PruneIt"}, r"`method='no_such_package\.PruneIt'`", id="unimportable_path"
+    ),
+    pytest.param(
+        lambda: {"method": nn.Linear}, r"`method`.*Linear.*HINT: subclass `BasePruningMethod`", id="not_a_method_class"
+    ),
+    pytest.param(
+        lambda: {"method": prune.L1Unstructured(amount=0.3)},
+        r"`method`.*instance.*pass the class, not an instance",
+        id="method_instance",
+    ),
+    pytest.param(lambda: {"scope": "everything"}, r"`scope`.*'layer' or 'global'.*'everything'", id="bad_scope"),
+    pytest.param(
+        lambda: {"targets": "fc1.weight"}, r"`targets`.*list of name patterns.*'fc1\.weight'", id="str_targets"
+    ),
+    pytest.param(lambda: {"norm": 0}, r"`norm`.*positive number or 'inf'.*got 0$", id="norm_0"),
+    pytest.param(lambda: {"norm": -1}, r"`norm`.*positive number or 'inf'.*got -1$", id="norm_negative"),
+    pytest.param(lambda: {"norm": "foo"}, r"`norm`.*positive number or 'inf'.*got 'foo'", id="norm_foo"),
+    pytest.param(lambda: {"norm": float("nan")}, r"`norm`.*got nan", id="norm_nan"),
+    pytest.param(lambda: {"dim": "1"}, r"`dim`.*int.*'1'", id="dim_string"),
+    pytest.param(lambda: {"rewind": Rewind(epoch=-1)}, r"`Rewind\.epoch`.*-1", id="rewind_negative"),
+    pytest.param(lambda: {"rewind": 3}, r"`rewind`.*got 3", id="rewind_int"),
+    pytest.param(lambda: {"seed": "abc"}, r"`seed`.*'abc'", id="seed_string"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), INIT_CASES)
+def test_bad_argument_fails_at_construction(kwargs: Callable[[], dict[str, Any]], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        PruningCallback(**kwargs())
+
+
+# ---------------------------------------------------------------- errors at setup, before any change
+
+SETUP_CASES = [
+    pytest.param(
+        make_model,
+        {"targets": ["conv*.weight"]},
+        r"`targets` pattern 'conv\*\.weight' matches no parameter; candidates are .*'fc1\.weight'.*'fc2\.bias'",
+        id="targets_match_nothing",
+    ),
+    pytest.param(
+        make_model,
+        {"targets": ["fc1.weight"], "exclude": ["fc9.*"]},
+        r"`exclude` pattern 'fc9\.\*' matches no parameter; candidates are .*'fc1\.weight'",
+        id="exclude_matches_nothing",
+    ),
+    pytest.param(
+        make_model, {"exclude": ["fc*"]}, r"Nothing to prune.*`exclude=\['fc\*'\]`.*candidates", id="all_excluded"
+    ),
+    pytest.param(
+        make_model,
+        {"method": "ln_structured", "dim": 2},
+        r"`dim` in \[-2, 1\] for target 'fc1\.weight' of shape \(13, 7\), got 2",
+        id="ln_structured_dim_too_large",
+    ),
+    pytest.param(
+        make_model,
+        {"method": "random_structured", "dim": -3},
+        r"`dim` in \[-2, 1\] for target 'fc1\.weight'.*got -3",
+        id="random_structured_dim_too_small",
+    ),
+    pytest.param(
+        make_model,
+        {"method": "ln_structured", "targets": ["fc1.bias"]},
+        r"`method='ln_structured'`.*at least 2 dimensions.*'fc1\.bias' has shape \(13,\)",
+        id="ln_structured_on_bias",
+    ),
+    pytest.param(
+        make_model,
+        {"method": "random_structured", "targets": ["*.bias"]},
+        r"`method='random_structured'`.*'fc1\.bias' has shape \(13,\)",
+        id="random_structured_on_bias",
+    ),
+    pytest.param(
+        IntParamNet,
+        {"targets": ["fc1.weight", "steps"]},
+        r"`targets` names 'steps', which is not a floating-point nn\.Parameter.*candidates are",
+        id="int_parameter",
+    ),
+    pytest.param(
+        IntParamNet,
+        {"targets": ["flags"]},
+        r"`targets` names 'flags', which is not a floating-point nn\.Parameter",
+        id="bool_parameter",
+    ),
+    pytest.param(
+        NormOnly,
+        {},
+        r"Nothing to prune: `targets=None`.*NormOnly; candidates are \['norm\.weight', 'norm\.bias', 'bn\.weight'",
+        id="nothing_targetable",
+    ),
+    pytest.param(
+        make_model,
+        {"schedule": Explicit({0: 0.5, 3: 0.8}), "rewind": Rewind(epoch=2)},
+        r"`rewind=Rewind\(epoch=2\)`.*`schedule` prunes after epoch 0",
+        id="rewind_after_first_event",
+    ),
+    pytest.param(
+        make_model,
+        {"method": StructuredCustom, "scope": "global"},
+        r"`scope='global'`.*PRUNING_TYPE 'unstructured'.*'structured'",
+        id="global_scope_with_structured_custom_method",
+    ),
+    pytest.param(
+        make_model,
+        {"method": NeedsExtraArgument},
+        r"`method.*NeedsExtraArgument.*threshold",
+        id="custom_method_with_unfillable_argument",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "kwargs", "match"), SETUP_CASES)
+def test_bad_argument_fails_before_any_change(tmp_path: Path, make, kwargs: dict[str, Any], match: str) -> None:
+    torch.manual_seed(0)
+    model = make()
+    before = snapshot_state(model)
+    counter = BatchCounter()
+    with pytest.raises((ValueError, TypeError), match=match):
+        callback = PruningCallback(**kwargs)
+        make_trainer(tmp_path, callbacks=[callback, counter], max_epochs=2).fit(model, make_loader())
+    assert counter.batches == 0, "the error came after training started"
+    assert_same_state(before, model)
+
+
+# ---------------------------------------------------------------- sharded strategies
+
+
+class MyFSDPStrategy(FSDPStrategy):
+    """A user's subclass of a sharded strategy is just as sharded."""
+
+
+class _FakeTrainer:
+    """Just what ``PruningCallback.setup`` reads of a Trainer (FSDP refuses to build a CPU Trainer)."""
+
+    world_size = 1
+    global_rank = 0
+    is_global_zero = True
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+
+
+@pytest.mark.parametrize(
+    "strategy", [pytest.param(FSDPStrategy, id="fsdp"), pytest.param(MyFSDPStrategy, id="subclass")]
+)
+def test_sharded_strategy_is_refused_at_setup(strategy: type) -> None:
+    model = make_model()
+    before = snapshot_state(model)
+    fake_trainer = _FakeTrainer(strategy())
+    callback = PruningCallback(seed=0)  # no seed to broadcast
+    with pytest.raises(NotImplementedError, match=r"sharded strategy .*FSDPStrategy.*'ddp'"):
+        callback.setup(fake_trainer, model, "fit")  # type: ignore[arg-type]
+    assert callback.targets == []
+    assert_same_state(before, model)
+
+
+# ---------------------------------------------------------------- documented behaviours
+
+
+class TiedNet(LightningModule):
+    """``fc_a`` and ``fc_b`` hold one and the same weight ``nn.Parameter``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_a = nn.Linear(7, 7)
+        self.fc_b = nn.Linear(7, 7)
+        self.fc_b.weight = self.fc_a.weight
+        self.out = nn.Linear(7, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.relu(self.fc_b(torch.relu(self.fc_a(x)))))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("scope", [pytest.param("layer", id="layer"), pytest.param("global", id="global")])
+def test_tied_weights_are_pruned_once_and_both_modules_see_the_mask(tmp_path: Path, scope: str) -> None:
+    torch.manual_seed(0)
+    model = TiedNet()
+    callback = PruningCallback(scope=scope, schedule=Explicit({0: 0.5, 1: 0.75}), make_permanent=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        model, make_loader()
+    )
+    assert [t.qualname for t in callback.targets] == ["fc_a.weight", "out.weight"]
+    assert model.fc_a.weight_orig is model.fc_b.weight_orig
+    assert torch.equal(model.fc_a.weight_mask, model.fc_b.weight_mask)
+    assert torch.equal(model.fc_a.weight, model.fc_b.weight)
+    masks = masks_of(model)
+    pruned = int((~masks["fc_a.weight"]).sum()), int((~masks["out.weight"]).sum())
+    if scope == "layer":
+        assert pruned == (round(0.75 * 49), round(0.75 * 21))
+    else:  # counted once: the shared tensor's 49 entries are not counted twice in the global total
+        assert sum(pruned) == round(0.75 * (49 + 21))
+    x = torch.randn(5, 7)
+    model.fc_b(x)  # the hook of the second holder recomputes the weight from the shared mask
+    assert bool((model.fc_b.weight[~model.fc_b.weight_mask] == 0).all())
+
+    # The plain checkpoint has the masked weight under both names and loads strictly.
+    state_dict = torch.load(tmp_path / "ckpt" / "epoch=1.ckpt", weights_only=False)["state_dict"]
+    assert not [k for k in state_dict if k.endswith(("_orig", "_mask"))]
+    torch.manual_seed(1)
+    plain = TiedNet()
+    plain.load_state_dict(state_dict, strict=True)
+    assert torch.equal(plain.fc_a.weight, model.fc_a.weight)
+    assert plain.fc_a.weight is plain.fc_b.weight
+
+
+def test_tied_weights_stay_tied_after_make_permanent(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TiedNet()
+    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=0.5)], max_epochs=1).fit(model, make_loader())
+    assert isinstance(model.fc_a.weight, nn.Parameter)
+    assert model.fc_a.weight is model.fc_b.weight
+    assert int((model.fc_a.weight == 0).sum()) == round(0.5 * 49)
+    assert masks_of(model) == {}
+    assert not model.fc_a._forward_pre_hooks and not model.fc_b._forward_pre_hooks
+
+
+@pytest.mark.parametrize(
+    "make_permanent", [pytest.param(True, id="permanent"), pytest.param(False, id="reparametrized")]
+)
+def test_frozen_parameters_are_pruned_like_others(tmp_path: Path, make_permanent: bool) -> None:
+    model = make_model()
+    model.fc1.weight.requires_grad_(False)
+    frozen_before = model.fc1.weight.detach().clone()
+    callback = PruningCallback(schedule=Explicit({0: 0.5, 1: 0.7}), make_permanent=make_permanent)
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(model, make_loader())
+    assert [t.qualname for t in callback.targets] == ["fc1.weight", "fc2.weight"]
+    param = model.fc1.weight if make_permanent else model.fc1.weight_orig
+    assert isinstance(param, nn.Parameter) and not param.requires_grad
+    effective = model.fc1.weight.detach()
+    assert int((effective == 0).sum()) == round(0.7 * effective.numel())
+    kept = effective != 0
+    assert torch.equal(effective[kept], frozen_before[kept]), "a frozen weight must not train"
+    assert int((model.fc2.weight == 0).sum()) == round(0.7 * model.fc2.weight.numel())
+
+
+class WithEmptyLayer(TinyNet):
+    """:class:`TinyNet` plus ``Linear(0, 3)``, whose weight has no entries at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = nn.Linear(0, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) + self.empty(x[:, :0])
+
+
+@pytest.mark.parametrize(
+    ("method", "scope"),
+    [
+        pytest.param("l1_unstructured", "layer", id="l1_layer"),
+        pytest.param("l1_unstructured", "global", id="l1_global"),
+        pytest.param("random_unstructured", "global", id="random_global"),
+        pytest.param("ln_structured", "layer", id="ln_structured_layer"),
+        pytest.param("ln_structured", "global", id="ln_structured_global"),
+        pytest.param("random_structured", "layer", id="random_structured_layer"),
+    ],
+)
+def test_empty_tensors_do_not_crash(tmp_path: Path, method: str, scope: str) -> None:
+    torch.manual_seed(0)
+    model = WithEmptyLayer()
+    callback = PruningCallback(method=method, scope=scope, schedule=Explicit({0: 0.3, 1: 0.5}), make_permanent=False)
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=2, enable_checkpointing=True).fit(model, make_loader())
+    masks = masks_of(model)
+    assert sorted(masks) == ["empty.weight", "fc1.weight", "fc2.weight"]
+    assert masks["empty.weight"].shape == (3, 0)
+    assert list((tmp_path / "checkpoints").glob("*.ckpt")), "a checkpoint with an empty mask was written"
+    if method.endswith("_unstructured"):
+        pruned = {n: int((~m).sum()) for n, m in masks.items()}
+        if scope == "layer":
+            assert pruned == {"empty.weight": 0, "fc1.weight": round(0.5 * 91), "fc2.weight": round(0.5 * 39)}
+        else:
+            assert pruned["empty.weight"] == 0
+            assert pruned["fc1.weight"] + pruned["fc2.weight"] == round(0.5 * 130)
+    elif scope == "layer":
+        rows = {n: int((~masks[n].any(dim=1)).sum()) for n in ("fc1.weight", "fc2.weight")}
+        assert rows == {"fc1.weight": round(0.5 * 13), "fc2.weight": round(0.5 * 3)}
+
+
+def test_norm_inf_is_accepted() -> None:
+    """The one string `norm` allows (and its spelling as YAML writes it)."""
+    for norm in ("inf", math.inf):
+        PruningCallback(method="ln_structured", norm=norm)

@@ -1,0 +1,438 @@
+"""Checkpoints written while pruned: plain weights, bit-packed masks, exact resume.
+
+Every run is on the CPU with unshuffled data, so an uninterrupted run and a run interrupted by a
+checkpoint and resumed in a new model, callback and Trainer must agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_prune import PruningCallback, Rewind
+from lightning_prune.schedules import Explicit, Polynomial
+from lightning_prune.serialization import unpack_mask
+from tests.helpers import (
+    WEIGHTS,
+    RenamedNet,
+    TinyNet,
+    TinyNetEval,
+    assert_same_state,
+    assert_tensors_equal,
+    effective_weights,
+    make_loader,
+    make_model,
+    make_trainer,
+    masks_of,
+    snapshot_state,
+)
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`"),
+    pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty"),
+]
+
+EPOCHS = 4
+STOP = 2  # the interrupted run stops after this many epochs
+
+
+class EpochRecorder(Callback):
+    """At every training epoch end (place it after the PruningCallback): masks and effective weights."""
+
+    def __init__(self) -> None:
+        self.masks: dict[int, dict[str, torch.Tensor]] = {}
+        self.effective: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        self.masks[trainer.current_epoch] = masks_of(pl_module)
+        self.effective[trainer.current_epoch] = effective_weights(pl_module)
+
+
+class SaveRecorder(Callback):
+    """At every checkpoint save: the module's masks and effective weights at that moment, by epoch."""
+
+    def __init__(self) -> None:
+        self.masks: dict[int, dict[str, torch.Tensor]] = {}
+        self.effective: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self.masks[trainer.current_epoch] = masks_of(pl_module)
+        self.effective[trainer.current_epoch] = effective_weights(pl_module)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _state_of(checkpoint: dict[str, Any], callback: PruningCallback) -> dict[str, Any]:
+    return checkpoint["callbacks"][callback.state_key]
+
+
+# ---------------------------------------------------------------- mid-training checkpoints are plain
+
+
+@pytest.mark.parametrize(
+    "with_val",
+    [pytest.param(False, id="saved_at_train_epoch_end"), pytest.param(True, id="saved_at_validation_end")],
+)
+def test_mid_training_checkpoint_loads_into_plain_class(tmp_path: Path, with_val: bool) -> None:
+    schedule = Explicit({0: 0.3, 1: 0.6, 2: 0.8})
+    callback = PruningCallback(schedule=schedule)  # make_permanent=True: only the end of fit is plain
+    every = ModelCheckpoint(
+        dirpath=tmp_path / "every",
+        filename="{epoch}",
+        every_n_epochs=1,
+        save_top_k=-1,
+        save_last=True,
+        save_on_train_epoch_end=not with_val,  # Lightning would save at train epoch end even with a val loop
+    )
+    recorder = SaveRecorder()
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[callback, recorder, every],
+        max_epochs=3,
+        enable_checkpointing=True,
+        limit_val_batches=1 if with_val else 0,
+    )
+    model = make_model(cls=TinyNetEval)
+    trainer.fit(model, make_loader(), make_loader(seed=1) if with_val else None)
+
+    paths = {e: tmp_path / "every" / f"epoch={e}.ckpt" for e in range(3)}
+    paths["last"] = tmp_path / "every" / "last.ckpt"
+    for key, path in paths.items():
+        assert path.is_file(), key
+        epoch = 2 if key == "last" else key
+        checkpoint = _load(path)
+        assert checkpoint["epoch"] == epoch
+        assert not [k for k in checkpoint["state_dict"] if k.endswith(("_orig", "_mask"))], key
+        assert sorted(checkpoint["state_dict"]) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+
+        # The masks at save time: after this epoch's event if saved at train epoch end, before it if
+        # saved at validation end (which Lightning runs before `on_train_epoch_end`).
+        event_epoch = epoch if not with_val else epoch - 1
+        expected_masks = recorder.masks[epoch]
+        if event_epoch >= 0:
+            sparsity = schedule.sparsity_at(event_epoch)
+            assert sorted(expected_masks) == list(WEIGHTS)
+            for name, mask in expected_masks.items():
+                assert int((~mask).sum()) == round(sparsity * mask.numel()), (key, name)
+        else:
+            assert expected_masks == {}
+
+        loaded = TinyNetEval.load_from_checkpoint(path, strict=True, map_location="cpu")
+        assert not [n for n, _ in loaded.named_buffers() if n.endswith("_mask")]
+        assert_tensors_equal(effective_weights(loaded), recorder.effective[epoch])
+        for name, mask in expected_masks.items():
+            assert bool((loaded.get_parameter(name)[~mask] == 0).all()), (key, name)
+
+        state = _state_of(checkpoint, callback)
+        assert sorted(state["masks"]) == sorted(expected_masks)
+        for name, mask in expected_masks.items():
+            packed = state["masks"][name]["bits"]
+            assert packed.dtype == torch.uint8
+            assert packed.numel() == math.ceil(mask.numel() / 8), (key, name)
+            assert tuple(state["masks"][name]["shape"]) == tuple(mask.shape)
+            assert torch.equal(unpack_mask(packed, state["masks"][name]["shape"]), mask), (key, name)
+
+
+def test_plain_checkpoint_loads_into_plain_torch_module(tmp_path: Path) -> None:
+    """The checkpoint's ``state_dict`` also loads strictly into a plain ``nn.Module`` of the same shape."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    trainer = make_trainer(
+        tmp_path, callbacks=[PruningCallback(schedule=0.5), ckpt], max_epochs=1, enable_checkpointing=True
+    )
+    trainer.fit(make_model(), make_loader())
+    state_dict = _load(tmp_path / "epoch=0.ckpt")["state_dict"]
+    plain = make_model(seed=5)
+    plain.load_state_dict(state_dict, strict=True)
+    for name in WEIGHTS:
+        weight = plain.get_parameter(name)
+        assert int((weight == 0).sum()) == round(0.5 * weight.numel())
+
+
+# ---------------------------------------------------------------- exact resume
+
+METHODS: dict[str, Callable[[], PruningCallback]] = {
+    "l1_layer": lambda: PruningCallback(
+        method="l1_unstructured", scope="layer", schedule=Explicit({0: 0.3, 1: 0.5, 3: 0.8}), make_permanent=False
+    ),
+    "l1_global": lambda: PruningCallback(
+        method="l1_unstructured",
+        scope="global",
+        schedule=Polynomial(final_sparsity=0.8, start_epoch=0, end_epoch=3),
+        make_permanent=False,
+    ),
+    "random_seeded": lambda: PruningCallback(
+        method="random_unstructured", schedule=Explicit({0: 0.3, 1: 0.5, 3: 0.8}), seed=1234, make_permanent=False
+    ),
+    "random_seed_from_checkpoint": lambda: PruningCallback(
+        method="random_unstructured", scope="global", schedule=Explicit({0: 0.3, 2: 0.5, 3: 0.8}), make_permanent=False
+    ),
+    "l1_rewind": lambda: PruningCallback(
+        method="l1_unstructured",
+        scope="global",
+        schedule=Explicit({1: 0.3, 2: 0.5, 3: 0.8}),
+        rewind=Rewind(epoch=1),
+        make_permanent=False,
+    ),
+}
+
+
+def _run(
+    root: Path,
+    callback: PruningCallback,
+    *,
+    epochs: int,
+    with_val: bool,
+    model_seed: int = 0,
+    checkpoint: ModelCheckpoint | None = None,
+    checkpoint_first: bool = False,
+    ckpt_path: Path | None = None,
+) -> tuple[TinyNet, EpochRecorder]:
+    model = make_model(seed=model_seed, cls=TinyNetEval)
+    recorder = EpochRecorder()
+    callbacks: list[Callback] = [callback, recorder]
+    if checkpoint is not None:
+        callbacks = [checkpoint, *callbacks] if checkpoint_first else [*callbacks, checkpoint]
+    trainer = make_trainer(
+        root,
+        callbacks=callbacks,
+        max_epochs=epochs,
+        enable_checkpointing=checkpoint is not None,
+        limit_val_batches=1 if with_val else 0,
+    )
+    trainer.fit(model, make_loader(), make_loader(seed=1) if with_val else None, ckpt_path=ckpt_path)
+    return model, recorder
+
+
+_REFERENCE: dict[tuple[str, bool], tuple[dict, dict, EpochRecorder]] = {}
+
+
+def _reference(tmp_path_factory: pytest.TempPathFactory, method: str, with_val: bool):
+    """The uninterrupted run (shared by the two checkpoint placements)."""
+    key = (method, with_val)
+    if key not in _REFERENCE:
+        model, recorder = _run(
+            tmp_path_factory.mktemp("reference"), METHODS[method](), epochs=EPOCHS, with_val=with_val
+        )
+        _REFERENCE[key] = (masks_of(model), effective_weights(model), recorder)
+    return _REFERENCE[key]
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, id=m) for m in METHODS])
+@pytest.mark.parametrize(
+    "with_val",
+    [pytest.param(False, id="saved_at_train_epoch_end"), pytest.param(True, id="saved_at_validation_end")],
+)
+@pytest.mark.parametrize(
+    "checkpoint_first",
+    [pytest.param(True, id="checkpoint_before_pruning"), pytest.param(False, id="checkpoint_after_pruning")],
+)
+def test_resume_ends_with_the_masks_of_an_uninterrupted_run(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, method: str, with_val: bool, checkpoint_first: bool
+) -> None:
+    masks_a, effective_a, recorder_a = _reference(tmp_path_factory, method, with_val)
+    assert sorted(masks_a) == list(WEIGHTS)
+
+    def checkpoint() -> ModelCheckpoint:
+        return ModelCheckpoint(
+            dirpath=tmp_path / "ckpt",
+            filename="{epoch}",
+            every_n_epochs=1,
+            save_top_k=-1,
+            save_on_train_epoch_end=not with_val,  # with a val loop: save at validation end, before the event
+        )
+
+    _run(
+        tmp_path,
+        METHODS[method](),
+        epochs=STOP,
+        with_val=with_val,
+        checkpoint=checkpoint(),
+        checkpoint_first=checkpoint_first,
+    )
+    path = tmp_path / "ckpt" / f"epoch={STOP - 1}.ckpt"
+    assert path.is_file()
+
+    resumed_callback = METHODS[method]()
+    model_b, recorder_b = _run(
+        tmp_path,
+        resumed_callback,
+        epochs=EPOCHS,
+        with_val=with_val,
+        model_seed=99,  # the weights must come from the checkpoint, not from the seed
+        checkpoint=checkpoint(),
+        checkpoint_first=checkpoint_first,
+        ckpt_path=path,
+    )
+    # Resuming from a checkpoint written at validation end, Lightning re-enters the end of epoch STOP - 1.
+    assert set(range(STOP, EPOCHS)) <= set(recorder_b.masks) <= set(range(STOP - 1, EPOCHS))
+    for epoch in recorder_b.masks:
+        assert_tensors_equal(recorder_b.masks[epoch], recorder_a.masks[epoch])
+        assert_tensors_equal(recorder_b.effective[epoch], recorder_a.effective[epoch])
+    assert_tensors_equal(masks_of(model_b), masks_a)
+    assert_tensors_equal(effective_weights(model_b), effective_a)
+
+
+# ---------------------------------------------------------------- resuming a different model
+
+
+def _two_epoch_checkpoint(tmp_path: Path, callback: PruningCallback) -> Path:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        make_model(), make_loader()
+    )
+    return tmp_path / "ckpt" / "epoch=1.ckpt"
+
+
+class _Lenient(RenamedNet):
+    strict_loading = False
+
+
+@pytest.mark.parametrize(
+    ("make", "callback_kwargs", "names"),
+    [
+        pytest.param(lambda: make_model(hidden=11), {}, ["fc1.weight", "fc2.weight"], id="wider_layer"),
+        pytest.param(lambda: make_model(cls=RenamedNet), {}, ["hidden.weight"], id="renamed_layer_strict"),
+        pytest.param(lambda: make_model(cls=_Lenient), {}, ["fc1.weight", "hidden.weight"], id="renamed_layer_lenient"),
+        pytest.param(make_model, {"exclude": ["fc2.weight"]}, ["fc2.weight"], id="target_excluded_on_resume"),
+    ],
+)
+def test_resume_into_changed_targets_names_them(tmp_path: Path, make, callback_kwargs, names) -> None:
+    path = _two_epoch_checkpoint(tmp_path, PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5}), make_permanent=False))
+    model = make()
+    trainer = make_trainer(
+        tmp_path, callbacks=[PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5}), **callback_kwargs)], max_epochs=3
+    )
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        trainer.fit(model, make_loader(), ckpt_path=path)
+    for name in names:
+        assert name in str(info.value), (name, str(info.value))
+
+
+# ---------------------------------------------------------------- evaluation never prunes
+
+
+def _evaluate(trainer: Trainer, model: TinyNet, stage: str) -> None:
+    loader = make_loader(seed=2)
+    if stage == "validate":
+        trainer.validate(model, loader)
+    elif stage == "test":
+        trainer.test(model, loader)
+    else:
+        trainer.predict(model, loader)
+
+
+STAGES = [pytest.param(s, id=s) for s in ("validate", "test", "predict")]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_evaluation_with_the_callback_never_prunes(tmp_path: Path, stage: str) -> None:
+    model = make_model(cls=TinyNetEval)
+    before = snapshot_state(model)
+    callback = PruningCallback(schedule=Explicit({0: 0.5, 1: 0.9}))
+    trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=2)
+    _evaluate(trainer, model, stage)
+    assert_same_state(before, model)
+    assert callback.targets == []
+    assert callback.state_dict()["masks"] == {}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_evaluation_after_fit_keeps_the_masks(tmp_path: Path, stage: str) -> None:
+    model = make_model(cls=TinyNetEval)
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), make_permanent=False)
+    trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=1)
+    trainer.fit(model, make_loader())
+    masks, state = masks_of(model), snapshot_state(model)
+    _evaluate(trainer, model, stage)
+    assert_tensors_equal(masks_of(model), masks)
+    assert_tensors_equal(snapshot_state(model), state)
+
+
+# ---------------------------------------------------------------- two callbacks
+
+
+def _two_callbacks() -> list[PruningCallback]:
+    return [
+        PruningCallback(targets=["fc1.weight"], schedule=Explicit({0: 0.3, 2: 0.6}), make_permanent=False),
+        PruningCallback(
+            method="random_unstructured",
+            targets=["fc2.weight"],
+            schedule=Explicit({1: 0.5, 2: 0.7}),
+            seed=5,
+            make_permanent=False,
+        ),
+    ]
+
+
+def test_two_callbacks_with_different_targets_both_restore(tmp_path: Path) -> None:
+    first, second = _two_callbacks()
+    assert first.state_key != second.state_key
+    model_a = make_model()
+    make_trainer(tmp_path / "a", callbacks=[first, second], max_epochs=3).fit(model_a, make_loader())
+
+    callbacks = _two_callbacks()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    make_trainer(tmp_path, callbacks=[*callbacks, ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        make_model(), make_loader()
+    )
+    path = tmp_path / "ckpt" / "epoch=1.ckpt"
+    states = _load(path)["callbacks"]
+    assert sorted(states[callbacks[0].state_key]["masks"]) == ["fc1.weight"]
+    assert sorted(states[callbacks[1].state_key]["masks"]) == ["fc2.weight"]
+
+    model_b = make_model(seed=7)
+    make_trainer(tmp_path, callbacks=_two_callbacks(), max_epochs=3).fit(model_b, make_loader(), ckpt_path=path)
+    assert sorted(masks_of(model_b)) == list(WEIGHTS)
+    assert_tensors_equal(masks_of(model_b), masks_of(model_a))
+    assert_tensors_equal(effective_weights(model_b), effective_weights(model_a))
+
+
+# ---------------------------------------------------------------- older checkpoint states
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [
+        pytest.param(("snapshot",), id="no_snapshot"),
+        pytest.param(("round",), id="no_round"),
+        pytest.param(("snapshot", "round", "version", "seed"), id="no_snapshot_round_version_seed"),
+    ],
+)
+def test_older_checkpoint_state_without_some_keys_resumes(tmp_path: Path, dropped: tuple[str, ...]) -> None:
+    def make() -> PruningCallback:
+        return PruningCallback(
+            method="random_unstructured", schedule=Explicit({0: 0.3, 1: 0.5, 2: 0.7}), seed=3, make_permanent=False
+        )
+
+    model_a = make_model()
+    make_trainer(tmp_path / "a", callbacks=[make()], max_epochs=3).fit(model_a, make_loader())
+
+    callback = make()
+    path = _two_epoch_checkpoint(tmp_path, callback)
+    checkpoint = _load(path)
+    state = _state_of(checkpoint, callback)
+    for key in dropped:
+        del state[key]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+
+    model_b = make_model(seed=7)
+    make_trainer(tmp_path, callbacks=[make()], max_epochs=3).fit(model_b, make_loader(), ckpt_path=old)
+    assert_tensors_equal(masks_of(model_b), masks_of(model_a))
+    assert_tensors_equal(effective_weights(model_b), effective_weights(model_a))
+
+
+def test_load_state_dict_accepts_a_minimal_state() -> None:
+    callback = PruningCallback(seed=11)
+    callback.load_state_dict({"masks": {}})
+    state = callback.state_dict()
+    assert (state["done_epoch"], state["round"], state["seed"], state["snapshot"]) == (-1, 0, 11, None)
