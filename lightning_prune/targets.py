@@ -111,7 +111,7 @@ def resolve_targets(
         selected = [q for q in candidates if q in wanted]
     else:
         for pattern in targets:
-            if not fnmatch.filter(all_names, pattern):
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
                 raise ValueError(f"`targets` pattern {pattern!r} matches no parameter; candidates are {candidates}")
             if not _WILDCARDS & set(pattern) and pattern not in candidates:
                 raise ValueError(
@@ -120,7 +120,7 @@ def resolve_targets(
                 )
         selected = [q for q in candidates if any(fnmatch.fnmatchcase(q, p) for p in targets)]
     for pattern in exclude:
-        if not fnmatch.filter(all_names, pattern):
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
             raise ValueError(f"`exclude` pattern {pattern!r} matches no parameter; candidates are {candidates}")
     selected = [q for q in selected if not any(fnmatch.fnmatchcase(q, p) for p in exclude)]
     if not selected:

@@ -1,0 +1,184 @@
+"""The ``lightning-prune`` console script: YAML in, a pruned model out."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_prune import PruningCallback, Rewind
+from lightning_prune.cli import main
+from lightning_prune.demo import DigitsDataModule, ImageClassifier
+from lightning_prune.schedules import Constant, Polynomial
+from tests.custom_methods import FooBarPruningMethod
+from tests.tutorial import LitLeNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Lightning's own use of jsonargparse APIs that jsonargparse deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.pytorch.cli")
+
+# The YAML of DESIGN.md, verbatim; its names ("fc3.weight") are those of the tutorial's LeNet.
+DESIGN_YAML = """\
+trainer:
+  max_epochs: 10
+  callbacks:
+    - class_path: lightning_prune.PruningCallback
+      init_args:
+        method: l1_unstructured
+        scope: global
+        schedule:
+          class_path: lightning_prune.schedules.Polynomial
+          init_args: {final_sparsity: 0.9, start_epoch: 0, end_epoch: 7}
+        exclude: ["fc3.weight"]
+"""
+
+FAST = [
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lightning-prune"])  # not pytest's arguments
+
+
+def _write(tmp_path: Path, text: str, name: str = "job.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def _pruning(cli) -> PruningCallback:
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, PruningCallback)]
+    return callback
+
+
+def _zero_fraction(callback: PruningCallback) -> float:
+    zeros = sum(int((t.parameter == 0).sum()) for t in callback.targets)
+    return zeros / sum(t.parameter.numel() for t in callback.targets)
+
+
+def test_console_script_points_at_main():
+    entry = re.search(r'^lightning-prune\s*=\s*"([\w.]+):(\w+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert entry is not None, "no `lightning-prune` console script in pyproject.toml"
+    module, attr = entry.groups()
+    assert getattr(importlib.import_module(module), attr) is main
+
+
+def test_defaults_are_the_builtin_model_and_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["--trainer.logger=false", "--model.init_args.lr=0.1", "--data.batch_size=16"], run=False)
+    assert type(cli.model) is ImageClassifier and cli.model.hparams.lr == 0.1
+    assert type(cli.datamodule) is DigitsDataModule and cli.datamodule.batch_size == 16
+
+
+def test_any_importable_module(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["--trainer.logger=false", "--model=tests.tutorial.LitLeNet", "--model.lr=0.2"], run=False)
+    assert type(cli.model) is LitLeNet and cli.model.hparams.lr == 0.2
+
+
+def test_design_yaml_fits_with_rewind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    yaml = DESIGN_YAML.replace('exclude: ["fc3.weight"]', 'exclude: ["fc3.weight"]\n        rewind: {epoch: 0}')
+    config = _write(tmp_path, yaml + "model: tests.tutorial.LitLeNet\n")
+    cli = main(["fit", "--config", config, "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}", *FAST])
+
+    callback = _pruning(cli)
+    assert isinstance(callback.schedule, Polynomial)
+    assert (callback.schedule.final_sparsity, callback.schedule.end_epoch) == (0.9, 7)
+    assert callback.rewind == Rewind(epoch=0)
+    assert callback.scope == "global"
+    assert [t.qualname for t in callback.targets] == ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    n = sum(t.parameter.numel() for t in callback.targets)
+    assert _zero_fraction(callback) == round(callback.schedule.sparsity_at(1) * n) / n  # the event after epoch 1
+    assert (cli.model.fc3.weight != 0).all()
+    assert not prune.is_pruned(cli.model)  # make_permanent
+    assert (tmp_path / "config.yaml").is_file()  # SaveConfigCallback, under default_root_dir
+
+
+def test_builtin_model_names_live_under_net(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _write(
+        tmp_path,
+        """\
+        trainer:
+          callbacks:
+            - class_path: lightning_prune.PruningCallback
+              init_args:
+                scope: layer
+                schedule: 0.5
+                exclude: ["net.fc3.weight"]
+        """,
+    )
+    cli = main(["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST])
+    callback = _pruning(cli)
+    assert isinstance(callback.schedule, Constant) and callback.schedule.sparsity == 0.5
+    for target in callback.targets:
+        assert int((target.parameter == 0).sum()) == round(0.5 * target.parameter.numel()), target.qualname
+    assert "net.fc3.weight" not in [t.qualname for t in callback.targets]
+
+
+def test_bad_scope_fails_while_parsing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = _write(tmp_path, DESIGN_YAML.replace("scope: global", "scope: galaxy"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, f"--trainer.default_root_dir={tmp_path}", *FAST])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "scope" in err and "galaxy" in err and "'layer', 'global'" in err
+    assert not (tmp_path / "config.yaml").exists()  # nothing ran
+
+
+def test_custom_method_by_import_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _write(
+        tmp_path,
+        """\
+        trainer:
+          callbacks:
+            - class_path: lightning_prune.PruningCallback
+              init_args:
+                method: tests.custom_methods.FooBarPruningMethod
+                targets: ["net.fc3.bias"]
+                schedule: 0.5
+                make_permanent: false
+        """,
+    )
+    cli = main(["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST])
+
+    reference = nn.Linear(84, 10)
+    FooBarPruningMethod.apply(reference, "bias")  # the tutorial's own call
+    mask = cli.model.net.fc3.bias_mask
+    assert mask.dtype == torch.bool
+    assert torch.equal(mask, reference.bias_mask.bool())  # tensor([0., 1., 0., 1., ...]) in the tutorial
+
+
+def test_python_dash_m(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_prune.cli", "fit", "--print_config"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["class_path"].rpartition(".")[2] == "ImageClassifier"
+    assert config["data"]["class_path"].rpartition(".")[2] == "DigitsDataModule"

@@ -1,0 +1,54 @@
+"""Every script in ``examples/`` runs in its quick mode, writing only into its working folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# script -> (quick-mode arguments, lines its output must contain)
+QUICK: dict[str, tuple[list[str], list[str]]] = {
+    "quickstart.py": (
+        ["--max-epochs", "2", "--limit-batches", "2"],
+        ["test accuracy: ", "sparsity of the pruned weights: 0.9000"],
+    ),
+    "custom_method.py": (
+        ["--limit-batches", "1"],
+        [
+            # The tutorial's mask, tensor([0., 1., 0., 1., ...]), as a bool mask; then every other survivor.
+            f"after epoch 0: {torch.arange(10) % 2 == 1}",
+            f"after epoch 1: {torch.arange(10) % 4 == 3}",
+            "prune.is_pruned: True",
+        ],
+    ),
+    "global_vs_layer.py": (["--quick"], ["| sparsity | global test acc | layer test acc |", "| 0.50 |", "| 0.90 |"]),
+    "lottery_ticket.py": (["--quick", "--out", "."], ["| round |"]),
+}
+
+
+def test_every_example_has_a_quick_mode():
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(QUICK)
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, id=s.removesuffix(".py")) for s in QUICK])
+def test_example_runs(script: str, tmp_path: Path):
+    args, expected = QUICK[script]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: more threads only contend with the test runner
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in expected:
+        assert line in result.stdout, result.stdout
