@@ -168,6 +168,8 @@ class PruningCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
+            self._snapshot = self._snapshot.to(pl_module.device)
         if self._pending_masks is None:
             return
         masks, self._pending_masks = self._pending_masks, None

@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end in their ``--quick`` mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_quick(script: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_bench_global_quick() -> None:
+    proc = _run_quick("bench_global.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "| size | torch s | ours s | time ratio (torch/ours) | torch B/param | ours B/param |" in proc.stdout
+    assert "| yes |" in proc.stdout, "ours prunes exactly round(0.5 N) entries"
+
+
+@pytest.mark.slow
+def test_bench_step_quick() -> None:
+    proc = _run_quick("bench_step.py")
+    assert proc.returncode == 0, proc.stderr
+    header = (
+        "| model | batch | dense ms | torch ms | ours ms | torch / dense | ours / dense | ours / torch | other load |"
+    )
+    assert header in proc.stdout
+    assert "| variant | MiB | vs dense |" in proc.stdout

@@ -1,0 +1,460 @@
+"""Lottery-ticket rewinding through PruningCallback, checked against values recorded during ``fit``.
+
+A tiny model (two Linear layers around a BatchNorm, so there are buffers), SGD with momentum and
+an epoch-interval ``StepLR(step_size=1, gamma=0.5)``: optimizer state and learning rate change every
+epoch, so a rewind that forgets either is visible.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prune import PruningCallback, Rewind
+from lightning_prune.schedules import Constant, Explicit, Geometric
+
+LR = 0.1
+WEIGHTS = ["fc1.weight", "fc2.weight"]
+FAN_IN = {"fc1.weight": 8, "fc2.weight": 16}
+TOTAL = 8 * 16 + 16 * 3  # targeted entries
+
+
+class Tiny(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class TinyVal(Tiny):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+def _data() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
+
+
+def _model(seed: int = 0, cls: type[Tiny] = Tiny) -> Tiny:
+    torch.manual_seed(seed)
+    return cls()
+
+
+def _plain(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under its plain name (``_orig`` read as the tensor, masks left out)."""
+    out = {}
+    for name, value in module.state_dict(keep_vars=True).items():
+        if name.endswith("_mask"):
+            continue
+        out[name.removesuffix("_orig")] = value.detach().clone()
+    return out
+
+
+def _capture(trainer: Trainer, module: nn.Module) -> dict:
+    opt = trainer.optimizers[0]
+    params = [p for group in opt.param_groups for p in group["params"]]
+    momentum = [opt.state[p].get("momentum_buffer") if p in opt.state else None for p in params]
+    buffers = dict(module.named_buffers())
+    tensors = _plain(module)
+    masks = {n: buffers[n + "_mask"].clone() for n in WEIGHTS if n + "_mask" in buffers}
+    return {
+        "tensors": tensors,
+        "effective": {n: tensors[n] * masks[n] if n in masks else tensors[n] for n in WEIGHTS},
+        "weights": {n: module.get_submodule(n.split(".")[0]).weight.detach().clone() for n in WEIGHTS},
+        "masks": masks,
+        "momentum": [None if m is None else m.clone() for m in momentum],
+        "lr": opt.param_groups[0]["lr"],
+        "sched_lr": trainer.lr_scheduler_configs[0].scheduler.get_last_lr(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+class Probe(Callback):
+    """Records state at every epoch start, or at every epoch end (before or after the callbacks after it)."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook = hook
+        self.seen: dict[int, dict] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.hook == "start":
+            self.seen[trainer.current_epoch] = _capture(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.hook == "end":
+            self.seen[trainer.current_epoch] = _capture(trainer, pl_module)
+
+
+def _trainer(epochs: int, callbacks: list, root: Path, **kwargs) -> Trainer:
+    options = {
+        "max_epochs": epochs,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "deterministic": True,
+        "default_root_dir": root,
+        "accelerator": "cpu",
+        **kwargs,
+    }
+    return Trainer(callbacks=callbacks, **options)
+
+
+def _fit(callback: PruningCallback, tmp_path: Path, *, epochs: int, model: Tiny | None = None, **kwargs):
+    model = model or _model()
+    start, before, after = Probe("start"), Probe("end"), Probe("end")
+    trainer = _trainer(epochs, [start, before, callback, after], tmp_path, **kwargs)
+    trainer.fit(model, _data())
+    return model, start, before, after
+
+
+def _expected_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """Global L1: keep the ``n - round(s * n)`` largest magnitudes of the effective weights."""
+    flat = torch.cat([weights[n].abs().reshape(-1) for n in WEIGHTS])
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[torch.topk(flat, flat.numel() - round(sparsity * flat.numel())).indices] = True
+    sizes = [weights[n].numel() for n in WEIGHTS]
+    return {n: m.view_as(weights[n]) for n, m in zip(WEIGHTS, keep.split(sizes))}
+
+
+def _assert_masks(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for name in expected:
+        assert actual[name].dtype == torch.bool
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def _assert_survivors_equal(state: dict, reference: dict[str, torch.Tensor]) -> None:
+    """Survivors equal ``reference``, ``module.weight`` shows zeros where pruned, other tensors equal."""
+    for name, value in reference.items():
+        if name in WEIGHTS:
+            mask = state["masks"][name]
+            assert torch.equal(state["tensors"][name][mask], value[mask]), name
+            assert torch.equal(state["weights"][name], value * mask), name
+        else:
+            assert torch.equal(state["tensors"][name], value), name
+
+
+# ---------------------------------------------------------------------------- rewind to k=0
+
+
+def test_rewind_to_initialisation(tmp_path) -> None:
+    model = _model()
+    init = _plain(model)
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({0: 0.5, 1: 0.75}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    _, start, before, after = _fit(callback, tmp_path, epochs=2, model=model)
+
+    # Before the first event the model trained, momentum built up and the LR was stepped, so a
+    # rewind that did nothing could not pass the checks below.
+    assert not torch.equal(before.seen[0]["tensors"]["fc1.weight"], init["fc1.weight"])
+    assert not torch.equal(before.seen[0]["tensors"]["bn.running_mean"], init["bn.running_mean"])
+    assert all(m is not None for m in before.seen[0]["momentum"])
+    assert before.seen[0]["lr"] == pytest.approx(LR / 2)
+
+    for epoch, sparsity in ((0, 0.5), (1, 0.75)):
+        state = after.seen[epoch]
+        _assert_masks(state["masks"], _expected_masks(before.seen[epoch]["effective"], sparsity))
+        assert sum(int((~m).sum()) for m in state["masks"].values()) == round(sparsity * TOTAL)
+        _assert_survivors_equal(state, init)
+        assert all(m is None for m in state["momentum"]), "SGD had no momentum state at initialisation"
+        assert state["lr"] == LR
+        assert state["sched_lr"] == [LR]
+
+    # ... and the next epoch starts exactly as epoch 0 did.
+    assert start.seen[0]["lr"] == start.seen[1]["lr"] == LR
+    for name, value in after.seen[0]["tensors"].items():
+        assert torch.equal(start.seen[1]["tensors"][name], value), name
+    assert all(m is None for m in start.seen[1]["momentum"])
+
+
+# ---------------------------------------------------------------------------- rewind to k=1
+
+
+def test_rewind_to_epoch_one_restores_weights_momentum_and_lr(tmp_path) -> None:
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({1: 0.5, 2: 0.75}), rewind=Rewind(epoch=1), make_permanent=False
+    )
+    _, start, before, after = _fit(callback, tmp_path, epochs=3)
+    snap = start.seen[1]
+    assert snap["lr"] == pytest.approx(LR / 2)
+    assert all(m is not None for m in snap["momentum"])
+    assert not after.seen[0]["masks"], "no event after epoch 0"
+
+    for epoch, sparsity in ((1, 0.5), (2, 0.75)):
+        assert before.seen[epoch]["lr"] == pytest.approx(snap["lr"] / 2), "the LR was stepped before the event"
+        state = after.seen[epoch]
+        _assert_masks(state["masks"], _expected_masks(before.seen[epoch]["effective"], sparsity))
+        _assert_survivors_equal(state, snap["tensors"])
+        assert len(state["momentum"]) == len(snap["momentum"])
+        for got, want in zip(state["momentum"], snap["momentum"]):
+            assert torch.equal(got, want)
+        assert state["lr"] == snap["lr"]
+        assert state["sched_lr"] == snap["sched_lr"]
+    assert start.seen[2]["lr"] == snap["lr"], "epoch 2 starts with the LR of epoch 1"
+
+
+# ---------------------------------------------------------------------------- random-reinit control
+
+
+def _control(tmp_path: Path, seed: int, reinit: bool = True):
+    callback = PruningCallback(
+        scope="global",
+        schedule=Explicit({0: 0.5}),
+        rewind=Rewind(epoch=0, reinit=reinit),
+        seed=seed,
+        make_permanent=False,
+    )
+    _, _, before, after = _fit(callback, tmp_path, epochs=1)
+    return before.seen[0], after.seen[0]
+
+
+def test_reinit_control(tmp_path) -> None:
+    init = _plain(_model())
+    _, ticket = _control(tmp_path, seed=7, reinit=False)
+    before, control = _control(tmp_path, seed=7)
+    _, again = _control(tmp_path, seed=7)
+    _, other = _control(tmp_path, seed=8)
+
+    _assert_masks(control["masks"], _expected_masks(before["effective"], 0.5))
+    _assert_masks(control["masks"], ticket["masks"])
+    assert torch.equal(before["rng"], control["rng"]), "the global RNG is untouched by the event"
+    for name in WEIGHTS:
+        mask = control["masks"][name]
+        survivors = control["tensors"][name][mask]
+        assert (survivors != init[name][mask]).float().mean() > 0.95, "survivors are re-sampled, not rewound"
+        assert (survivors != before["tensors"][name][mask]).float().mean() > 0.95
+        assert survivors.abs().max() <= 1 / math.sqrt(FAN_IN[name]), "drawn like nn.Linear.reset_parameters"
+        assert torch.equal(control["weights"][name][~mask], torch.zeros(int((~mask).sum())))
+        assert torch.equal(control["weights"][name], control["tensors"][name] * mask)
+        assert torch.equal(again["tensors"][name], control["tensors"][name]), "same seed, same values"
+        assert (other["tensors"][name][mask] != survivors).float().mean() > 0.95, "another seed, other values"
+    assert all(m is None for m in control["momentum"]) and control["lr"] == LR, "optimizer and LR still rewound"
+
+
+# ---------------------------------------------------------------------------- events that change nothing
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pytest.param(0.5, id="same-target"),
+        pytest.param(0.502, id="target-rounding-to-same-count"),
+    ],
+)
+def test_event_already_met_changes_nothing(tmp_path, second: float) -> None:
+    assert round(second * TOTAL) == round(0.5 * TOTAL)
+    logger = CSVLogger(tmp_path, name="csv")
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({0: 0.5, 1: second}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    _, _, before, after = _fit(callback, tmp_path, epochs=2, logger=logger)
+    state, previous = after.seen[1], before.seen[1]
+    _assert_masks(state["masks"], after.seen[0]["masks"])
+    for name, value in previous["tensors"].items():
+        assert torch.equal(state["tensors"][name], value), name
+    assert state["lr"] == previous["lr"] == pytest.approx(LR / 2)
+    assert all(m is not None for m in state["momentum"])
+    for got, want in zip(state["momentum"], previous["momentum"]):
+        assert torch.equal(got, want)
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rounds = [float(r["lottery/round"]) for r in csv.DictReader(f) if r.get("lottery/round")]
+    assert rounds == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------- bad schedules
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epoch", "first"),
+    [
+        pytest.param(Geometric(rate=0.2), 1, 0, id="geometric-from-0-rewind-1"),
+        pytest.param(Explicit({1: 0.5, 3: 0.7}), 2, 1, id="explicit-rewind-between-events"),
+        pytest.param(Constant(0.5, start_epoch=2), 3, 2, id="constant-rewind-after-event"),
+    ],
+)
+def test_schedule_pruning_before_rewind_epoch_fails_at_setup(tmp_path, schedule, epoch: int, first: int) -> None:
+    model = _model()
+    init = _plain(model)
+    callback = PruningCallback(schedule=schedule, rewind=Rewind(epoch=epoch), make_permanent=False)
+    trainer = _trainer(epoch + 2, [callback], tmp_path)
+    with pytest.raises(ValueError, match=rf"Rewind\(epoch={epoch}\).*prunes after epoch {first}\b"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0
+    assert not [n for n, _ in model.named_buffers() if n.endswith("_mask")]
+    now = _plain(model)
+    assert sorted(now) == sorted(init)
+    for name, value in init.items():
+        assert torch.equal(now[name], value), name
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+class Crash(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 2 and batch_idx == 2:
+            raise RuntimeError("simulated crash")
+
+
+def _final(model: Tiny) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in _plain(model).items():
+        if name in WEIGHTS:
+            mask = model.get_buffer(name + "_mask")
+            out[name + "_mask"] = mask.clone()
+            value = value * mask
+        out[name] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("reinit", "seed", "validate"),
+    [
+        pytest.param(False, 3, False, id="ticket"),
+        pytest.param(True, None, False, id="control-drawn-seed"),
+        # Saved at validation end, before the epoch's pruning event: the resumed run must do it.
+        pytest.param(False, 3, True, id="ticket-checkpoint-before-event"),
+    ],
+)
+def test_resume_ends_like_uninterrupted_run(tmp_path, reinit: bool, seed: int | None, validate: bool) -> None:
+    cls, val = (TinyVal, _data()) if validate else (Tiny, None)
+
+    def callback() -> PruningCallback:
+        return PruningCallback(
+            scope="global",
+            schedule=Geometric(rate=0.3, start_epoch=1),
+            rewind=Rewind(epoch=1, reinit=reinit),
+            seed=seed,
+            make_permanent=False,
+        )
+
+    straight = _model(cls=cls)
+    _trainer(4, [callback()], tmp_path / "straight").fit(straight, _data(), val)
+    expected = _final(straight)
+
+    crashed = _model(cls=cls)
+    pruning = callback()
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=not validate
+    )
+    trainer = _trainer(4, [pruning, Crash(), checkpoint], tmp_path / "crashed", enable_checkpointing=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(crashed, _data(), val)
+    (path,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
+    saved = torch.load(path, weights_only=False)["callbacks"][pruning.state_key]
+    assert saved["done_epoch"] == (0 if validate else 1)
+    assert saved["snapshot"] is not None
+
+    resumed = _model(seed=123, cls=cls)  # another initialisation, and another global RNG state for a drawn seed
+    _trainer(4, [callback()], tmp_path / "resumed").fit(resumed, _data(), val, ckpt_path=path)
+    got = _final(resumed)
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+    assert sum(int((~got[n + "_mask"]).sum()) for n in WEIGHTS) == round((1 - 0.7**3) * TOTAL)
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+@pytest.mark.parametrize(
+    "accelerator",
+    [
+        pytest.param("cpu", id="cpu"),
+        pytest.param(
+            "cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+        ),
+    ],
+)
+def test_snapshot_is_one_copy_on_the_parameters_device(tmp_path, accelerator: str) -> None:
+    seen = {}
+
+    class Look(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            seen["snapshot"] = callback.state_dict()["snapshot"]
+            seen["live"] = {**dict(pl_module.named_parameters()), **dict(pl_module.named_buffers())}
+
+    model = _model()
+    init = _plain(model)
+    callback = PruningCallback(scope="global", schedule=0.5, rewind=Rewind(epoch=0), make_permanent=False)
+    trainer = _trainer(1, [callback, Look()], tmp_path, accelerator=accelerator, devices=1)
+    trainer.fit(model, _data())
+
+    tensors, live = seen["snapshot"]["tensors"], seen["live"]
+    device = torch.device("cuda", 0) if accelerator == "cuda" else torch.device("cpu")
+    assert sorted(tensors) == sorted(init), "one entry per parameter and buffer, plain names, no masks"
+    assert seen["snapshot"]["optimizers"][0]["state"] == {}
+    pointers = set()
+    for name, value in tensors.items():
+        current = live.get(name, live.get(name + "_orig"))
+        assert value.device == current.device == device, name
+        assert value.dtype == current.dtype and value.shape == current.shape, name
+        assert not value.requires_grad
+        assert torch.equal(value.cpu(), init[name]), name
+        pointers.add(value.untyped_storage().data_ptr())
+    live_pointers = {t.untyped_storage().data_ptr() for t in live.values()}
+    assert len(pointers) == len(tensors) and not pointers & live_pointers, "copies, not views of the live tensors"
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    live_bytes = sum(t.numel() * t.element_size() for n, t in live.items() if not n.endswith("_mask"))
+    assert nbytes == live_bytes
+
+
+# ---------------------------------------------------------------------------- the example
+
+
+def test_lottery_example_quick(tmp_path, capsys) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "lottery_ticket.py"
+    spec = importlib.util.spec_from_file_location("lottery_ticket_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--quick", "--out", str(tmp_path)])
+
+    with open(tmp_path / "lottery_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["arm"], r["seed"], r["round"]) for r in rows] == [
+        ("ticket", "0", "0"),
+        ("ticket", "0", "1"),
+        ("control", "0", "0"),
+        ("control", "0", "1"),
+    ]
+    total = 64 * 300 + 300 * 100 + 100 * 10
+    for row in rows:
+        kept = total - round((1 - 0.8 ** int(row["round"])) * total)
+        assert float(row["remaining"]) == pytest.approx(kept / total, abs=1e-6), "measured before the round's event"
+        assert 0.0 <= float(row["test_acc"]) <= 1.0
+    assert rows[0]["test_acc"] == rows[2]["test_acc"], "both arms train the same dense network in round 0"
+    assert (tmp_path / "lottery_results.png").stat().st_size > 10_000
+    assert "| round | remaining % |" in capsys.readouterr().out
