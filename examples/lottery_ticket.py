@@ -216,7 +216,7 @@ def plot(rows: Sequence[dict], path: Path, *, epochs_per_round: int, rewind_epoc
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=8, help="pruning rounds, round 0 dense (default: 8)")
+    parser.add_argument("--rounds", type=int, default=14, help="pruning rounds, round 0 dense (default: 14)")
     parser.add_argument("--epochs-per-round", type=int, default=20, help="T, epochs trained per round (default: 20)")
     parser.add_argument("--rewind-epoch", type=int, default=0, help="k, the epoch to rewind to (default: 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
