@@ -1,0 +1,83 @@
+"""Property tests of the core: events over random shapes, dtypes, devices, sparsities and sequences."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lightning_prune import core
+from lightning_prune.masks import count_for
+from lightning_prune.methods import resolve_method
+from lightning_prune.targets import resolve_targets
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+METHODS = ["l1_unstructured", "random_unstructured", "ln_structured", "random_structured"]
+
+
+def _model(widths: list[int], dtype: torch.dtype, device: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(a, b) for a, b in zip(widths, widths[1:])]
+    return nn.Sequential(*layers).to(device=device, dtype=dtype)
+
+
+def _event(targets, method, sparsity, scope, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return core.compute_masks(targets, method, sparsity, scope=scope, generator=generator)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 9), min_size=2, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
+    device=st.sampled_from(DEVICES),
+    name=st.sampled_from(METHODS),
+    scope=st.sampled_from(["layer", "global"]),
+    sparsities=st.lists(st.floats(0, 1), min_size=1, max_size=4),
+    seed=st.integers(0, 1000),
+)
+def test_event_sequences(widths, dtype, device, name, scope, sparsities, seed) -> None:
+    model = _model(widths, dtype, device, seed)
+    targets = resolve_targets(model)
+    method = resolve_method(name, dim=0)
+    reached = 0.0
+    for step, sparsity in enumerate(sorted(sparsities)):
+        before = core.current_masks(targets)
+        masks = _event(targets, method, sparsity, scope, seed + step)
+        again = _event(targets, method, sparsity, scope, seed + step)
+        assert all(torch.equal(a, b) for a, b in zip(masks, again)), "deterministic under a seed"
+        assert all(not (m & ~b).any() for m, b in zip(masks, before)), "masks never regrow"
+        core.commit_masks(targets, masks)
+        counts = [method.units(m) for m in masks]
+        if scope == "global":
+            pruned, total = sum(p for p, _ in counts), sum(t for _, t in counts)
+            assert pruned == max(count_for(sparsity, total), round(reached * total))
+        else:
+            for pruned, total in counts:
+                assert pruned == max(count_for(sparsity, total), count_for(reached, total))
+        reached = sparsity
+        for target, mask in zip(targets, masks):
+            assert target.mask is not None and target.mask.device.type == device
+            assert torch.equal(target.mask, mask)
+            assert (target.module.weight[~mask] == 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 7), min_size=2, max_size=3),
+    name=st.sampled_from(METHODS),
+    sparsities=st.lists(st.floats(0, 1), min_size=1, max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_global_equals_layer_for_a_single_target(shape, name, sparsities, seed) -> None:
+    torch.manual_seed(seed)
+    weight = torch.randn(*shape)
+    method = resolve_method(name, dim=0)
+    layer = global_ = torch.ones_like(weight, dtype=torch.bool)
+    for step, sparsity in enumerate(sorted(sparsities)):
+        g = torch.Generator().manual_seed(seed + step)
+        layer = method.masks([weight], [layer], sparsity, scope="layer", generator=g)[0]
+        g = torch.Generator().manual_seed(seed + step)
+        global_ = method.masks([weight], [global_], sparsity, scope="global", generator=g)[0]
+        assert torch.equal(layer, global_)
