@@ -44,6 +44,7 @@ class MaskHook(torch_prune.BasePruningMethod):
         self._tensor_name = name
         self._handles: list[Any] = []
         self._last: weakref.ref[Tensor] | None = None
+        self._cache: tuple[Tensor, int, Tensor] | None = None  # (mask, its version, mask in the weight's dtype)
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
         return default_mask
@@ -51,7 +52,14 @@ class MaskHook(torch_prune.BasePruningMethod):
     def apply_mask(self, module: nn.Module) -> Tensor:
         orig, mask = module._parameters[self._tensor_name + "_orig"], module._buffers[self._tensor_name + "_mask"]
         assert orig is not None and mask is not None
-        return orig * mask
+        return orig * self._multiplier(mask, orig.dtype)
+
+    def _multiplier(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """``mask`` in ``dtype``, converted once per mask change (a bool factor is cast on every multiply)."""
+        cached = self._cache
+        if cached is None or cached[0] is not mask or cached[1] != mask._version or cached[2].dtype != dtype:
+            cached = self._cache = (mask, mask._version, mask.to(dtype))
+        return cached[2]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         weight = self.apply_mask(module)
@@ -72,7 +80,7 @@ class MaskHook(torch_prune.BasePruningMethod):
         return new
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_tensor_name": self._tensor_name, "_handles": self._handles, "_last": None}
+        return {"_tensor_name": self._tensor_name, "_handles": self._handles, "_last": None, "_cache": None}
 
 
 class _LoadPlain:

@@ -43,3 +43,11 @@ def test_bench_step_quick() -> None:
     )
     assert header in proc.stdout
     assert "| variant | MiB | vs dense |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_fit_quick() -> None:
+    proc = _run_quick("bench_fit.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "| variant | median s |" in proc.stdout
+    assert "| PruningCallback |" in proc.stdout and "| ModelPruning |" in proc.stdout

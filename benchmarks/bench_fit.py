@@ -1,0 +1,102 @@
+"""End to end: ``fit`` of LeNet on the digits with global L1 pruning at every epoch.
+
+``PruningCallback(scope="global", schedule=Geometric(rate))`` against Lightning's
+``ModelPruning("l1_unstructured", amount=rate, use_global_unstructured=True)``: both prune
+``rate`` of what remains after every epoch, so both reach the same sparsity. A ``dense`` fit
+without any callback is the reference. The three take turns in rounds; the table shows the
+median wall time of ``trainer.fit`` per variant and the ratios.
+
+    python benchmarks/bench_fit.py
+    python benchmarks/bench_fit.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from lightning import Trainer, seed_everything
+from lightning.pytorch.callbacks import Callback, ModelPruning
+
+from lightning_prune import PruningCallback
+from lightning_prune.demo import DigitsDataModule, ImageClassifier
+from lightning_prune.schedules import Geometric
+
+HEADER = "| variant | median s | / dense | / ModelPruning | final sparsity | test acc |"
+VARIANTS = ("dense", "ModelPruning", "PruningCallback")
+
+
+def _callbacks(variant: str, rate: float) -> list[Callback]:
+    if variant == "ModelPruning":
+        return [ModelPruning("l1_unstructured", parameter_names=["weight"], amount=rate, use_global_unstructured=True)]
+    if variant == "PruningCallback":
+        return [PruningCallback(method="l1_unstructured", scope="global", schedule=Geometric(rate=rate))]
+    return []
+
+
+def run(variant: str, epochs: int, rate: float, limit: float | int) -> tuple[float, float, float]:
+    """One fit; returns (seconds, final sparsity of the Linear/Conv weights, test accuracy)."""
+    seed_everything(0, verbose=False)
+    model, data = ImageClassifier(model="lenet"), DigitsDataModule(image_size=32)
+    data.setup()
+    trainer = Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=limit,
+        limit_val_batches=0,
+        callbacks=_callbacks(variant, rate),
+    )
+    start = time.perf_counter()
+    trainer.fit(model, data)
+    seconds = time.perf_counter() - start
+    weights = [m.weight for m in model.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    sparsity = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    accuracy = trainer.test(model, data, verbose=False)[0]["test/acc"]
+    return seconds, sparsity, accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=0.2, help="fraction of what remains pruned per epoch")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="2 epochs of 3 batches, 1 round")
+    args = parser.parse_args()
+    limit: float | int = 1.0
+    if args.quick:
+        args.epochs, args.rounds, limit = 2, 1, 3
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    final: dict[str, tuple[float, float]] = {}
+    for variant in VARIANTS:  # warm-up: imports, data, allocator
+        run(variant, 1, args.rate, 2)
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            seconds, sparsity, accuracy = run(variant, args.epochs, args.rate, limit)
+            times[variant].append(seconds)
+            final[variant] = (sparsity, accuracy)
+    median = {v: statistics.median(t) for v, t in times.items()}
+    print(f"LeNet on 32x32 digits, {args.epochs} epochs, {args.rate:.0%} of what remains pruned after each epoch, ")
+    print(f"median of {args.rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(HEADER)
+    print("|---|---|---|---|---|---|")
+    for variant in VARIANTS:
+        sparsity, accuracy = final[variant]
+        print(
+            f"| {variant} | {median[variant]:.2f} | {median[variant] / median['dense']:.3f} | "
+            f"{median[variant] / median['ModelPruning']:.3f} | {sparsity:.4f} | {accuracy:.4f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
