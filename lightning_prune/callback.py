@@ -21,6 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_prune import core, reporting
+from lightning_prune.inplace import InPlaceMasks
 from lightning_prune.lottery import Rewind, Snapshot, reinitialize
 from lightning_prune.methods import MethodArg, resolve_method
 from lightning_prune.schedules import Schedule, as_schedule
@@ -57,6 +58,12 @@ class PruningCallback(Callback):
         log_per_layer: log ``sparsity/<name>`` for every target besides ``sparsity/global``.
         seed: seed of the random methods and of ``Rewind(reinit=True)``; ``None`` draws one
             on rank 0 (from torch's global RNG) and shares it with every rank.
+        masking: ``"reparametrize"``: the layout of ``torch.nn.utils.prune`` (``<name>_orig``,
+            a bool ``<name>_mask`` buffer, a forward pre-hook); ``"in_place"``: weights stay
+            plain parameters, the callback keeps the masks and zeroes pruned entries after every
+            optimizer step (less memory and time per step, see
+            :mod:`lightning_prune.inplace`). Checkpoints, logging, DDP checks and rewinding are
+            the same in both.
 
     Example:
         >>> from lightning_prune.schedules import Polynomial
@@ -78,6 +85,7 @@ class PruningCallback(Callback):
         make_permanent: bool = True,
         log_per_layer: bool = True,
         seed: int | None = None,
+        masking: Literal["reparametrize", "in_place"] = "reparametrize",
     ) -> None:
         self._method = resolve_method(method, dim=dim, norm=norm)
         self.method_name = self._method.name
@@ -101,6 +109,10 @@ class PruningCallback(Callback):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"Expected `seed` to be an int or None, got {seed!r}")
         self.seed = seed
+        if masking not in ("reparametrize", "in_place"):
+            raise ValueError(f"Expected `masking` to be 'reparametrize' or 'in_place', got {masking!r}")
+        self.masking = masking
+        self._inplace = InPlaceMasks() if masking == "in_place" else None
 
         self._targets: list[Target] = []
         self._done_epoch = -1  # the last epoch whose end was handled
@@ -149,7 +161,9 @@ class PruningCallback(Callback):
         if self._trainer is None or self._trainer() is not trainer:
             self._done_epoch, self._round, self._snapshot = -1, 0, None
         if same_model and self._pending_masks is None:
-            self._pending_masks = {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
+            self._pending_masks = self._held_masks()
+        if self._inplace is not None:
+            self._inplace.clear()
         self._trainer, self._model = weakref.ref(trainer), weakref.ref(pl_module)
         self._targets = targets
         if self.seed is None:
@@ -186,10 +200,12 @@ class PruningCallback(Callback):
         ]
         if wrong:
             raise ValueError(f"The saved pruning masks do not fit the model's parameters: {wrong}")
-        core.commit_masks(self._targets, [masks[t.qualname] for t in self._targets])
+        self._commit([masks[t.qualname] for t in self._targets])
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._inplace is not None:
+            self._inplace.attach(trainer.optimizers)
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
         for epoch in range(self._done_epoch + 1, trainer.current_epoch):
@@ -206,14 +222,35 @@ class PruningCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._inplace is not None:
+            self._inplace.detach()
         if self.make_permanent:
-            self._pending_masks = {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
+            self._pending_masks = self._held_masks()
             core.make_permanent(self._targets)
         elif isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
             # ddp_spawn/ddp_fork hand rank 0's `state_dict()` to the main process, whose model is not
             # reparametrized and loads it with strict=False: `<name>_orig`/`_mask` would be dropped silently.
             # This process ends with the fit, so give that last state_dict plain, masked weights.
             pl_module._register_state_dict_hook(self._plain_state_dict_hook)
+
+    # ------------------------------------------------------------------ masks
+    def _held_masks(self) -> dict[str, Tensor] | None:
+        """Copies of the masks the targets have (none for a target never pruned)."""
+        if self._inplace is not None:
+            return {name: mask.clone() for name, mask in self._inplace.masks.items()} or None
+        return {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
+
+    def _current_masks(self) -> list[Tensor]:
+        if self._inplace is None:
+            return core.current_masks(self._targets)
+        held = self._inplace.current(self._targets)
+        return [torch.ones_like(t.parameter, dtype=torch.bool) if m is None else m for t, m in zip(self._targets, held)]
+
+    def _commit(self, masks: Sequence[Tensor]) -> None:
+        if self._inplace is not None:
+            self._inplace.commit(self._targets, masks)
+        else:
+            core.commit_masks(self._targets, masks)
 
     # ------------------------------------------------------------------ events
     @staticmethod
@@ -235,15 +272,17 @@ class PruningCallback(Callback):
         return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
 
     def _event(self, trainer: Trainer, pl_module: LightningModule, epoch: int, sparsity: float) -> None:
-        before = core.sparsity_stats(self._targets, self._method)
+        current = self._current_masks()
+        before = core.sparsity_stats(self._targets, self._method, current)
         masks = core.compute_masks(
-            self._targets, self._method, sparsity, scope=self.scope, generator=self._generator(epoch)
+            self._targets, self._method, sparsity, scope=self.scope, generator=self._generator(epoch), masks=current
         )
+        del current
         after = core.sparsity_stats(self._targets, self._method, masks)
         self._check_ranks_agree(trainer, masks, epoch)
         changed = after.per_target != before.per_target
         if changed:
-            core.commit_masks(self._targets, masks)
+            self._commit(masks)
         del masks
         if changed and self.rewind is not None:
             self._rewind(trainer, pl_module)
@@ -272,7 +311,7 @@ class PruningCallback(Callback):
         if self.rewind.reinit:
             assert self.seed is not None
             reinitialize(pl_module, self.seed + self._round)
-        core.commit_masks(self._targets, [t.mask for t in self._targets])  # type: ignore[misc]
+        self._commit(self._current_masks())
 
     def _report(
         self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float
@@ -290,17 +329,15 @@ class PruningCallback(Callback):
         log.info(reporting.table(before, after, shapes, epoch=epoch, target=target))
 
     def _surviving(self) -> Iterator[tuple[str, Tensor]]:
-        for t in self._targets:
-            mask = t.mask
-            yield t.qualname, t.parameter.detach()[mask] if mask is not None else t.parameter.detach().reshape(-1)
+        for t, mask in zip(self._targets, self._current_masks()):
+            yield t.qualname, t.parameter.detach()[mask]
 
     # ------------------------------------------------------------------ checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
         masks = {
-            t.qualname: {"shape": tuple(t.parameter.shape), "bits": pack_mask(t.mask)}
-            for t in self._targets
-            if t.mask is not None
+            name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)}
+            for name, mask in (self._held_masks() or {}).items()
         }
         return {
             "version": 1,

@@ -55,13 +55,15 @@ def compute_masks(
     *,
     scope: Scope,
     generator: torch.Generator | None = None,
+    masks: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """New masks that bring ``targets`` to ``sparsity`` (each, or together); the model is untouched.
 
     Scores come from the effective weights (``orig * mask``), as ``torch.nn.utils.prune`` reads
-    ``module.<name>`` when it prunes a tensor again.
+    ``module.<name>`` when it prunes a tensor again. ``masks`` are the current masks (default:
+    the targets' own, see :func:`current_masks`).
     """
-    masks = current_masks(targets)
+    masks = current_masks(targets) if masks is None else masks
     weights = [t.parameter.detach() for t in targets]
     return method.masks(weights, masks, sparsity, scope=scope, generator=generator)
 
