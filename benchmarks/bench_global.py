@@ -1,0 +1,247 @@
+"""One global L1 pruning event at 50% sparsity: lightning_prune vs ``torch.nn.utils.prune``.
+
+Each measurement runs in a fresh child process (this script with ``--child``), so the peak
+resident memory of one process belongs to one pruning event. The models are stacks of
+bias-free ``nn.Linear`` layers 4000 wide, sized to the requested number of parameters.
+
+    python benchmarks/bench_global.py --sizes 10,50,200 --repeats 3
+    python benchmarks/bench_global.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+WIDTH = 4000
+SPARSITY = 0.5
+VARIANTS = ("ours", "torch")
+RESULT_TAG = "RESULT "
+HEADER = "| size | torch s | ours s | time ratio (torch/ours) | torch B/param | ours B/param |"
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS, where ``/proc/self/clear_refs`` allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """Busy clock ticks of the whole machine and of this process, from ``/proc``."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime + stime
+
+
+def build_model(n_params: int, width: int = WIDTH) -> Any:
+    """Bias-free ``nn.Linear`` layers ``width`` wide, square blocks plus one remainder block."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    rows = -(-n_params // width)
+    layers = []
+    while rows > 0:
+        r = min(rows, width)
+        layers.append(nn.Linear(width, r, bias=False))
+        rows -= r
+    return nn.Sequential(*layers)
+
+
+def prune_ours(model: Any) -> None:
+    """Global L1 at ``SPARSITY`` with lightning_prune."""
+    from lightning_prune.core import commit_masks, compute_masks
+    from lightning_prune.methods import resolve_method
+    from lightning_prune.targets import resolve_targets
+
+    targets = resolve_targets(model)
+    masks = compute_masks(targets, resolve_method("l1_unstructured"), SPARSITY, scope="global")
+    commit_masks(targets, masks)
+
+
+def prune_torch(model: Any) -> None:
+    """Global L1 at ``SPARSITY`` with ``torch.nn.utils.prune.global_unstructured``."""
+    from torch import nn
+    from torch.nn.utils import prune
+
+    params = [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=SPARSITY)
+
+
+def count_pruned(model: Any) -> int:
+    """Entries whose mask buffer is zero, over all layers."""
+    return sum(int((buf == 0).sum().item()) for name, buf in model.named_buffers() if name.endswith("weight_mask"))
+
+
+def child(variant: str, size_m: float) -> dict[str, Any]:
+    """Build the model, prune it once, and measure time and peak memory of the event."""
+    import torch
+
+    prune = prune_ours if variant == "ours" else prune_torch
+    prune(build_model(4 * WIDTH, width=64))  # warm-up: imports and first-call setup, not measured
+
+    model = build_model(round(size_m * 1e6))
+    n_params = sum(p.numel() for p in model.parameters())
+    gc.collect()
+    reset = reset_peak_rss()
+    rss_before, peak_before = rss_bytes(), peak_rss_bytes()
+    busy0, own0 = cpu_ticks()
+    start = time.perf_counter()
+    prune(model)
+    seconds = time.perf_counter() - start
+    busy1, own1 = cpu_ticks()
+    peak_after = peak_rss_bytes()
+    pruned = count_pruned(model)
+    return {
+        "variant": variant,
+        "size_m": size_m,
+        "n_params": n_params,
+        "seconds": seconds,
+        "rss_before": rss_before,
+        "peak_before": peak_before,
+        "peak_after": peak_after,
+        "peak_reset": reset,
+        "extra_bytes_per_param": (peak_after - rss_before) / n_params,
+        "pruned": pruned,
+        "expected_pruned": round(SPARSITY * n_params),
+        "threads": torch.get_num_threads(),
+        "foreign_cores": max(0, (busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / seconds,
+    }
+
+
+def run_child(variant: str, size_m: float) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter and parse its result line."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--size", str(size_m)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {variant} {size_m}M failed ({proc.returncode}):\n{proc.stderr}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if not lines:
+        raise RuntimeError(f"child {variant} {size_m}M printed no result:\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(lines[-1][len(RESULT_TAG) :])
+
+
+def format_size(size_m: float) -> str:
+    return f"{size_m:g}M"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,50,200", help="comma-separated model sizes in millions of parameters")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per size and variant")
+    parser.add_argument("--quick", action="store_true", help="one 1M-parameter run per variant (a smoke test)")
+    parser.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.25,
+        help="rerun a measurement during which other processes used more CPU cores than this",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="reruns of a disturbed measurement at most (the least disturbed is kept)"
+    )
+    parser.add_argument("--retry-wait", type=float, default=10.0, help="seconds to wait before a rerun")
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(RESULT_TAG + json.dumps(child(args.child, args.size)), flush=True)
+        return 0
+
+    sizes = [1.0] if args.quick else [float(s) for s in args.sizes.split(",") if s.strip()]
+    repeats, retries = (1, 0) if args.quick else (args.repeats, args.retries)
+    results: dict[tuple[float, str], list[dict[str, Any]]] = {(s, v): [] for s in sizes for v in VARIANTS}
+    discarded = 0
+    for size_m in sizes:
+        for r in range(repeats):
+            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # alternate which variant goes first
+            for variant in order:
+                tries: list[dict[str, Any]] = []
+                for attempt in range(retries + 1):
+                    res = run_child(variant, size_m)
+                    tries.append(res)
+                    disturbed = res["foreign_cores"] > args.max_other_load
+                    print(
+                        f"# {format_size(size_m)} {variant:5s} run {r + 1}/{repeats}: {res['seconds']:.3f} s, "
+                        f"{res['extra_bytes_per_param']:.2f} B/param extra peak, "
+                        f"other processes {res['foreign_cores']:.2f} cores" + (" (disturbed)" if disturbed else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if not disturbed or attempt == retries:
+                        break
+                    time.sleep(args.retry_wait)
+                discarded += len(tries) - 1
+                results[size_m, variant].append(min(tries, key=lambda t: t["foreign_cores"]))
+
+    def median(size_m: float, variant: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[size_m, variant])
+
+    first = results[sizes[0], "ours"][0]
+    print(
+        f"Global L1 pruning at {SPARSITY:.0%} sparsity, median of {repeats} fresh process(es) per cell, "
+        f"torch threads = {first['threads']}"
+    )
+    print()
+    print(HEADER)
+    print("|---:|---:|---:|---:|---:|---:|")
+    for s in sizes:
+        t_torch, t_ours = median(s, "torch", "seconds"), median(s, "ours", "seconds")
+        b_torch, b_ours = median(s, "torch", "extra_bytes_per_param"), median(s, "ours", "extra_bytes_per_param")
+        cells = [format_size(s), f"{t_torch:.3f}", f"{t_ours:.3f}", f"{t_torch / t_ours:.2f}", f"{b_torch:.2f}"]
+        print("| " + " | ".join([*cells, f"{b_ours:.2f}"]) + " |")
+    print()
+    print("| size | parameters | pruned (ours) | round(0.5 N) | exact | ours ms per M params |")
+    print("|---:|---:|---:|---:|:---:|---:|")
+    ok = True
+    for s in sizes:
+        runs = results[s, "ours"]
+        n, expected = runs[0]["n_params"], runs[0]["expected_pruned"]
+        exact = all(r["pruned"] == r["expected_pruned"] for r in runs)
+        ok &= exact
+        ms_per_m = 1e3 * median(s, "ours", "seconds") / (n / 1e6)
+        cells = [format_size(s), str(n), str(runs[0]["pruned"]), str(expected), "yes" if exact else "NO"]
+        print("| " + " | ".join([*cells, f"{ms_per_m:.1f}"]) + " |")
+    print()
+    print("Extra B/param = (peak RSS after the event - RSS right before it) / parameters.")
+    foreign = max(r["foreign_cores"] for rs in results.values() for r in rs)
+    print(
+        f"Other processes used at most {foreign:.2f} CPU cores during any kept event; "
+        f"{discarded} run(s) disturbed by more than {args.max_other_load} cores were rerun."
+    )
+    if not all(r["peak_reset"] for rs in results.values() for r in rs):
+        print("Note: the peak-RSS mark could not be reset before the event; B/param is an upper bound.")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Training-step overhead of a 50%-pruned model: lightning_prune vs ``torch.nn.utils.prune``.
+
+One step is forward, backward and an SGD (momentum 0.9) update on a fixed random batch.
+Three variants of each model start from the same weights: ``dense`` (no pruning),
+``torch`` (``prune.l1_unstructured(amount=0.5)`` on every Linear/Conv weight) and ``ours``
+(layer-wise L1 at 0.5 through ``compute_masks``/``commit_masks``). The variants take turns in
+rounds; each round times several steps per variant, back to back, and the table shows
+medians over rounds.
+
+    python benchmarks/bench_step.py
+    python benchmarks/bench_step.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from lightning_prune.core import commit_masks, compute_masks
+from lightning_prune.methods import resolve_method
+from lightning_prune.targets import resolve_targets
+
+SPARSITY = 0.5
+VARIANTS = ("dense", "torch", "ours")
+HEADER = "| model | batch | dense ms | torch ms | ours ms | torch / dense | ours / dense | ours / torch | other load |"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a residual connection."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet: stem, three stages of two basic blocks (16/32/64 channels), linear head."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks: list[nn.Module] = []
+        c_in = 16
+        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.blocks(self.stem(x))
+        return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def lenet_300_100() -> nn.Module:
+    """LeNet-300-100: a 784-300-100-10 MLP."""
+    layers = [nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)]
+    return nn.Sequential(nn.Flatten(), *layers)
+
+
+def mlp_4x2048() -> nn.Module:
+    """Four 2048x2048 Linear layers, each followed by a ReLU."""
+    layers: list[nn.Module] = []
+    for _ in range(4):
+        layers += [nn.Linear(2048, 2048), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+# name -> (constructor, input shape without batch, number of classes, batch size)
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int, int]] = {
+    "LeNet-300-100": (lenet_300_100, (1, 28, 28), 10, 128),
+    "MLP 4x2048": (mlp_4x2048, (2048,), 2048, 256),
+    "ResNet-ish CNN": (SmallResNet, (3, 32, 32), 10, 64),
+}
+
+
+def prune_torch(model: nn.Module) -> None:
+    """``prune.l1_unstructured(amount=0.5)`` on every Linear/Conv weight."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            prune.l1_unstructured(module, "weight", amount=SPARSITY)
+
+
+def prune_ours(model: nn.Module) -> None:
+    """Layer-wise L1 at 0.5 with lightning_prune's reparametrization."""
+    targets = resolve_targets(model)
+    commit_masks(targets, compute_masks(targets, resolve_method("l1_unstructured"), SPARSITY, scope="layer"))
+
+
+def make_variants(build: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+    """The three variants of one model, all from the same initial weights."""
+    torch.manual_seed(0)
+    dense = build()
+    models = {"dense": dense, "torch": copy.deepcopy(dense), "ours": copy.deepcopy(dense)}
+    prune_torch(models["torch"])
+    prune_ours(models["ours"])
+    return models
+
+
+def held_bytes(model: nn.Module) -> int:
+    """Bytes of parameters, buffers and the tensors pruning hooks set as module attributes (shared storage once)."""
+    tensors: list[Tensor] = [*model.parameters(), *model.buffers()]
+    for module in model.modules():
+        tensors += [v for v in vars(module).values() if isinstance(v, Tensor)]
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+class Stepper:
+    """One model, its optimizer and a fixed batch."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        self.model, self.x, self.y = model.train(), x, y
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(self.x), self.y).backward()
+        self.opt.step()
+
+    def time_steps(self, n: int) -> float:
+        """Mean seconds per step over ``n`` steps."""
+        start = time.perf_counter()
+        for _ in range(n):
+            self.step()
+        return (time.perf_counter() - start) / n
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """Busy clock ticks of the whole machine and of this process, from ``/proc``."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime + stime
+
+
+def foreign_cores(start: tuple[int, int], end: tuple[int, int], seconds: float) -> float:
+    """CPU cores used by other processes between two :func:`cpu_ticks` readings."""
+    busy, own = end[0] - start[0], end[1] - start[1]
+    return max(0, busy - own) / os.sysconf("SC_CLK_TCK") / seconds
+
+
+def timed_rounds(
+    steppers: dict[str, Stepper], rounds: int, n_steps: int, max_other_load: float, pause: float = 2.0
+) -> tuple[dict[str, list[float]], list[float], int]:
+    """Seconds per step of every stepper in ``rounds`` interleaved rounds.
+
+    A round during which other processes used more than ``max_other_load`` CPU cores is
+    discarded and, after a pause of ``pause`` seconds, run again (at most ``3 * rounds``
+    discarded rounds in all). Returns the per-round times, the other processes' load in each
+    kept round, and the number of discarded rounds.
+    """
+    names = list(steppers)
+    times: dict[str, list[float]] = {v: [] for v in names}
+    loads: list[float] = []
+    discarded = 0
+    r = 0
+    while len(loads) < rounds:
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        r += 1
+        ticks, start = cpu_ticks(), time.perf_counter()
+        this = {v: steppers[v].time_steps(n_steps) for v in order}
+        load = foreign_cores(ticks, cpu_ticks(), time.perf_counter() - start)
+        if load > max_other_load and discarded < 3 * rounds:
+            discarded += 1
+            time.sleep(pause)
+            continue
+        loads.append(load)
+        for v in names:
+            times[v].append(this[v])
+    return times, loads, discarded
+
+
+@dataclass
+class Result:
+    """Per-round seconds per step of each variant, bytes held, and CPU used by other processes."""
+
+    times: dict[str, list[float]]
+    held: dict[str, int]
+    n_steps: int
+    loads: list[float]
+    discarded: int
+
+    def median_ms(self, variant: str) -> float:
+        return 1e3 * statistics.median(self.times[variant])
+
+    def ratio(self, variant: str, base: str) -> float:
+        """Median over rounds of the per-round ratio (the variants of one round run back to back)."""
+        return statistics.median(a / b for a, b in zip(self.times[variant], self.times[base]))
+
+
+def make_steppers(name: str, models: dict[str, nn.Module], warmup: int) -> dict[str, Stepper]:
+    """A stepper per model on the same fixed batch of model ``name``'s shape, warmed up."""
+    _, in_shape, classes, batch = MODELS[name]
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, *in_shape, generator=gen)
+    y = torch.randint(0, classes, (batch,), generator=gen)
+    steppers = {v: Stepper(m, x, y) for v, m in models.items()}
+    for s in steppers.values():
+        for _ in range(warmup):
+            s.step()
+    return steppers
+
+
+def steps_per_round(steppers: dict[str, Stepper], round_seconds: float, min_steps: int) -> int:
+    """Steps that make one variant's turn last about ``round_seconds``."""
+    per_step = min(s.time_steps(1) for s in steppers.values() for _ in range(3))
+    return max(min_steps, math.ceil(round_seconds / per_step))
+
+
+def bench_model(
+    name: str, rounds: int, round_seconds: float, min_steps: int, warmup: int, max_other_load: float
+) -> Result:
+    """Time every variant of one model in interleaved rounds."""
+    steppers = make_steppers(name, make_variants(MODELS[name][0]), warmup)
+    n_steps = steps_per_round(steppers, round_seconds, min_steps)
+    times, loads, discarded = timed_rounds(steppers, rounds, n_steps, max_other_load)
+    held = {v: held_bytes(s.model) for v, s in steppers.items()}
+    return Result(times, held, n_steps, loads, discarded)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=11, help="rounds in which every variant takes a turn")
+    parser.add_argument("--round-seconds", type=float, default=0.5, help="approximate time per variant per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    parser.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.25,
+        help="discard and rerun a round during which other processes used more CPU cores than this",
+    )
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step (a smoke test)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        rounds, round_seconds, min_steps, warmup, max_load = 2, 0.0, 1, 1, math.inf
+    else:
+        rounds, round_seconds, min_steps, warmup = args.rounds, args.round_seconds, 3, args.warmup
+        max_load = args.max_other_load
+
+    print(
+        f"Training step (forward + backward + SGD momentum 0.9) at {SPARSITY:.0%} sparsity, "
+        f"{rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print()
+    results = {}
+    for name in MODELS:
+        results[name] = res = bench_model(name, rounds, round_seconds, min_steps, warmup, max_load)
+        print(
+            f"# {name}: {rounds} rounds x {res.n_steps} steps per variant, {res.discarded} disturbed round(s) rerun",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(HEADER)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, res in results.items():
+        ms = [f"{res.median_ms(v):.2f}" for v in VARIANTS]
+        ratios = [f"{res.ratio(a, b):.3f}" for a, b in (("torch", "dense"), ("ours", "dense"), ("ours", "torch"))]
+        print(f"| {name} | {MODELS[name][3]} | " + " | ".join([*ms, *ratios, f"{max(res.loads):.2f}"]) + " |")
+    print()
+    print("ms: median milliseconds per step over rounds; ratios: median over rounds of the per-round ratio;")
+    print("other load: most CPU cores used by other processes during a kept round.")
+    discarded = ", ".join(f"{name} {res.discarded}" for name, res in results.items())
+    print(f"Rounds discarded because other processes used more than {max_load} cores: {discarded}.")
+    print()
+    memory = results["MLP 4x2048"].held
+    print("Memory held by the MLP 4x2048 after a step (parameters + buffers + recomputed weights):")
+    print()
+    print("| variant | MiB | vs dense |")
+    print("|---|---:|---:|")
+    for v in VARIANTS:
+        print(f"| {v} | {memory[v] / 2**20:.1f} | {memory[v] / memory['dense']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
