@@ -29,12 +29,16 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from lightning_prune.core import commit_masks, compute_masks
+from lightning_prune.inplace import InPlaceMasks
 from lightning_prune.methods import resolve_method
 from lightning_prune.targets import resolve_targets
 
 SPARSITY = 0.5
-VARIANTS = ("dense", "torch", "ours")
-HEADER = "| model | batch | dense ms | torch ms | ours ms | torch / dense | ours / dense | ours / torch | other load |"
+VARIANTS = ("dense", "torch", "ours", "in_place")
+HEADER = (
+    "| model | batch | dense ms | torch ms | ours ms | in_place ms | torch / dense | ours / dense | ours / torch "
+    "| in_place / dense | in_place / torch | other load |"
+)
 
 
 class BasicBlock(nn.Module):
@@ -109,21 +113,50 @@ def prune_ours(model: nn.Module) -> None:
     commit_masks(targets, compute_masks(targets, resolve_method("l1_unstructured"), SPARSITY, scope="layer"))
 
 
+def prune_in_place(model: nn.Module) -> None:
+    """Layer-wise L1 at 0.5 with ``masking="in_place"``: plain weights, masks applied after each step."""
+    targets = resolve_targets(model)
+    masks = InPlaceMasks()
+    masks.commit(targets, compute_masks(targets, resolve_method("l1_unstructured"), SPARSITY, scope="layer"))
+    model.in_place_masks = masks  # the Stepper attaches it to its optimizer
+
+
 def make_variants(build: Callable[[], nn.Module]) -> dict[str, nn.Module]:
-    """The three variants of one model, all from the same initial weights."""
+    """The variants of one model, all from the same initial weights."""
     torch.manual_seed(0)
     dense = build()
-    models = {"dense": dense, "torch": copy.deepcopy(dense), "ours": copy.deepcopy(dense)}
+    models = {v: copy.deepcopy(dense) for v in VARIANTS}
     prune_torch(models["torch"])
     prune_ours(models["ours"])
+    prune_in_place(models["in_place"])
     return models
 
 
+def _tensors_in(value: object) -> list[Tensor]:
+    """Tensors in ``value``, looking into tuples, lists and dicts."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors_in(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors_in(v)]
+    return []
+
+
 def held_bytes(model: nn.Module) -> int:
-    """Bytes of parameters, buffers and the tensors pruning hooks set as module attributes (shared storage once)."""
+    """Bytes of parameters, buffers, tensor attributes of modules and tensors the forward pre-hooks keep.
+
+    The module attributes are the masked weights the pruning hooks set; a hook may also keep
+    tensors of its own (a converted mask, say). Shared storage counts once.
+    """
     tensors: list[Tensor] = [*model.parameters(), *model.buffers()]
     for module in model.modules():
         tensors += [v for v in vars(module).values() if isinstance(v, Tensor)]
+        for hook in module._forward_pre_hooks.values():
+            tensors += _tensors_in(getattr(hook, "__dict__", {}))
+    in_place = getattr(model, "in_place_masks", None)
+    if in_place is not None:
+        tensors += _tensors_in(in_place.__dict__)
     seen: dict[int, int] = {}
     for t in tensors:
         storage = t.untyped_storage()
@@ -137,6 +170,9 @@ class Stepper:
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         self.model, self.x, self.y = model.train(), x, y
         self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        in_place = getattr(model, "in_place_masks", None)
+        if in_place is not None:
+            in_place.attach([self.opt])
 
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -279,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     print(HEADER)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, res in results.items():
         ms = [f"{res.median_ms(v):.2f}" for v in VARIANTS]
-        ratios = [f"{res.ratio(a, b):.3f}" for a, b in (("torch", "dense"), ("ours", "dense"), ("ours", "torch"))]
+        pairs = (("torch", "dense"), ("ours", "dense"), ("ours", "torch"), ("in_place", "dense"), ("in_place", "torch"))
+        ratios = [f"{res.ratio(a, b):.3f}" for a, b in pairs]
         print(f"| {name} | {MODELS[name][3]} | " + " | ".join([*ms, *ratios, f"{max(res.loads):.2f}"]) + " |")
     print()
     print("ms: median milliseconds per step over rounds; ratios: median over rounds of the per-round ratio;")
@@ -291,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Rounds discarded because other processes used more than {max_load} cores: {discarded}.")
     print()
     memory = results["MLP 4x2048"].held
-    print("Memory held by the MLP 4x2048 after a step (parameters + buffers + recomputed weights):")
+    print("Memory held by the MLP 4x2048 after a step (parameters, buffers, masked weights, tensors kept by hooks):")
     print()
     print("| variant | MiB | vs dense |")
     print("|---|---:|---:|")
