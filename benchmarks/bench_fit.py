@@ -2,7 +2,8 @@
 
 ``PruningCallback(scope="global", schedule=Geometric(rate))`` against Lightning's
 ``ModelPruning("l1_unstructured", amount=rate, use_global_unstructured=True)``: both prune
-``rate`` of what remains after every epoch, so both reach the same sparsity. A ``dense`` fit
+``rate`` of what remains after every epoch, so both reach the same sparsity (the callback
+both with its default reparametrization and with ``masking="in_place"``). A ``dense`` fit
 without any callback is the reference. The three take turns in rounds; the table shows the
 median wall time of ``trainer.fit`` per variant and the ratios.
 
@@ -26,14 +27,23 @@ from lightning_prune.demo import DigitsDataModule, ImageClassifier
 from lightning_prune.schedules import Geometric
 
 HEADER = "| variant | median s | / dense | / ModelPruning | final sparsity | test acc |"
-VARIANTS = ("dense", "ModelPruning", "PruningCallback")
+VARIANTS = ("dense", "ModelPruning", "PruningCallback", "PruningCallback in_place")
 
 
 def _callbacks(variant: str, rate: float) -> list[Callback]:
     if variant == "ModelPruning":
-        return [ModelPruning("l1_unstructured", parameter_names=["weight"], amount=rate, use_global_unstructured=True)]
-    if variant == "PruningCallback":
-        return [PruningCallback(method="l1_unstructured", scope="global", schedule=Geometric(rate=rate))]
+        return [
+            ModelPruning(
+                "l1_unstructured",
+                parameter_names=["weight"],
+                amount=rate,
+                use_global_unstructured=True,
+                use_lottery_ticket_hypothesis=False,  # PruningCallback without `rewind` does not reset
+            )
+        ]
+    if variant.startswith("PruningCallback"):
+        masking = "in_place" if variant.endswith("in_place") else "reparametrize"
+        return [PruningCallback(scope="global", schedule=Geometric(rate=rate), masking=masking)]
     return []
 
 

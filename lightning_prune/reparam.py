@@ -34,6 +34,8 @@ from torch.nn.utils import prune as torch_prune
 
 __all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "remove", "update"]
 
+_CHUNK = 1 << 20
+
 
 class MaskHook(torch_prune.BasePruningMethod):
     """Forward pre-hook that recomputes ``module.<name>`` from ``<name>_orig`` and the bool mask."""
@@ -117,7 +119,12 @@ def _refresh(module: nn.Module, name: str) -> None:
     """Set ``module.<name>`` to the masked weight now, so the zeros show before any forward."""
     orig, mask = module._parameters[name + "_orig"], module._buffers[name + "_mask"]
     assert orig is not None and mask is not None
-    setattr(module, name, orig * mask)
+    weight = torch.empty(orig.shape, dtype=orig.dtype, device=orig.device)
+    # in chunks: multiplying by a bool tensor makes a float copy of it, as large as the chunk
+    flat_w, flat_o, flat_m = weight.view(-1), orig.reshape(-1), mask.reshape(-1)
+    for start in range(0, flat_w.numel(), _CHUNK):
+        torch.mul(flat_o[start : start + _CHUNK], flat_m[start : start + _CHUNK], out=flat_w[start : start + _CHUNK])
+    setattr(module, name, weight)
 
 
 def _adopt(module: nn.Module, name: str, hook: torch_prune.BasePruningMethod) -> None:
