@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any
 
+from cpuload import cpu_ticks
+
 WIDTH = 4000
 SPARSITY = 0.5
 VARIANTS = ("ours", "torch")
@@ -50,16 +52,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """Busy clock ticks of the whole machine and of this process, from ``/proc``."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-    with open("/proc/self/stat") as f:
-        own = f.read().rsplit(")", 1)[1].split()
-    return busy, int(own[11]) + int(own[12])  # utime + stime
 
 
 def build_model(n_params: int, width: int = WIDTH) -> Any:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from cpuload import cpu_ticks
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
@@ -185,16 +186,6 @@ class Stepper:
         for _ in range(n):
             self.step()
         return (time.perf_counter() - start) / n
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """Busy clock ticks of the whole machine and of this process, from ``/proc``."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-    with open("/proc/self/stat") as f:
-        own = f.read().rsplit(")", 1)[1].split()
-    return busy, int(own[11]) + int(own[12])  # utime + stime
 
 
 def foreign_cores(start: tuple[int, int], end: tuple[int, int], seconds: float) -> float:
