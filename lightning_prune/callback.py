@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -370,3 +371,14 @@ class PruningCallback(Callback):
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         plain_state_dict(checkpoint["state_dict"], self._plain_keys(pl_module))
+
+    @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("callbacks", {})
+        others = [key for key in saved if key.startswith(type(self).__name__) and key != self.state_key]
+        if self.state_key not in saved and others:
+            rank_zero_warn(
+                f"The checkpoint holds pruning state for {others}, not for this callback ({self.state_key!r}): "
+                f"`method`, `scope` and `targets` must match the run that wrote it, or the masks and schedule "
+                f"position are not restored"
+            )

@@ -4,9 +4,9 @@ from torch.nn.utils import prune
 
 
 class FooBarPruningMethod(prune.BasePruningMethod):
-    """Prune every other entry in a tensor
-    """
-    PRUNING_TYPE = 'unstructured'
+    """Prune every other entry in a tensor"""
+
+    PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
         mask = default_mask.clone()

@@ -436,3 +436,24 @@ def test_load_state_dict_accepts_a_minimal_state() -> None:
     callback.load_state_dict({"masks": {}})
     state = callback.state_dict()
     assert (state["done_epoch"], state["round"], state["seed"], state["snapshot"]) == (-1, 0, 11, None)
+
+
+def test_resume_with_a_different_configuration_warns(tmp_path) -> None:
+    from tests.tutorial import LitLeNet, lenet_data
+
+    def fit(callback, epochs, ckpt_path=None, extra=()):
+        torch.manual_seed(0)
+        trainer = Trainer(
+            max_epochs=epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            callbacks=[callback, *extra],
+        )
+        trainer.fit(LitLeNet(), lenet_data(), ckpt_path=ckpt_path)
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
+    fit(PruningCallback(schedule=0.5), 1, extra=[checkpoints])
+    with pytest.warns(UserWarning, match="must match the run that wrote it"):
+        fit(PruningCallback(schedule=0.5, scope="global"), 2, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
