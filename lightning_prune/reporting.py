@@ -61,13 +61,11 @@ def table(
 
 
 def _bar_chart(stats: SparsityStats) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
 
     names = list(stats.per_target)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+    fig = Figure(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+    ax = fig.add_subplot()
     ax.bar(range(len(names)), [stats.per_target[n].sparsity for n in names], color="#4c72b0")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
@@ -89,7 +87,7 @@ def log_event(
 
     ``surviving()`` yields each target's surviving weights, one at a time; a logger whose ``experiment`` has
     ``add_histogram``/``add_figure`` (TensorBoard) gets ``weights/<name>`` histograms of their
-    magnitudes and a ``sparsity/per_layer`` bar chart (when matplotlib is installed).
+    magnitudes and a ``sparsity/per_layer`` bar chart.
     """
     for logger in loggers:
         logger.log_metrics(dict(metrics), step=step)
