@@ -42,7 +42,7 @@ class PruneCLI(LightningCLI):
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
 
 
-def main(args: ArgsType = None, run: bool = True) -> PruneCLI:
+def build_cli(args: ArgsType = None, run: bool = True) -> PruneCLI:
     """Parse ``args`` (default: ``sys.argv[1:]``) and run the subcommand.
 
     Args:
@@ -53,7 +53,7 @@ def main(args: ArgsType = None, run: bool = True) -> PruneCLI:
         The ``LightningCLI``, with its ``model``, ``datamodule`` and ``trainer``.
 
     Example:
-        >>> cli = main(["--trainer.logger=false", "--model.lr=0.1"], run=False)
+        >>> cli = build_cli(["--trainer.logger=false", "--model.lr=0.1"], run=False)
         >>> type(cli.model).__name__, type(cli.datamodule).__name__, cli.model.hparams.lr
         ('ImageClassifier', 'DigitsDataModule', 0.1)
     """
@@ -66,6 +66,11 @@ def main(args: ArgsType = None, run: bool = True) -> PruneCLI:
         args=args,
         run=run,
     )
+
+
+def main(args: ArgsType = None) -> None:
+    """The ``lightning-prune`` console script: run the subcommand in ``args`` (default: ``sys.argv[1:]``)."""
+    build_cli(args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from lightning_prune import PruningCallback, Rewind
-from lightning_prune.cli import main
+from lightning_prune.cli import build_cli, main
 from lightning_prune.demo import DigitsDataModule, ImageClassifier
 from lightning_prune.schedules import Constant, Polynomial
 from tests.custom_methods import FooBarPruningMethod
@@ -82,14 +82,14 @@ def test_console_script_points_at_main():
 
 def test_defaults_are_the_builtin_model_and_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["--trainer.logger=false", "--model.init_args.lr=0.1", "--data.batch_size=16"], run=False)
+    cli = build_cli(["--trainer.logger=false", "--model.init_args.lr=0.1", "--data.batch_size=16"], run=False)
     assert type(cli.model) is ImageClassifier and cli.model.hparams.lr == 0.1
     assert type(cli.datamodule) is DigitsDataModule and cli.datamodule.batch_size == 16
 
 
 def test_any_importable_module(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["--trainer.logger=false", "--model=tests.tutorial.LitLeNet", "--model.lr=0.2"], run=False)
+    cli = build_cli(["--trainer.logger=false", "--model=tests.tutorial.LitLeNet", "--model.lr=0.2"], run=False)
     assert type(cli.model) is LitLeNet and cli.model.hparams.lr == 0.2
 
 
@@ -97,7 +97,9 @@ def test_design_yaml_fits_with_rewind(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yaml = DESIGN_YAML.replace('exclude: ["fc3.weight"]', 'exclude: ["fc3.weight"]\n        rewind: {epoch: 0}')
     config = _write(tmp_path, yaml + "model: tests.tutorial.LitLeNet\n")
-    cli = main(["fit", "--config", config, "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}", *FAST])
+    cli = build_cli(
+        ["fit", "--config", config, "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}", *FAST]
+    )
 
     callback = _pruning(cli)
     assert isinstance(callback.schedule, Polynomial)
@@ -126,7 +128,9 @@ def test_builtin_model_names_live_under_net(tmp_path, monkeypatch):
                 exclude: ["net.fc3.weight"]
         """,
     )
-    cli = main(["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST])
+    cli = build_cli(
+        ["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]
+    )
     callback = _pruning(cli)
     assert isinstance(callback.schedule, Constant) and callback.schedule.sparsity == 0.5
     for target in callback.targets:
@@ -138,7 +142,7 @@ def test_bad_scope_fails_while_parsing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = _write(tmp_path, DESIGN_YAML.replace("scope: global", "scope: galaxy"))
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", config, f"--trainer.default_root_dir={tmp_path}", *FAST])
+        build_cli(["fit", "--config", config, f"--trainer.default_root_dir={tmp_path}", *FAST])
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert "scope" in err and "galaxy" in err and "'layer', 'global'" in err
@@ -160,13 +164,20 @@ def test_custom_method_by_import_path(tmp_path, monkeypatch):
                 make_permanent: false
         """,
     )
-    cli = main(["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST])
+    cli = build_cli(
+        ["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]
+    )
 
     reference = nn.Linear(84, 10)
     FooBarPruningMethod.apply(reference, "bias")  # the tutorial's own call
     mask = cli.model.net.fc3.bias_mask
     assert mask.dtype == torch.bool
     assert torch.equal(mask, reference.bias_mask.bool())  # tensor([0., 1., 0., 1., ...]) in the tutorial
+
+
+def test_console_script_exits_zero_after_fit(tmp_path):
+    """A console script's return value becomes its exit status: `main` must return None."""
+    assert main(["fit", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]) is None
 
 
 def test_python_dash_m(tmp_path):

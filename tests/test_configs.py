@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lightning_prune import PruningCallback
-from lightning_prune.cli import main
+from lightning_prune.cli import build_cli
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 EPOCHS = 3
@@ -40,7 +40,7 @@ def test_config_fits(config: Path, tmp_path, monkeypatch):
     if isinstance(logger, dict) and "save_dir" in logger.get("init_args", {}):
         overrides.append(f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}")
 
-    cli = main(["fit", "--config", str(config), *overrides])
+    cli = build_cli(["fit", "--config", str(config), *overrides])
 
     assert cli.trainer.current_epoch == EPOCHS
     pruning = [c for c in cli.trainer.callbacks if isinstance(c, PruningCallback)]
