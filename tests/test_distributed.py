@@ -174,3 +174,34 @@ def test_ddp_spawn_without_make_permanent_returns_the_trained_masked_weights(tmp
     assert not torch.equal(rank0["effective"]["fc1.weight"], initial["fc1.weight"])
     assert int((rank0["effective"]["fc1.weight"] == 0).sum()) == round(0.5 * 16 * IN_FEATURES)
     assert_tensors_equal(effective_weights(model), rank0["effective"])
+
+
+class InPlaceDumper(Callback):
+    """Writes each rank's in-place masks (kept by the callback) and weights to ``out/inplace<r>.pt``."""
+
+    def __init__(self, out: Path, pruning: PruningCallback) -> None:
+        self.out, self.pruning = Path(out), pruning
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        torch.save(
+            {"masks": self.pruning._held_masks(), "weights": weights}, self.out / f"inplace{trainer.global_rank}.pt"
+        )
+
+
+def test_ddp_in_place_masking_agrees_across_ranks(tmp_path: Path) -> None:
+    pruning = PruningCallback(
+        method="random_unstructured", scope="global", schedule=Explicit({0: 0.3, 1: 0.6}), masking="in_place"
+    )
+    torch.manual_seed(0)
+    trainer = _ddp_trainer(tmp_path, [RankSeeder(), pruning, InPlaceDumper(tmp_path, pruning)], epochs=2)
+    trainer.fit(FourLayers(), make_loader(n=64, batch_size=8))
+
+    ranks = [torch.load(tmp_path / f"inplace{r}.pt", weights_only=False) for r in (0, 1)]
+    assert_tensors_equal(ranks[1]["masks"], ranks[0]["masks"])
+    assert_tensors_equal(ranks[1]["weights"], ranks[0]["weights"])
+    masks = ranks[0]["masks"]
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.6 * total)
+    for name, mask in masks.items():
+        assert ranks[0]["weights"][name][~mask].eq(0).all()
