@@ -242,10 +242,8 @@ class PruningCallback(Callback):
         return {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
 
     def _current_masks(self) -> list[Tensor]:
-        if self._inplace is None:
-            return core.current_masks(self._targets)
-        held = self._inplace.current(self._targets)
-        return [torch.ones_like(t.parameter, dtype=torch.bool) if m is None else m for t, m in zip(self._targets, held)]
+        held = None if self._inplace is None else self._inplace.current(self._targets)
+        return core.current_masks(self._targets, held)
 
     def _commit(self, masks: Sequence[Tensor]) -> None:
         if self._inplace is not None:

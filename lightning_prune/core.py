@@ -42,9 +42,10 @@ __all__ = [
 ]
 
 
-def current_masks(targets: Sequence[Target]) -> list[Tensor]:
-    """Each target's bool mask; all ``True`` (a new tensor) for a target not yet reparametrized."""
-    return [t.mask if t.mask is not None else torch.ones_like(t.parameter, dtype=torch.bool) for t in targets]
+def current_masks(targets: Sequence[Target], held: Sequence[Tensor | None] | None = None) -> list[Tensor]:
+    """Each target's bool mask (``held``, default its own); all ``True`` (a new tensor) where there is none."""
+    held = [t.mask for t in targets] if held is None else held
+    return [torch.ones_like(t.parameter, dtype=torch.bool) if m is None else m for t, m in zip(targets, held)]
 
 
 @torch.no_grad()

@@ -140,7 +140,7 @@ def _plain(module: nn.Module) -> Iterator[None]:
         for orig_name in names:
             name = orig_name[: -len("_orig")]
             module._parameters[orig_name] = module._parameters.pop(name)
-            reparam.update(module, name, module._buffers[name + "_mask"])  # type: ignore[arg-type]
+            reparam.refresh(module, name)
 
 
 def reinitialize(module: nn.Module, seed: int) -> None:

@@ -224,12 +224,8 @@ class CustomMethod(PruningMethod):
         return self.cls(**kwargs)
 
     def masks(self, weights, masks, sparsity, *, scope, generator=None):
+        self.check_scope(scope)
         if scope == "global":
-            if self.pruning_type != "unstructured":
-                raise ValueError(
-                    f"`scope='global'` with a custom `method` needs PRUNING_TYPE 'unstructured' "
-                    f"(as torch.nn.utils.prune.global_unstructured), got {self.pruning_type!r} for {self.name}"
-                )
             flat_w = torch.cat([w.reshape(-1) for w in weights])
             flat_m = torch.cat([m.reshape(-1) for m in masks])
             new = self._one(flat_w, flat_m, sparsity)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "remove", "update"]
+__all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "refresh", "remove", "update"]
 
 _CHUNK = 1 << 20
 
@@ -115,7 +115,7 @@ def is_reparametrized(module: nn.Module, name: str) -> bool:
 
 
 @torch.no_grad()
-def _refresh(module: nn.Module, name: str) -> None:
+def refresh(module: nn.Module, name: str) -> None:
     """Set ``module.<name>`` to the masked weight now, so the zeros show before any forward."""
     orig, mask = module._parameters[name + "_orig"], module._buffers[name + "_mask"]
     assert orig is not None and mask is not None
@@ -144,7 +144,7 @@ def _register_hooks(module: nn.Module, name: str) -> None:
         module.register_forward_pre_hook(hook),
         module.register_load_state_dict_pre_hook(_LoadPlain(name)),
     ]
-    _refresh(module, name)
+    refresh(module, name)
 
 
 def apply(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
@@ -196,7 +196,7 @@ def update(module: nn.Module, name: str, mask: Tensor) -> None:
     if mask.shape != current.shape:
         raise ValueError(f"Expected a mask of shape {tuple(current.shape)} for `{name}`, got {tuple(mask.shape)}")
     current &= mask.to(device=current.device, dtype=torch.bool)
-    _refresh(module, name)
+    refresh(module, name)
 
 
 @torch.no_grad()
