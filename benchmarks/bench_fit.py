@@ -8,6 +8,7 @@ without any callback is the reference. The three take turns in rounds; the table
 median wall time of ``trainer.fit`` per variant and the ratios.
 
     python benchmarks/bench_fit.py
+    python benchmarks/bench_fit.py --accelerator gpu
     python benchmarks/bench_fit.py --quick
 """
 
@@ -47,12 +48,16 @@ def _callbacks(variant: str, rate: float) -> list[Callback]:
     return []
 
 
-def run(variant: str, epochs: int, rate: float, limit: float | int) -> tuple[float, float, float]:
+def run(
+    variant: str, epochs: int, rate: float, limit: float | int, accelerator: str = "cpu"
+) -> tuple[float, float, float]:
     """One fit; returns (seconds, final sparsity of the Linear/Conv weights, test accuracy)."""
     seed_everything(0, verbose=False)
     model, data = ImageClassifier(model="lenet"), DigitsDataModule(image_size=32)
     data.setup()
     trainer = Trainer(
+        accelerator=accelerator,
+        devices=1,
         max_epochs=epochs,
         logger=False,
         enable_progress_bar=False,
@@ -78,6 +83,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.2, help="fraction of what remains pruned per epoch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 epochs of 3 batches, 1 round")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default) or gpu")
     args = parser.parse_args()
     limit: float | int = 1.0
     if args.quick:
@@ -89,15 +95,18 @@ def main() -> None:
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     final: dict[str, tuple[float, float]] = {}
     for variant in VARIANTS:  # warm-up: imports, data, allocator
-        run(variant, 1, args.rate, 2)
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
-            seconds, sparsity, accuracy = run(variant, args.epochs, args.rate, limit)
+        run(variant, 1, args.rate, 2, args.accelerator)
+    for r in range(args.rounds):
+        for variant in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:  # rotate who goes first
+            seconds, sparsity, accuracy = run(variant, args.epochs, args.rate, limit, args.accelerator)
             times[variant].append(seconds)
             final[variant] = (sparsity, accuracy)
     median = {v: statistics.median(t) for v, t in times.items()}
     print(f"LeNet on 32x32 digits, {args.epochs} epochs, {args.rate:.0%} of what remains pruned after each epoch, ")
-    print(f"median of {args.rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        f"median of {args.rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"accelerator {args.accelerator}\n"
+    )
     print(HEADER)
     print("|---|---|---|---|---|---|")
     for variant in VARIANTS:

@@ -2,9 +2,12 @@
 
 Each measurement runs in a fresh child process (this script with ``--child``), so the peak
 resident memory of one process belongs to one pruning event. The models are stacks of
-bias-free ``nn.Linear`` layers 4000 wide, sized to the requested number of parameters.
+bias-free ``nn.Linear`` layers 4000 wide, sized to the requested number of parameters. With
+``--device cuda`` the model lives on the GPU and the extra memory is the peak of the CUDA
+caching allocator's allocations during the event over what was allocated before it.
 
     python benchmarks/bench_global.py --sizes 10,50,200 --repeats 3
+    python benchmarks/bench_global.py --device cuda --sizes 10,50,200,1000
     python benchmarks/bench_global.py --quick
 """
 
@@ -94,35 +97,43 @@ def count_pruned(model: Any) -> int:
     return sum(int((buf == 0).sum().item()) for name, buf in model.named_buffers() if name.endswith("weight_mask"))
 
 
-def child(variant: str, size_m: float) -> dict[str, Any]:
+def child(variant: str, size_m: float, device: str = "cpu") -> dict[str, Any]:
     """Build the model, prune it once, and measure time and peak memory of the event."""
     import torch
 
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     prune = prune_ours if variant == "ours" else prune_torch
-    prune(build_model(4 * WIDTH, width=64))  # warm-up: imports and first-call setup, not measured
+    prune(build_model(4 * WIDTH, width=64).to(device))  # warm-up: imports and first-call setup, not measured
 
-    model = build_model(round(size_m * 1e6))
+    model = build_model(round(size_m * 1e6)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     gc.collect()
-    reset = reset_peak_rss()
-    rss_before, peak_before = rss_bytes(), peak_rss_bytes()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    reset = reset_peak_rss() or cuda
+    before = torch.cuda.memory_allocated(device) if cuda else rss_bytes()
+    peak_before = peak_rss_bytes()
     busy0, own0 = cpu_ticks()
     start = time.perf_counter()
     prune(model)
+    sync()
     seconds = time.perf_counter() - start
     busy1, own1 = cpu_ticks()
-    peak_after = peak_rss_bytes()
+    peak_after = torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes()
     pruned = count_pruned(model)
     return {
         "variant": variant,
         "size_m": size_m,
         "n_params": n_params,
         "seconds": seconds,
-        "rss_before": rss_before,
+        "device": device,
+        "memory_before": before,
         "peak_before": peak_before,
         "peak_after": peak_after,
         "peak_reset": reset,
-        "extra_bytes_per_param": (peak_after - rss_before) / n_params,
+        "extra_bytes_per_param": (peak_after - before) / n_params,
         "pruned": pruned,
         "expected_pruned": round(SPARSITY * n_params),
         "threads": torch.get_num_threads(),
@@ -130,9 +141,9 @@ def child(variant: str, size_m: float) -> dict[str, Any]:
     }
 
 
-def run_child(variant: str, size_m: float) -> dict[str, Any]:
+def run_child(variant: str, size_m: float, device: str = "cpu") -> dict[str, Any]:
     """Run one measurement in a fresh interpreter and parse its result line."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--size", str(size_m)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--size", str(size_m), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child {variant} {size_m}M failed ({proc.returncode}):\n{proc.stderr}")
@@ -161,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         "--retries", type=int, default=3, help="reruns of a disturbed measurement at most (the least disturbed is kept)"
     )
     parser.add_argument("--retry-wait", type=float, default=10.0, help="seconds to wait before a rerun")
+    parser.add_argument("--device", default="cpu", help="where the model lives: cpu (default) or cuda")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        print(RESULT_TAG + json.dumps(child(args.child, args.size)), flush=True)
+        print(RESULT_TAG + json.dumps(child(args.child, args.size, args.device)), flush=True)
         return 0
 
     sizes = [1.0] if args.quick else [float(s) for s in args.sizes.split(",") if s.strip()]
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in order:
                 tries: list[dict[str, Any]] = []
                 for attempt in range(retries + 1):
-                    res = run_child(variant, size_m)
+                    res = run_child(variant, size_m, args.device)
                     tries.append(res)
                     disturbed = res["foreign_cores"] > args.max_other_load
                     print(
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     first = results[sizes[0], "ours"][0]
     print(
         f"Global L1 pruning at {SPARSITY:.0%} sparsity, median of {repeats} fresh process(es) per cell, "
-        f"torch threads = {first['threads']}"
+        f"torch threads = {first['threads']}, device = {args.device}"
     )
     print()
     print(HEADER)
@@ -224,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = [format_size(s), str(n), str(runs[0]["pruned"]), str(expected), "yes" if exact else "NO"]
         print("| " + " | ".join([*cells, f"{ms_per_m:.1f}"]) + " |")
     print()
-    print("Extra B/param = (peak RSS after the event - RSS right before it) / parameters.")
+    if args.device.startswith("cuda"):
+        print("Extra B/param = (peak CUDA allocation during the event - allocated right before it) / parameters.")
+    else:
+        print("Extra B/param = (peak RSS after the event - RSS right before it) / parameters.")
     foreign = max(r["foreign_cores"] for rs in results.values() for r in rs)
     print(
         f"Other processes used at most {foreign:.2f} CPU cores during any kept event; "

@@ -8,6 +8,7 @@ rounds; each round times several steps per variant, back to back, and the table 
 medians over rounds.
 
     python benchmarks/bench_step.py
+    python benchmarks/bench_step.py --device cuda
     python benchmarks/bench_step.py --quick
 """
 
@@ -122,10 +123,10 @@ def prune_in_place(model: nn.Module) -> None:
     model.in_place_masks = masks  # the Stepper attaches it to its optimizer
 
 
-def make_variants(build: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+def make_variants(build: Callable[[], nn.Module], device: str = "cpu") -> dict[str, nn.Module]:
     """The variants of one model, all from the same initial weights."""
     torch.manual_seed(0)
-    dense = build()
+    dense = build().to(device)
     models = {v: copy.deepcopy(dense) for v in VARIANTS}
     prune_torch(models["torch"])
     prune_ours(models["ours"])
@@ -181,10 +182,13 @@ class Stepper:
         self.opt.step()
 
     def time_steps(self, n: int) -> float:
-        """Mean seconds per step over ``n`` steps."""
+        """Mean seconds per step over ``n`` steps (waiting for the GPU, if any, at both ends)."""
+        sync = torch.cuda.synchronize if self.x.is_cuda else (lambda: None)
+        sync()
         start = time.perf_counter()
         for _ in range(n):
             self.step()
+        sync()
         return (time.perf_counter() - start) / n
 
 
@@ -243,12 +247,12 @@ class Result:
         return statistics.median(a / b for a, b in zip(self.times[variant], self.times[base]))
 
 
-def make_steppers(name: str, models: dict[str, nn.Module], warmup: int) -> dict[str, Stepper]:
+def make_steppers(name: str, models: dict[str, nn.Module], warmup: int, device: str = "cpu") -> dict[str, Stepper]:
     """A stepper per model on the same fixed batch of model ``name``'s shape, warmed up."""
     _, in_shape, classes, batch = MODELS[name]
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, *in_shape, generator=gen)
-    y = torch.randint(0, classes, (batch,), generator=gen)
+    x = torch.randn(batch, *in_shape, generator=gen).to(device)
+    y = torch.randint(0, classes, (batch,), generator=gen).to(device)
     steppers = {v: Stepper(m, x, y) for v, m in models.items()}
     for s in steppers.values():
         for _ in range(warmup):
@@ -263,10 +267,10 @@ def steps_per_round(steppers: dict[str, Stepper], round_seconds: float, min_step
 
 
 def bench_model(
-    name: str, rounds: int, round_seconds: float, min_steps: int, warmup: int, max_other_load: float
+    name: str, rounds: int, round_seconds: float, min_steps: int, warmup: int, max_other_load: float, device: str
 ) -> Result:
     """Time every variant of one model in interleaved rounds."""
-    steppers = make_steppers(name, make_variants(MODELS[name][0]), warmup)
+    steppers = make_steppers(name, make_variants(MODELS[name][0], device), warmup, device)
     n_steps = steps_per_round(steppers, round_seconds, min_steps)
     times, loads, discarded = timed_rounds(steppers, rounds, n_steps, max_other_load)
     held = {v: held_bytes(s.model) for v, s in steppers.items()}
@@ -285,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         help="discard and rerun a round during which other processes used more CPU cores than this",
     )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step (a smoke test)")
+    parser.add_argument("--device", default="cpu", help="where models and batches live: cpu (default) or cuda")
     args = parser.parse_args(argv)
     if args.quick:
         rounds, round_seconds, min_steps, warmup, max_load = 2, 0.0, 1, 1, math.inf
@@ -294,12 +299,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"Training step (forward + backward + SGD momentum 0.9) at {SPARSITY:.0%} sparsity, "
-        f"{rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {args.device}" + (f" ({torch.cuda.get_device_name(args.device)})" if args.device != "cpu" else "")
     )
     print()
     results = {}
     for name in MODELS:
-        results[name] = res = bench_model(name, rounds, round_seconds, min_steps, warmup, max_load)
+        results[name] = res = bench_model(name, rounds, round_seconds, min_steps, warmup, max_load, args.device)
         print(
             f"# {name}: {rounds} rounds x {res.n_steps} steps per variant, {res.discarded} disturbed round(s) rerun",
             file=sys.stderr,

@@ -24,7 +24,8 @@ from lightning_prune.demo import DigitsDataModule, ImageClassifier
 from lightning_prune.schedules import Explicit
 
 
-class FooBarPruningMethod(prune.BasePruningMethod):
+# fmt: off
+class FooBarPruningMethod(prune.BasePruningMethod):  # the tutorial's class, exactly as users paste it
     """Prune every other entry in a tensor
     """
     PRUNING_TYPE = 'unstructured'
@@ -33,13 +34,14 @@ class FooBarPruningMethod(prune.BasePruningMethod):
         mask = default_mask.clone()
         mask.view(-1)[::2] = 0
         return mask
+# fmt: on
 
 
 class PrintMask(Callback):
     """Print ``net.fc3.bias_mask`` at every epoch end (placed after the pruning callback)."""
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        print(f"after epoch {trainer.current_epoch}: {pl_module.get_buffer('net.fc3.bias_mask')}")
+        print(f"after epoch {trainer.current_epoch}: {pl_module.get_buffer('net.fc3.bias_mask').cpu()}")
 
 
 def main(argv: Sequence[str] | None = None) -> torch.Tensor:

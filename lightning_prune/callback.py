@@ -122,6 +122,7 @@ class PruningCallback(Callback):
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
         self._model: weakref.ref[LightningModule] | None = None
+        self._state_key: tuple[tuple[Any, ...], str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_trainer": None, "_model": None}  # weak references do not pickle
@@ -133,7 +134,12 @@ class PruningCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(method=self.method_name, scope=self.scope, targets=self.target_patterns)
+        # Lightning reads this around every hook call (profiler names); build the string once per identity
+        identity = (self.method_name, self.scope, None if self.target_patterns is None else tuple(self.target_patterns))
+        if self._state_key is None or self._state_key[0] != identity:
+            key = self._generate_state_key(method=self.method_name, scope=self.scope, targets=self.target_patterns)
+            self._state_key = (identity, key)
+        return self._state_key[1]
 
     @property
     def targets(self) -> list[Target]:
@@ -233,6 +239,20 @@ class PruningCallback(Callback):
             # reparametrized and loads it with strict=False: `<name>_orig`/`_mask` would be dropped silently.
             # This process ends with the fit, so give that last state_dict plain, masked weights.
             pl_module._register_state_dict_hook(self._plain_state_dict_hook)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        # Lightning has moved the model and the optimizer state off the accelerator; what this callback
+        # keeps between fits (rewind snapshot, held masks) follows it, and the next fit moves it back.
+        device = pl_module.device
+        if self._snapshot is not None:
+            self._snapshot = self._snapshot.to(device)
+        if self._pending_masks is not None:
+            self._pending_masks = {name: mask.to(device) for name, mask in self._pending_masks.items()}
+        if self._inplace is not None:
+            self._inplace.to(device)
 
     # ------------------------------------------------------------------ masks
     def _held_masks(self) -> dict[str, Tensor] | None:

@@ -78,6 +78,11 @@ class InPlaceMasks:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.apply()
 
+    def to(self, device: torch.device) -> None:
+        """Move the masks and their float factors to ``device``."""
+        self.masks = {name: mask.to(device) for name, mask in self.masks.items()}
+        self._factors = [factor.to(device) for factor in self._factors]
+
     def clear(self) -> None:
         self.detach()
         self.masks, self._weights, self._factors = {}, [], []

@@ -24,9 +24,11 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
 from lightning_prune import reparam
@@ -122,8 +124,9 @@ class Snapshot:
         return cls(dict(state["tensors"]), list(state["optimizers"]), list(state["schedulers"]))
 
     def to(self, device: torch.device) -> Snapshot:
-        """The snapshot with its module tensors on ``device`` (optimizer state is moved on load)."""
-        return Snapshot({k: v.to(device) for k, v in self.tensors.items()}, self.optimizers, self.schedulers)
+        """The snapshot with every tensor, optimizer state included, on ``device``."""
+        move = partial(apply_to_collection, dtype=Tensor, function=lambda t: t.to(device))
+        return Snapshot(move(self.tensors), move(self.optimizers), move(self.schedulers))
 
 
 @contextmanager

@@ -5,11 +5,12 @@ A mask is ``True`` where an entry survives and ``False`` where it is pruned.
 
 The central piece is :func:`prune_smallest`: given scores and the current masks of one or
 more tensors, it prunes the lowest-scoring surviving entries until exactly ``n_pruned``
-entries are pruned in total. It never concatenates the tensors: it finds the exact
-threshold with a two-pass radix select on the bit patterns of the float32 scores
-(non-negative floats order like their bit patterns read as integers), counting with
-``bincount`` over fixed-size chunks. Ties at the threshold are broken by position:
-earlier tensors first, then row-major order within a tensor.
+entries are pruned in total. It finds the exact threshold with a two-pass radix select on
+the bit patterns of the float32 scores (non-negative floats order like their bit patterns
+read as integers), counting with ``bincount`` over fixed-size chunks, so large models are
+never concatenated (small ones are, where one copy costs less than a few ops per tensor).
+Ties at the threshold are broken by position: earlier tensors first, then row-major order
+within a tensor.
 
 Example:
     >>> import torch
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+# On a GPU each op costs a launch: 4M-entry chunks halved one event over 192M entries on an H200
+# (85 -> 43 ms) for 0.3 more bytes per entry of peak memory.
+_ACCELERATOR_CHUNK = 1 << 22
+_SMALL = 1 << 17  # up to this many entries in all, one concatenated copy is faster (0.6 ms of 1.7 at 61k on CPU)
 _INF_BITS = 0x7F800000  # bit pattern of float32 +inf; NaN scores are treated as +inf
 _HI_BINS = (_INF_BITS + 1 >> 16) + 1
 
@@ -58,11 +63,15 @@ def _keys(scores: Tensor, alive: Tensor, largest: bool) -> Tensor:
     return keys.masked_fill_(~alive, 0)
 
 
+def _chunk_size(t: Tensor) -> int:
+    return _CHUNK if t.device.type == "cpu" else _ACCELERATOR_CHUNK
+
+
 def _chunks(scores: Sequence[Tensor], alive: Sequence[Tensor]):
     for s, a in zip(scores, alive):
-        flat_s, flat_a = s.reshape(-1), a.reshape(-1)
-        for start in range(0, flat_s.numel(), _CHUNK):
-            yield flat_s[start : start + _CHUNK], flat_a[start : start + _CHUNK]
+        flat_s, flat_a, chunk = s.reshape(-1), a.reshape(-1), _chunk_size(a)
+        for start in range(0, flat_s.numel(), chunk):
+            yield flat_s[start : start + chunk], flat_a[start : start + chunk]
 
 
 def _histogram(keys: Tensor, bins: int, out: Tensor | None) -> Tensor:
@@ -108,6 +117,11 @@ def prune_smallest(
     total = sum(a.numel() for a in alive)
     if not 0 <= n_pruned <= total:
         raise ValueError(f"Expected `n_pruned` in [0, {total}], got {n_pruned}")
+    if 1 < len(alive) and total <= _SMALL:  # concatenated, each pass is a few ops instead of a few per tensor
+        sizes = [a.numel() for a in alive]
+        flat_s = torch.cat([s.reshape(-1).to(torch.float32) for s in scores])
+        flat = prune_smallest([flat_s], [torch.cat([a.reshape(-1) for a in alive])], n_pruned, largest=largest)[0]
+        return [part.view(a.shape) for part, a in zip(flat.split(sizes), alive)]
     already = total - sum(int(a.sum().item()) for a in alive)
     if n_pruned <= already:
         return [a.clone() for a in alive]
@@ -130,15 +144,16 @@ def prune_smallest(
     out = []
     for s, a in zip(scores, alive):
         flat_s, new = s.reshape(-1), a.reshape(-1).clone()
-        for start in range(0, flat_s.numel(), _CHUNK):
-            keys = _keys(flat_s[start : start + _CHUNK], new[start : start + _CHUNK], largest)
+        chunk = _chunk_size(new)
+        for start in range(0, flat_s.numel(), chunk):
+            keys = _keys(flat_s[start : start + chunk], new[start : start + chunk], largest)
             prune = keys < threshold
             if ties_left > 0:
                 tied = keys == threshold
                 rank = tied.cumsum(0, dtype=torch.int64)
                 prune |= tied & (rank <= ties_left)
                 ties_left -= min(ties_left, int(rank[-1].item()) if rank.numel() else 0)
-            new[start : start + _CHUNK] &= ~prune
+            new[start : start + chunk] &= ~prune
         out.append(new.view(a.shape))
     return out
 

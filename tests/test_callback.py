@@ -41,6 +41,7 @@ def _fit(
     model = model or LitLeNet()
     before, after = Recorder(), Recorder()
     trainer = Trainer(
+        accelerator="cpu",  # compared with CPU references
         max_epochs=epochs,
         logger=logger,
         enable_progress_bar=False,

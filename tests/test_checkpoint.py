@@ -444,6 +444,7 @@ def test_resume_with_a_different_configuration_warns(tmp_path) -> None:
     def fit(callback, epochs, ckpt_path=None, extra=()):
         torch.manual_seed(0)
         trainer = Trainer(
+            accelerator="cpu",  # compared with CPU references
             max_epochs=epochs,
             logger=False,
             enable_progress_bar=False,

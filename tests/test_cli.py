@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -184,7 +185,7 @@ def test_python_dash_m(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lightning_prune.cli", "fit", "--print_config"],
         cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "PATH": ""},
         capture_output=True,
         text=True,
         timeout=120,

@@ -143,6 +143,7 @@ def test_classifier_optimizers(kwargs, scheduled) -> None:
 def test_classifier_fits_and_reloads(tmp_path, model, data) -> None:
     module = ImageClassifier(model=model, lr_step_size=1)
     trainer = Trainer(
+        accelerator="cpu",  # compared with CPU references
         max_epochs=1,
         logger=False,
         enable_progress_bar=False,

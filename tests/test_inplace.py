@@ -31,6 +31,7 @@ def _fit(callback, tmp_path, *, epochs=3, extra=(), ckpt_path=None, model=None):
     torch.manual_seed(0)
     model = model or LitLeNet()
     trainer = Trainer(
+        accelerator="cpu",  # compared with CPU references
         max_epochs=epochs,
         logger=False,
         enable_progress_bar=False,

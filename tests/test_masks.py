@@ -25,8 +25,22 @@ def _reference(
     return [part.view(a.shape) for part, a in zip(keep.split([a.numel() for a in alive]), alive)]
 
 
+@pytest.fixture(params=["concatenated", "per-tensor"])
+def layout(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with small totals concatenated first (the default) and passed over tensor by tensor."""
+    if request.param == "per-tensor":
+        monkeypatch.setattr(M, "_SMALL", 0)
+    return request.param
+
+
+def _per_tensor(*args, **kwargs) -> list[torch.Tensor]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(M, "_SMALL", 0)
+        return M.prune_smallest(*args, **kwargs)
+
+
 @pytest.mark.parametrize("largest", [pytest.param(False, id="smallest"), pytest.param(True, id="largest")])
-def test_prune_smallest_matches_sort_with_ties(largest: bool) -> None:
+def test_prune_smallest_matches_sort_with_ties(layout: str, largest: bool) -> None:
     g = torch.Generator().manual_seed(0)
     scores = [torch.randint(-3, 4, (7, 5), generator=g).float(), torch.randint(-3, 4, (11,), generator=g).float()]
     alive = [torch.rand(7, 5, generator=g) > 0.3, torch.rand(11, generator=g) > 0.3]
@@ -37,7 +51,7 @@ def test_prune_smallest_matches_sort_with_ties(largest: bool) -> None:
             assert torch.equal(g_, r), n
 
 
-def test_prune_smallest_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prune_smallest_across_chunks(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(M, "_CHUNK", 16)  # ties and thresholds straddle chunk borders
     scores = [torch.tensor([1.0, 2.0, 2.0, 0.5] * 13), torch.tensor([2.0] * 21)]
     alive = [torch.ones(52, dtype=torch.bool), torch.ones(21, dtype=torch.bool)]
@@ -46,7 +60,7 @@ def test_prune_smallest_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
         assert all(torch.equal(a, b) for a, b in zip(got, _reference(scores, alive, n, False)))
 
 
-def test_prune_smallest_never_revives_and_leaves_inputs() -> None:
+def test_prune_smallest_never_revives_and_leaves_inputs(layout: str) -> None:
     alive = [torch.tensor([True, False, True, False])]
     before = alive[0].clone()
     out = M.prune_smallest([torch.tensor([0.0, 9.0, 1.0, 9.0])], alive, 1)
@@ -86,6 +100,7 @@ def test_counts_exact_and_monotone(shapes, dtype, fractions, seed) -> None:
         assert sum(int((~m).sum()) for m in new) == target
         assert all(not (m & ~a).any() for m, a in zip(new, alive)), "a pruned entry came back"
         assert all(torch.equal(a, b) for a, b in zip(new, M.prune_smallest(scores, alive, target)))
+        assert all(torch.equal(a, b) for a, b in zip(new, _per_tensor(scores, alive, target))), "layouts differ"
         alive = new
 
 
