@@ -136,10 +136,11 @@ class PruningCallback(Callback):
     def state_key(self) -> str:
         # Lightning reads this around every hook call (profiler names); build the string once per identity
         identity = (self.method_name, self.scope, None if self.target_patterns is None else tuple(self.target_patterns))
-        if self._state_key is None or self._state_key[0] != identity:
+        cached = getattr(self, "_state_key", None)  # absent from callbacks pickled by earlier versions
+        if cached is None or cached[0] != identity:
             key = self._generate_state_key(method=self.method_name, scope=self.scope, targets=self.target_patterns)
-            self._state_key = (identity, key)
-        return self._state_key[1]
+            cached = self._state_key = (identity, key)
+        return cached[1]
 
     @property
     def targets(self) -> list[Target]:

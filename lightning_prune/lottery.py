@@ -124,8 +124,14 @@ class Snapshot:
         return cls(dict(state["tensors"]), list(state["optimizers"]), list(state["schedulers"]))
 
     def to(self, device: torch.device) -> Snapshot:
-        """The snapshot with every tensor, optimizer state included, on ``device``."""
+        """The snapshot with its module tensors on ``device``.
+
+        Optimizer and scheduler states follow only to the CPU: on restore ``load_state_dict`` puts
+        them beside the parameters, except what must stay on the CPU (Adam's ``step``, say).
+        """
         move = partial(apply_to_collection, dtype=Tensor, function=lambda t: t.to(device))
+        if device.type != "cpu":
+            return Snapshot(move(self.tensors), self.optimizers, self.schedulers)
         return Snapshot(move(self.tensors), move(self.optimizers), move(self.schedulers))
 
 

@@ -121,7 +121,7 @@ def prune_smallest(
         sizes = [a.numel() for a in alive]
         flat_s = torch.cat([s.reshape(-1).to(torch.float32) for s in scores])
         flat = prune_smallest([flat_s], [torch.cat([a.reshape(-1) for a in alive])], n_pruned, largest=largest)[0]
-        return [part.view(a.shape) for part, a in zip(flat.split(sizes), alive)]
+        return [part.view(a.shape).clone() for part, a in zip(flat.split(sizes), alive)]  # own storage each
     already = total - sum(int(a.sum().item()) for a in alive)
     if n_pruned <= already:
         return [a.clone() for a in alive]

@@ -11,6 +11,7 @@ from torch.nn.utils import prune
 from lightning_prune import PruningCallback, Rewind
 from lightning_prune import masks as M
 from lightning_prune.schedules import Explicit
+from tests.test_masks import _reference
 from tests.tutorial import LitLeNet, TutorialLeNet, lenet_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -68,7 +69,7 @@ def test_prune_smallest_on_gpu_equals_cpu(monkeypatch: pytest.MonkeyPatch, layou
     alive = [torch.rand(s.shape, generator=g) > 0.2 for s in scores]
     total = sum(s.numel() for s in scores)
     for n_pruned in (total // 3, total // 2, total - 7):
-        expected = M.prune_smallest(scores, alive, n_pruned)
+        expected = _reference(scores, alive, n_pruned, largest=False)  # a stable sort on the CPU
         got = M.prune_smallest([s.cuda() for s in scores], [a.cuda() for a in alive], n_pruned)
         for g_, e in zip(got, expected):
             assert g_.device.type == "cuda" and torch.equal(g_.cpu(), e), n_pruned

@@ -432,6 +432,31 @@ def test_snapshot_is_one_copy_on_the_parameters_device(tmp_path, accelerator: st
     assert all(t.device.type == "cpu" for t in callback.state_dict()["snapshot"]["tensors"].values())
 
 
+def test_snapshot_moves_optimizer_state_only_to_the_cpu() -> None:
+    """Module tensors follow the model; optimizer state is left for ``load_state_dict`` to place.
+
+    Adam's ``step`` must stay a CPU tensor unless the optimizer is capturable or fused, and
+    ``load_state_dict`` keeps it wherever it finds it, so a snapshot never moves it off the CPU.
+    """
+    from lightning_prune.lottery import Snapshot
+
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    snapshot = Snapshot.take(model, [optimizer], [])
+
+    away = snapshot.to(torch.device("meta"))
+    assert all(t.device.type == "meta" for t in away.tensors.values())
+    assert away.optimizers is snapshot.optimizers
+    state = away.optimizers[0]["state"][0]
+    assert state["step"].device.type == "cpu" and state["exp_avg"].device.type == "cpu"
+
+    back = snapshot.to(torch.device("cpu"))
+    assert all(t.device.type == "cpu" for t in back.tensors.values())
+    assert torch.equal(back.optimizers[0]["state"][0]["exp_avg"], state["exp_avg"])
+
+
 # ---------------------------------------------------------------------------- the example
 
 

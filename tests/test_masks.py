@@ -61,12 +61,23 @@ def test_prune_smallest_across_chunks(layout: str, monkeypatch: pytest.MonkeyPat
 
 
 def test_prune_smallest_never_revives_and_leaves_inputs(layout: str) -> None:
-    alive = [torch.tensor([True, False, True, False])]
-    before = alive[0].clone()
-    out = M.prune_smallest([torch.tensor([0.0, 9.0, 1.0, 9.0])], alive, 1)
-    assert torch.equal(out[0], before) and torch.equal(alive[0], before)
-    out = M.prune_smallest([torch.tensor([0.0, 9.0, 1.0, 9.0])], alive, 3)
-    assert out[0].tolist() == [False, False, True, False]
+    scores = [torch.tensor([0.0, 9.0, 1.0, 9.0]), torch.tensor([[5.0, 0.5]])]
+    alive = [torch.tensor([True, False, True, False]), torch.tensor([[True, True]])]
+    before = [a.clone() for a in alive]
+    out = M.prune_smallest(scores, alive, 2)
+    assert all(torch.equal(o, b) and torch.equal(a, b) for o, a, b in zip(out, alive, before))
+    out = M.prune_smallest(scores, alive, 4)
+    assert out[0].tolist() == [False, False, True, False] and out[1].tolist() == [[True, False]]
+    assert all(torch.equal(a, b) for a, b in zip(alive, before)), "inputs modified"
+    assert out[0].untyped_storage().data_ptr() != out[1].untyped_storage().data_ptr(), "masks share storage"
+
+
+def test_prune_smallest_mixed_dtypes(layout: str) -> None:
+    """Scores of different dtypes rank together by their float32 magnitudes."""
+    scores = [torch.tensor([0.25, -3.0], dtype=torch.float16), torch.tensor([1.0, 0.5], dtype=torch.float64)]
+    alive = [torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)]
+    out = M.prune_smallest(scores, alive, 2)
+    assert out[0].tolist() == [False, True] and out[1].tolist() == [True, False]
 
 
 def test_prune_smallest_handles_nan_inf_and_negative_zero() -> None:
