@@ -11,6 +11,7 @@ from torch.nn.utils import prune
 from lightning_prune import PruningCallback, Rewind
 from lightning_prune import masks as M
 from lightning_prune.schedules import Explicit
+from tests.helpers import make_trainer
 from tests.test_masks import _reference
 from tests.tutorial import LitLeNet, TutorialLeNet, lenet_data
 
@@ -75,21 +76,24 @@ def test_prune_smallest_on_gpu_equals_cpu(monkeypatch: pytest.MonkeyPatch, layou
             assert g_.device.type == "cuda" and torch.equal(g_.cpu(), e), n_pruned
 
 
+def _trainer(root, callbacks: list[Callback], epochs: int, accelerator: str = "cuda") -> Trainer:
+    checkpoints = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return make_trainer(
+        root,
+        callbacks=callbacks,
+        max_epochs=epochs,
+        accelerator=accelerator,
+        enable_checkpointing=checkpoints,
+        limit_train_batches=1.0,  # all 4 batches of lenet_data
+        deterministic=False,  # deterministic CUDA kernels would need CUBLAS_WORKSPACE_CONFIG
+    )
+
+
 def _fit(callback: PruningCallback, tmp_path, *, accelerator="cuda", epochs=3, extra=(), ckpt_path=None):
     torch.manual_seed(0)
     model = LitLeNet()
     before, after = Spy(callback, before=True), Spy(callback, before=False)
-    trainer = Trainer(
-        accelerator=accelerator,
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in extra),
-        default_root_dir=tmp_path,
-        callbacks=[before, callback, after, *extra],
-    )
+    trainer = _trainer(tmp_path, [before, callback, after, *extra], epochs, accelerator)
     trainer.fit(model, lenet_data(), ckpt_path=ckpt_path)
     return model, before.seen, after.seen
 
@@ -171,17 +175,7 @@ def test_callback_releases_the_gpu_after_fit(tmp_path, masking: str) -> None:
     assert held and all(t.device.type == "cpu" for t in held), sorted({str(t.device) for t in held})
 
     on_gpu = Spy(callback, before=False)  # a second fit of the same model takes the masks back to the GPU
-    trainer = Trainer(
-        accelerator="cuda",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback, on_gpu],
-    )
-    trainer.fit(model, lenet_data())
+    _trainer(tmp_path, [callback, on_gpu], epochs=1).fit(model, lenet_data())
     for name in WEIGHTS:
         assert on_gpu.seen[0][name].device.type == "cuda", name
         assert torch.equal(on_gpu.seen[0][name].cpu(), after[-1][name].cpu()), name
