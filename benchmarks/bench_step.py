@@ -116,7 +116,7 @@ def prune_ours(model: nn.Module) -> None:
 
 
 def prune_in_place(model: nn.Module) -> None:
-    """Layer-wise L1 at 0.5 with ``masking="in_place"``: plain weights, masks applied after each step."""
+    """Layer-wise L1 at 0.5 with ``masking="in_place"``: plain weights, masked gradients, weights kept at zero."""
     targets = resolve_targets(model)
     masks = InPlaceMasks()
     masks.commit(targets, compute_masks(targets, resolve_method("l1_unstructured"), SPARSITY, scope="layer"))

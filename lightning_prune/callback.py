@@ -61,10 +61,10 @@ class PruningCallback(Callback):
             on rank 0 (from torch's global RNG) and shares it with every rank.
         masking: ``"reparametrize"``: the layout of ``torch.nn.utils.prune`` (``<name>_orig``,
             a bool ``<name>_mask`` buffer, a forward pre-hook); ``"in_place"``: weights stay
-            plain parameters, the callback keeps the masks and zeroes pruned entries after every
-            optimizer step (less memory and time per step, see
-            :mod:`lightning_prune.inplace`). Checkpoints, logging, DDP checks and rewinding are
-            the same in both.
+            plain parameters, the callback keeps the masks, zeroes pruned entries' gradients as
+            backward produces them and keeps the pruned weights at zero (less memory and time
+            per step, see :mod:`lightning_prune.inplace`). Weights, checkpoints, logging, DDP
+            checks and rewinding are the same in both.
 
     Example:
         >>> from lightning_prune.schedules import Polynomial
@@ -247,7 +247,18 @@ class PruningCallback(Callback):
             return
         # Lightning has moved the model and the optimizer state off the accelerator; what this callback
         # keeps between fits (rewind snapshot, held masks) follows it, and the next fit moves it back.
-        device = pl_module.device
+        self._move_state(pl_module.device)
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # A failed fit skips `on_fit_end` and `teardown`; Lightning's strategies move the model to the CPU
+        # right after this hook.
+        if self._inplace is not None:
+            self._inplace.detach()
+        self._move_state(torch.device("cpu"))
+
+    def _move_state(self, device: torch.device) -> None:
+        """Move what this callback keeps between fits (snapshot, held masks, in-place masks) to ``device``."""
         if self._snapshot is not None:
             self._snapshot = self._snapshot.to(device)
         if self._pending_masks is not None:

@@ -1,11 +1,19 @@
-"""Masks kept beside plain parameters and applied in place after every optimizer step.
+"""Masks kept beside plain parameters, applied to gradients as they arrive and to weights.
 
 The opt-in alternative to the reparametrization (``PruningCallback(masking="in_place")``): the
-weights stay ordinary ``nn.Parameter`` objects, pruned entries are zeroed when a mask is
-committed and again right after each ``optimizer.step()`` (one fused ``torch._foreach_mul_``
-over all targets), so every forward pass sees them zero. Nothing is recomputed in the forward
-pass and no ``weight_orig`` copy exists; the price is that momentum or weight decay may move a
-pruned entry during the step, before it is zeroed again.
+weights stay ordinary ``nn.Parameter`` objects and nothing is recomputed in the forward pass.
+Pruned entries are zeroed when a mask is committed, and then kept at zero with the gradients the
+reparametrization would produce:
+
+- each pruned entry's gradient is zeroed as soon as backward accumulates it (a post-accumulate
+  gradient hook per masked parameter), so gradient clipping, gradient norms and optimizers that
+  mix entries see exactly the gradients of ``torch.nn.utils.prune``'s ``<name>_orig``;
+- for the optimizers in :data:`ZERO_PRESERVING` (``SGD``, ``Adam``, ``AdamW`` and the other
+  element-wise ``torch.optim`` classes, exact types), an entry whose gradient and optimizer
+  state are zero does not move, weight decay included; their state is zeroed at pruned entries
+  when masks are committed or the optimizers attached, and nothing else runs per step;
+- after every ``step()`` of any other optimizer, the pruned weights are zeroed again (one fused
+  ``torch._foreach_mul_`` over all masked weights).
 
 Example:
     >>> import torch
@@ -13,11 +21,11 @@ Example:
     >>> layer = torch.nn.Linear(2, 2, bias=False)
     >>> masks = InPlaceMasks()
     >>> masks.commit(resolve_targets(layer), [torch.tensor([[True, False], [False, True]])])
-    >>> opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    >>> opt = torch.optim.SGD(layer.parameters(), lr=1.0, momentum=0.9)
     >>> masks.attach([opt])
     >>> layer(torch.ones(1, 2)).sum().backward(); opt.step()
-    >>> int((layer.weight == 0).sum())
-    2
+    >>> int((layer.weight == 0).sum()), int((layer.weight.grad == 0).sum())
+    (2, 2)
 """
 
 from __future__ import annotations
@@ -30,17 +38,47 @@ from torch import Tensor
 
 from lightning_prune.targets import Target
 
-__all__ = ["InPlaceMasks"]
+__all__ = ["ZERO_PRESERVING", "InPlaceMasks"]
+
+#: Optimizer classes whose update leaves an entry at zero when its weight, gradient and state
+#: are zero (plain, momentum, Nesterov, decoupled or L2 weight decay, AMSGrad, centered, any
+#: ``foreach``/``fused`` implementation). Matched by exact type: a subclass may step differently.
+ZERO_PRESERVING: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Rprop,
+    torch.optim.ASGD,
+)
+
+
+class _MaskGradient:
+    """Post-accumulate-gradient hook: ``param.grad *= factor``."""
+
+    def __init__(self, factor: Tensor) -> None:
+        self.factor = factor
+
+    def __call__(self, param: Tensor) -> None:
+        if param.grad is not None:
+            param.grad.mul_(self.factor)
 
 
 class InPlaceMasks:
-    """Bool masks by qualified name, their float factors, and the optimizer hooks that apply them."""
+    """Bool masks by qualified name, their float factors, and the hooks that apply them."""
 
     def __init__(self) -> None:
         self.masks: dict[str, Tensor] = {}
         self._weights: list[Tensor] = []
         self._factors: list[Tensor] = []
-        self._handles: list[Any] = []
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._step_handles: list[Any] = []
+        self._grad_handles: list[Any] = []
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
         """Each target's mask, ``None`` where it has none yet."""
@@ -48,7 +86,11 @@ class InPlaceMasks:
 
     @torch.no_grad()
     def commit(self, targets: Sequence[Target], masks: Sequence[Tensor]) -> None:
-        """Store ``masks`` (combined with the current ones) and zero the pruned entries now."""
+        """Store ``masks`` (combined with the current ones) and zero the pruned entries now.
+
+        Pruned weights are zeroed, and so are their entries in the state of the attached
+        :data:`ZERO_PRESERVING` optimizers (momentum, moments), which nothing else would clear.
+        """
         for target, mask in zip(targets, masks):
             param = target.parameter
             new = mask.to(param.device, torch.bool)
@@ -58,34 +100,68 @@ class InPlaceMasks:
         self._weights = [by_name[name] for name in self.masks if name in by_name]
         self._factors = [self.masks[name].to(by_name[name].dtype) for name in self.masks if name in by_name]
         self.apply()
+        if self._optimizers:
+            self._zero_state()
+            self._hook_gradients()
 
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero every pruned entry (a fused multiply by the cached float masks)."""
+        """Zero every pruned weight (a fused multiply by the cached float masks)."""
         if self._weights:
             torch._foreach_mul_(self._weights, self._factors)
 
     def attach(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        """Apply the masks after every ``step()`` of ``optimizers``."""
+        """Mask gradients from now on, and keep pruned entries at zero through ``optimizers``' steps."""
         self.detach()
-        self._handles = [opt.register_step_post_hook(self._after_step) for opt in optimizers]
+        self._optimizers = list(optimizers)
+        self._step_handles = [
+            opt.register_step_post_hook(self._after_step) for opt in optimizers if type(opt) not in ZERO_PRESERVING
+        ]
+        self._zero_state()
+        self._hook_gradients()
 
     def detach(self) -> None:
-        for handle in self._handles:
+        """Remove every hook; the masks stay."""
+        for handle in [*self._step_handles, *self._grad_handles]:
             handle.remove()
-        self._handles = []
+        self._optimizers, self._step_handles, self._grad_handles = [], [], []
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.apply()
+
+    def _hook_gradients(self) -> None:
+        for handle in self._grad_handles:
+            handle.remove()
+        self._grad_handles = [
+            w.register_post_accumulate_grad_hook(_MaskGradient(f))
+            for w, f in zip(self._weights, self._factors)
+            if w.requires_grad
+        ]
+
+    @torch.no_grad()
+    def _zero_state(self) -> None:
+        factors = dict(zip(map(id, self._weights), self._factors))
+        for opt in self._optimizers:
+            if type(opt) not in ZERO_PRESERVING:
+                continue  # stepped by its own rules; its weights are zeroed after each step instead
+            for param, state in opt.state.items():
+                factor = factors.get(id(param))
+                if factor is None:
+                    continue
+                for value in state.values():
+                    if isinstance(value, Tensor) and value.is_floating_point() and value.shape == param.shape:
+                        value.mul_(factor.to(value.device))
 
     def to(self, device: torch.device) -> None:
         """Move the masks and their float factors to ``device``."""
         self.masks = {name: mask.to(device) for name, mask in self.masks.items()}
         self._factors = [factor.to(device) for factor in self._factors]
+        if self._grad_handles:
+            self._hook_gradients()
 
     def clear(self) -> None:
         self.detach()
         self.masks, self._weights, self._factors = {}, [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": []}
+        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": []}

@@ -12,6 +12,7 @@ from lightning_prune import PruningCallback, Rewind
 from lightning_prune import masks as M
 from lightning_prune.schedules import Explicit
 from tests.helpers import make_trainer
+from tests.test_inplace import check_zero_preserving
 from tests.test_masks import _reference
 from tests.tutorial import LitLeNet, TutorialLeNet, lenet_data
 
@@ -59,10 +60,12 @@ def _tensors_in(value: object, seen: set[int] | None = None) -> list[torch.Tenso
     return [t for item in items for t in _tensors_in(item, seen)]
 
 
-@pytest.mark.parametrize("layout", ["concatenated", "per-tensor"])
+@pytest.mark.parametrize("layout", ["sorted", "concatenated", "per-tensor"])
 def test_prune_smallest_on_gpu_equals_cpu(monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     monkeypatch.setattr(M, "_CHUNK", 16)
     monkeypatch.setattr(M, "_ACCELERATOR_CHUNK", 64)  # several chunks per tensor, ties across their borders
+    if layout != "sorted":  # the default for small selections off the CPU
+        monkeypatch.setattr(M, "_sort_limit", lambda device: 0)
     if layout == "per-tensor":
         monkeypatch.setattr(M, "_SMALL", 0)
     g = torch.Generator().manual_seed(0)
@@ -179,3 +182,36 @@ def test_callback_releases_the_gpu_after_fit(tmp_path, masking: str) -> None:
     for name in WEIGHTS:
         assert on_gpu.seen[0][name].device.type == "cuda", name
         assert torch.equal(on_gpu.seen[0][name].cpu(), after[-1][name].cpu()), name
+
+
+class _FailAt(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 2:
+            raise RuntimeError("failing on purpose")
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_callback_releases_the_gpu_after_a_failed_fit(tmp_path, masking: str) -> None:
+    """A fit that raises skips `teardown`; the masks and snapshot still leave the GPU with the model."""
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=1), masking=masking, make_permanent=False
+    )
+    with pytest.raises(RuntimeError, match="failing on purpose"):
+        _fit(callback, tmp_path, epochs=3, extra=[_FailAt()])
+    held = _tensors_in(vars(callback))
+    assert callback._snapshot is not None
+    assert held and all(t.device.type == "cpu" for t in held), sorted({str(t.device) for t in held})
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1, "fused": True}),
+        (torch.optim.Adam, {"lr": 0.01, "amsgrad": True, "fused": True}),
+        (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.5, "fused": True}),
+        (torch.optim.Adam, {"lr": 0.01, "capturable": True, "foreach": True}),
+    ],
+    ids=["SGD-fused", "Adam-fused", "AdamW-fused", "Adam-capturable"],
+)
+def test_zero_preserving_fused_optimizers_on_gpu(cls, options) -> None:
+    check_zero_preserving(cls, options, "cuda")

@@ -1,15 +1,20 @@
-"""``masking="in_place"``: plain parameters, masks kept by the callback, zeroed after every step."""
+"""``masking="in_place"``: plain parameters, masks kept by the callback, gradients and weights kept at zero."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.utils import prune
 
 from lightning_prune import PruningCallback, Rewind
+from lightning_prune.inplace import ZERO_PRESERVING, InPlaceMasks
 from lightning_prune.schedules import Explicit
+from lightning_prune.targets import resolve_targets
 from tests.tutorial import LitLeNet, lenet_data
 
 WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -80,3 +85,155 @@ def test_checkpoint_is_plain_and_resumes_exactly(tmp_path) -> None:
 def test_bad_masking() -> None:
     with pytest.raises(ValueError, match="`masking` to be 'reparametrize' or 'in_place', got 'lazy'"):
         PruningCallback(masking="lazy")  # type: ignore[arg-type]
+
+
+class FailAt(Callback):
+    """Raise at the first batch of ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("failing on purpose")
+
+
+def test_failed_fit_detaches_from_the_optimizer(tmp_path) -> None:
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
+    model = LitLeNet()
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback, FailAt(1)],
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="failing on purpose"):
+        trainer.fit(model, lenet_data())
+    assert not trainer.optimizers[0]._optimizer_step_post_hooks
+    masks = callback._held_masks()
+    assert masks and all(m.device.type == "cpu" for m in masks.values())
+
+    resumed = _fit(callback, tmp_path / "again", epochs=1, model=model)  # the masks carry over
+    for name, mask in masks.items():
+        assert resumed.get_parameter(name)[~mask].eq(0).all(), name
+
+
+OPTIMIZERS = [
+    (torch.optim.SGD, {"lr": 0.1}),
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1}),
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "foreach": False, "maximize": True}),
+    (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True}),
+    (torch.optim.Adam, {"lr": 0.01, "foreach": False}),
+    (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.5}),
+    (torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.5, "weight_decay": 0.1}),
+    (torch.optim.Adadelta, {"lr": 1.0, "weight_decay": 0.1}),
+    (torch.optim.Adamax, {"lr": 0.01, "weight_decay": 0.1}),
+    (torch.optim.NAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    (torch.optim.RAdam, {"lr": 0.01, "weight_decay": 0.1}),
+    (torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.1}),
+    (torch.optim.Rprop, {"lr": 0.01}),
+    (torch.optim.ASGD, {"lr": 0.01, "t0": 1, "weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize(("cls", "options"), OPTIMIZERS, ids=lambda v: v.__name__ if isinstance(v, type) else "")
+def test_zero_preserving_optimizers_match_torch_reparametrization(cls, options) -> None:
+    check_zero_preserving(cls, options, "cpu")
+
+
+def check_zero_preserving(cls: type[torch.optim.Optimizer], options: dict, device: str) -> None:
+    """Masked gradients and zeroed state keep pruned entries at zero with no per-step pass, and every
+    weight equals ``torch.nn.utils.prune``'s ``orig * mask`` trained alongside, bit for bit."""
+    assert cls in ZERO_PRESERVING
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).to(device)
+    ref = copy.deepcopy(ours)
+    opts = [cls(ours.parameters(), **options), cls(ref.parameters(), **options)]
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(12)]
+    batches = [(x.to(device), y.to(device)) for x, y in batches]
+
+    def step(model, opt, batch) -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(batch[0]), batch[1]).backward()
+        opt.step()
+
+    for batch in batches[:4]:  # dense steps first: momentum and moments are non-zero where pruning comes
+        step(ours, opts[0], batch)
+        step(ref, opts[1], batch)
+    masks = [(torch.rand(m.weight.shape, generator=g) > 0.5).to(device) for m in (ours[0], ours[2])]
+    held = InPlaceMasks()
+    held.commit(resolve_targets(ours), masks)
+    held.attach([opts[0]])
+    for module, mask in zip((ref[0], ref[2]), masks):
+        prune.custom_from_mask(module, "weight", mask)
+    assert not held._step_handles
+    for batch in batches[4:]:
+        step(ours, opts[0], batch)
+        step(ref, opts[1], batch)
+        for m_ours, m_ref, mask in zip((ours[0], ours[2]), (ref[0], ref[2]), masks):
+            assert m_ours.weight[~mask].eq(0).all() and m_ours.weight.grad[~mask].eq(0).all()
+            assert torch.equal(m_ours.weight, m_ref.weight_orig * m_ref.weight_mask)
+            assert torch.equal(m_ours.bias, m_ref.bias)
+
+
+class Drift(torch.optim.Optimizer):
+    """Moves every entry, whatever its gradient (as some optimizers' extra terms do)."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(0.25)
+
+
+class SubclassedSGD(torch.optim.SGD):
+    """Not in ZERO_PRESERVING (matched by exact type): its step could do anything."""
+
+
+@pytest.mark.parametrize("cls", [Drift, SubclassedSGD])
+def test_other_optimizers_get_weights_zeroed_after_each_step(cls) -> None:
+    layer = torch.nn.Linear(4, 3)
+    opt = cls(layer.parameters()) if cls is Drift else cls(layer.parameters(), lr=0.1, momentum=0.9)
+    mask = torch.rand(3, 4) > 0.5
+    held = InPlaceMasks()
+    held.commit(resolve_targets(layer, ["weight"]), [mask])
+    held.attach([opt])
+    assert len(held._step_handles) == 1
+    for _ in range(3):
+        opt.zero_grad()
+        layer(torch.randn(2, 4)).sum().backward()
+        assert layer.weight.grad[~mask].eq(0).all()
+        opt.step()
+        assert layer.weight[~mask].eq(0).all() and layer.weight[mask].ne(0).all()
+    held.detach()
+    if cls is Drift:
+        opt.step()
+        assert layer.weight[~mask].ne(0).all(), "detached: nothing runs any more"
+
+
+class ClippedLeNet(LitLeNet):
+    def __init__(self, optimizer: type[torch.optim.Optimizer]) -> None:
+        super().__init__()
+        self.optimizer = optimizer
+
+    def configure_optimizers(self):
+        return self.optimizer(self.parameters(), lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, SubclassedSGD])
+def test_gradient_clipping_sees_the_reparametrization_gradients(tmp_path, optimizer) -> None:
+    """Clipping by the gradient norm: pruned entries' gradients are zero in both modes, so the weights agree."""
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        torch.manual_seed(0)
+        model = ClippedLeNet(optimizer)
+        Trainer(
+            accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+            enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=0.05,
+            callbacks=[PruningCallback(scope="global", schedule=Explicit({0: 0.5}), masking=masking)],
+        ).fit(model, lenet_data())  # fmt: skip
+        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
+    for name in WEIGHTS:
+        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-7)

@@ -25,17 +25,26 @@ def _reference(
     return [part.view(a.shape) for part, a in zip(keep.split([a.numel() for a in alive]), alive)]
 
 
-@pytest.fixture(params=["concatenated", "per-tensor"])
+@pytest.fixture(params=["concatenated", "per-tensor", "sorted"])
 def layout(request, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with small totals concatenated first (the default) and passed over tensor by tensor."""
+    """Run a test with small totals concatenated first (the CPU default), passed over tensor by tensor,
+    and ranked by one stable sort (the accelerator default)."""
     if request.param == "per-tensor":
         monkeypatch.setattr(M, "_SMALL", 0)
+    if request.param == "sorted":
+        monkeypatch.setattr(M, "_sort_limit", lambda device: M._SMALL)
     return request.param
 
 
 def _per_tensor(*args, **kwargs) -> list[torch.Tensor]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(M, "_SMALL", 0)
+        return M.prune_smallest(*args, **kwargs)
+
+
+def _sorted(*args, **kwargs) -> list[torch.Tensor]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(M, "_sort_limit", lambda device: M._SMALL)
         return M.prune_smallest(*args, **kwargs)
 
 
@@ -112,6 +121,7 @@ def test_counts_exact_and_monotone(shapes, dtype, fractions, seed) -> None:
         assert all(not (m & ~a).any() for m, a in zip(new, alive)), "a pruned entry came back"
         assert all(torch.equal(a, b) for a, b in zip(new, M.prune_smallest(scores, alive, target)))
         assert all(torch.equal(a, b) for a, b in zip(new, _per_tensor(scores, alive, target))), "layouts differ"
+        assert all(torch.equal(a, b) for a, b in zip(new, _sorted(scores, alive, target))), "sort differs"
         alive = new
 
 
