@@ -246,6 +246,14 @@ class Result:
         """Median over rounds of the per-round ratio (the variants of one round run back to back)."""
         return statistics.median(a / b for a, b in zip(self.times[variant], self.times[base]))
 
+    def ratio_quartiles(self, variant: str, base: str) -> tuple[float, float]:
+        """First and third quartiles over rounds of the per-round ratio."""
+        ratios = sorted(a / b for a, b in zip(self.times[variant], self.times[base]))
+        if len(ratios) < 2:
+            return ratios[0], ratios[0]
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        return q1, q3
+
 
 def make_steppers(name: str, models: dict[str, nn.Module], warmup: int, device: str = "cpu") -> dict[str, Stepper]:
     """A stepper per model on the same fixed batch of model ``name``'s shape, warmed up."""
@@ -323,6 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     print("other load: most CPU cores used by other processes during a kept round.")
     discarded = ", ".join(f"{name} {res.discarded}" for name, res in results.items())
     print(f"Rounds discarded because other processes used more than {max_load} cores: {discarded}.")
+    print()
+    print("Spread of the per-round ratios (first and third quartile over rounds):")
+    print()
+    print("| model | ours / torch | in_place / dense | in_place / torch |")
+    print("|---|---:|---:|---:|")
+    for name, res in results.items():
+        spreads = [
+            res.ratio_quartiles(a, b) for a, b in (("ours", "torch"), ("in_place", "dense"), ("in_place", "torch"))
+        ]
+        print(f"| {name} | " + " | ".join(f"{lo:.3f} to {hi:.3f}" for lo, hi in spreads) + " |")
     print()
     memory = results["MLP 4x2048"].held
     print("Memory held by the MLP 4x2048 after a step (parameters, buffers, masked weights, tensors kept by hooks):")
