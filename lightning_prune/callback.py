@@ -213,7 +213,9 @@ class PruningCallback(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._inplace is not None:
-            self._inplace.attach(trainer.optimizers)
+            # a DDP communication hook may change gradient values after backward has masked them
+            comm_hooks = bool(getattr(trainer.strategy.model, "_comm_hooks", None))
+            self._inplace.attach(trainer.optimizers, per_step=comm_hooks)
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
         for epoch in range(self._done_epoch + 1, trainer.current_epoch):
@@ -221,6 +223,8 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._inplace is not None:
+            self._inplace.refresh_hooks()  # weights unfrozen since (e.g. by BackboneFinetuning) get theirs
         if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
 

@@ -7,13 +7,20 @@ reparametrization would produce:
 
 - each pruned entry's gradient is zeroed as soon as backward accumulates it (a post-accumulate
   gradient hook per masked parameter), so gradient clipping, gradient norms and optimizers that
-  mix entries see exactly the gradients of ``torch.nn.utils.prune``'s ``<name>_orig``;
-- for the optimizers in :data:`ZERO_PRESERVING` (``SGD``, ``Adam``, ``AdamW`` and the other
-  element-wise ``torch.optim`` classes, exact types), an entry whose gradient and optimizer
-  state are zero does not move, weight decay included; their state is zeroed at pruned entries
-  when masks are committed or the optimizers attached, and nothing else runs per step;
-- after every ``step()`` of any other optimizer, the pruned weights are zeroed again (one fused
-  ``torch._foreach_mul_`` over all masked weights).
+  mix gradient entries see exactly the gradients of ``torch.nn.utils.prune``'s ``<name>_orig``;
+- a :func:`zero_preserving` optimizer (``SGD``, ``Adam``, ``AdamW`` and the other element-wise
+  ``torch.optim`` classes in :data:`ZERO_PRESERVING`, by exact type, with a positive ``eps``)
+  does not move an entry whose weight, gradient and state are zero, weight decay included;
+  its state is zeroed at pruned entries when masks are committed or the optimizers attached,
+  and nothing else runs per step;
+- the pruned weights are zeroed again after every ``step()`` (one fused ``torch._foreach_mul_``
+  over all masked weights) while any attached optimizer is not zero-preserving, while a masked
+  weight has no gradient hook (it was frozen when the optimizers were attached), or when asked
+  to (``attach(per_step=True)``: gradients that do not come from backward alone, such as a DDP
+  communication hook that changes their values or a ``.grad`` written by other code).
+
+An optimizer that reads the weights themselves (``Adafactor`` scales its step by their RMS) sees
+zeros at pruned entries here, where the reparametrization shows it the stale ``<name>_orig``.
 
 Example:
     >>> import torch
@@ -38,7 +45,7 @@ from torch import Tensor
 
 from lightning_prune.targets import Target
 
-__all__ = ["ZERO_PRESERVING", "InPlaceMasks"]
+__all__ = ["ZERO_PRESERVING", "InPlaceMasks", "zero_preserving"]
 
 #: Optimizer classes whose update leaves an entry at zero when its weight, gradient and state
 #: are zero (plain, momentum, Nesterov, decoupled or L2 weight decay, AMSGrad, centered, any
@@ -69,6 +76,21 @@ class _MaskGradient:
             param.grad.mul_(self.factor)
 
 
+def zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` leaves a weight at zero when the weight, its gradient and its state are zero.
+
+    Its exact type is in :data:`ZERO_PRESERVING` and no parameter group divides by a zero ``eps``
+    (``0 / (0 + 0)`` would make a pruned weight NaN).
+
+    Example:
+        >>> import torch
+        >>> params = [torch.nn.Parameter(torch.zeros(1))]
+        >>> zero_preserving(torch.optim.Adam(params)), zero_preserving(torch.optim.Adam(params, eps=0.0))
+        (True, False)
+    """
+    return type(optimizer) in ZERO_PRESERVING and all(g.get("eps", 1.0) > 0 for g in optimizer.param_groups)
+
+
 class InPlaceMasks:
     """Bool masks by qualified name, their float factors, and the hooks that apply them."""
 
@@ -77,8 +99,9 @@ class InPlaceMasks:
         self._weights: list[Tensor] = []
         self._factors: list[Tensor] = []
         self._optimizers: list[torch.optim.Optimizer] = []
+        self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
-        self._grad_handles: list[Any] = []
+        self._grad_handles: dict[int, Any] = {}  # id(weight) -> its gradient hook
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
         """Each target's mask, ``None`` where it has none yet."""
@@ -89,7 +112,8 @@ class InPlaceMasks:
         """Store ``masks`` (combined with the current ones) and zero the pruned entries now.
 
         Pruned weights are zeroed, and so are their entries in the state of the attached
-        :data:`ZERO_PRESERVING` optimizers (momentum, moments), which nothing else would clear.
+        zero-preserving optimizers (momentum, moments), which nothing else would clear; the
+        same happens to a weight's state when it gets its gradient hook.
         """
         for target, mask in zip(targets, masks):
             param = target.parameter
@@ -101,8 +125,8 @@ class InPlaceMasks:
         self._factors = [self.masks[name].to(by_name[name].dtype) for name in self.masks if name in by_name]
         self.apply()
         if self._optimizers:
-            self._zero_state()
-            self._hook_gradients()
+            self._unhook_gradients()  # they hold the old factors
+            self.refresh_hooks()
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -110,39 +134,71 @@ class InPlaceMasks:
         if self._weights:
             torch._foreach_mul_(self._weights, self._factors)
 
-    def attach(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        """Mask gradients from now on, and keep pruned entries at zero through ``optimizers``' steps."""
+    def attach(self, optimizers: Sequence[torch.optim.Optimizer], *, per_step: bool = False) -> None:
+        """Mask gradients from now on, and keep pruned entries at zero through ``optimizers``' steps.
+
+        Args:
+            optimizers: the optimizers that step the masked weights.
+            per_step: zero the pruned weights after every step even where the optimizers would
+                keep them at zero: for gradients that do not come from backward alone (a DDP
+                communication hook that changes their values, a ``.grad`` written by other code).
+        """
         self.detach()
-        self._optimizers = list(optimizers)
-        self._step_handles = [
-            opt.register_step_post_hook(self._after_step) for opt in optimizers if type(opt) not in ZERO_PRESERVING
-        ]
-        self._zero_state()
-        self._hook_gradients()
+        self._optimizers, self._per_step = list(optimizers), per_step
+        self.refresh_hooks()
+
+    def refresh_hooks(self) -> None:
+        """Hook the gradients of masked weights that now require them (unfrozen since); decide the per-step pass.
+
+        The weights are zeroed after every step while any attached optimizer is not
+        :func:`zero_preserving`, any masked weight has no gradient hook (it was frozen), or
+        ``attach(per_step=True)``.
+        """
+        if not self._optimizers:
+            return
+        hooked = len(self._grad_handles)
+        for weight, factor in zip(self._weights, self._factors):
+            if weight.requires_grad and id(weight) not in self._grad_handles:
+                self._grad_handles[id(weight)] = weight.register_post_accumulate_grad_hook(_MaskGradient(factor))
+        if len(self._grad_handles) > hooked:
+            self._zero_state()  # momentum gathered from unmasked gradients would move pruned weights
+        needed = (
+            self._per_step
+            or not all(map(zero_preserving, self._optimizers))
+            or any(id(w) not in self._grad_handles for w in self._weights)
+        )
+        if needed and not self._step_handles:
+            self._step_handles = [opt.register_step_post_hook(self._after_step) for opt in self._optimizers]
+        elif not needed and self._step_handles:
+            for handle in self._step_handles:
+                handle.remove()
+            self._step_handles = []
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the pruned weights are zeroed after every optimizer step (see :meth:`refresh_hooks`)."""
+        return bool(self._step_handles)
 
     def detach(self) -> None:
         """Remove every hook; the masks stay."""
-        for handle in [*self._step_handles, *self._grad_handles]:
+        self._unhook_gradients()
+        for handle in self._step_handles:
             handle.remove()
-        self._optimizers, self._step_handles, self._grad_handles = [], [], []
+        self._optimizers, self._step_handles = [], []
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.apply()
 
-    def _hook_gradients(self) -> None:
-        for handle in self._grad_handles:
+    def _unhook_gradients(self) -> None:
+        for handle in self._grad_handles.values():
             handle.remove()
-        self._grad_handles = [
-            w.register_post_accumulate_grad_hook(_MaskGradient(f))
-            for w, f in zip(self._weights, self._factors)
-            if w.requires_grad
-        ]
+        self._grad_handles = {}
 
     @torch.no_grad()
     def _zero_state(self) -> None:
         factors = dict(zip(map(id, self._weights), self._factors))
         for opt in self._optimizers:
-            if type(opt) not in ZERO_PRESERVING:
+            if not zero_preserving(opt):
                 continue  # stepped by its own rules; its weights are zeroed after each step instead
             for param, state in opt.state.items():
                 factor = factors.get(id(param))
@@ -157,11 +213,12 @@ class InPlaceMasks:
         self.masks = {name: mask.to(device) for name, mask in self.masks.items()}
         self._factors = [factor.to(device) for factor in self._factors]
         if self._grad_handles:
-            self._hook_gradients()
+            self._unhook_gradients()
+            self.refresh_hooks()
 
     def clear(self) -> None:
         self.detach()
         self.masks, self._weights, self._factors = {}, [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": []}
+        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}}

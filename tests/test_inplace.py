@@ -141,7 +141,8 @@ def test_zero_preserving_optimizers_match_torch_reparametrization(cls, options) 
 
 def check_zero_preserving(cls: type[torch.optim.Optimizer], options: dict, device: str) -> None:
     """Masked gradients and zeroed state keep pruned entries at zero with no per-step pass, and every
-    weight equals ``torch.nn.utils.prune``'s ``orig * mask`` trained alongside, bit for bit."""
+    weight equals ``torch.nn.utils.prune``'s ``orig * mask`` trained alongside (``torch.equal``: a pruned
+    zero may differ in sign)."""
     assert cls in ZERO_PRESERVING
     torch.manual_seed(0)
     ours = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).to(device)
@@ -237,3 +238,119 @@ def test_gradient_clipping_sees_the_reparametrization_gradients(tmp_path, optimi
         results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
     for name in WEIGHTS:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-7)
+
+
+def test_weight_frozen_when_attached_is_zeroed_after_steps_until_hooked() -> None:
+    layer = torch.nn.Linear(5, 4)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    mask = torch.rand(4, 5, generator=torch.Generator().manual_seed(0)) > 0.5
+    held = InPlaceMasks()
+    layer.weight.requires_grad_(False)
+    held.commit(resolve_targets(layer, ["weight"]), [mask])
+    held.attach([opt])
+    assert held.per_step, "no gradient hook on a frozen weight: zeroed after every step"
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            opt.zero_grad()
+            layer(torch.randn(3, 5)).pow(2).sum().backward()
+            opt.step()
+            assert layer.weight[~mask].eq(0).all()
+
+    steps(2)
+    layer.weight.requires_grad_(True)  # unfrozen: unmasked gradients fill the momentum at pruned entries
+    steps(2)
+    assert opt.state[layer.weight]["momentum_buffer"][~mask].ne(0).all()
+    held.refresh_hooks()
+    assert not held.per_step
+    assert opt.state[layer.weight]["momentum_buffer"][~mask].eq(0).all(), "state zeroed with the new hook"
+    steps(3)
+
+
+class Backbone(LitLeNet):
+    """LeNet whose convolutions are a backbone that ``BackboneFinetuning`` freezes, then unfreezes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.ModuleList([self.conv1, self.conv2])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.01)
+
+
+def test_backbone_unfrozen_after_pruning_keeps_its_zeros(tmp_path) -> None:
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        torch.manual_seed(0)
+        model = Backbone()
+        unfreeze = BackboneFinetuning(unfreeze_backbone_at_epoch=2, backbone_initial_ratio_lr=1.0)
+        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
+        _fit(callback, tmp_path / masking, epochs=4, extra=[unfreeze], model=model)
+        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
+    for name in WEIGHTS:
+        assert int((results["in_place"][name] == 0).sum()) == round(0.5 * results["in_place"][name].numel()), name
+        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+
+
+def test_zero_eps_is_not_zero_preserving() -> None:
+    """``0 / (sqrt(0) + 0)`` is NaN: such an optimizer keeps its state, and the weights are zeroed after steps."""
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(6, 3)
+    ref = copy.deepcopy(ours)
+    opts = [torch.optim.Adam(m.parameters(), lr=0.01, eps=0.0) for m in (ours, ref)]
+    batches = [torch.randn(4, 6) for _ in range(6)]
+
+    def step(model, opt, x) -> None:
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+
+    for x in batches[:2]:
+        step(ours, opts[0], x)
+        step(ref, opts[1], x)
+    mask = torch.rand(3, 6) > 0.5
+    held = InPlaceMasks()
+    held.commit(resolve_targets(ours, ["weight"]), [mask])
+    held.attach([opts[0]])
+    prune.custom_from_mask(ref, "weight", mask)
+    assert held.per_step
+    for x in batches[2:]:
+        step(ours, opts[0], x)
+        step(ref, opts[1], x)
+        assert ours.weight.isfinite().all() and ours.weight[~mask].eq(0).all()
+        torch.testing.assert_close(ours.weight, ref.weight_orig * ref.weight_mask, rtol=0, atol=0)
+
+
+class PowerSGD(Callback):
+    """Register PowerSGD on the DDP model (Lightning's `ddp_comm_hook` option registers only on CUDA)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+
+        state = powerSGD_hook.PowerSGDState(
+            process_group=None, matrix_approximation_rank=1, start_powerSGD_iter=2, min_compression_rate=0.5,
+            use_error_feedback=False, warm_start=False,
+        )  # fmt: skip
+        trainer.strategy.model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_ddp_communication_hook_gets_the_per_step_pass(tmp_path) -> None:
+    """PowerSGD's low-rank gradients are non-zero at pruned entries after backward has masked them."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
+    check = ZerosAfterEveryStep(callback)
+    torch.manual_seed(0)
+    try:
+        Trainer(
+            accelerator="cpu", devices=1, strategy=DDPStrategy(process_group_backend="gloo"), max_epochs=3,
+            logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+            default_root_dir=tmp_path, callbacks=[PowerSGD(), callback, check],
+        ).fit(LitLeNet(), lenet_data())  # fmt: skip
+    finally:
+        if torch.distributed.is_initialized():  # a one-process group, left for the rest of the session otherwise
+            torch.distributed.destroy_process_group()
+    assert check.checked > 0
