@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_prune import core, reporting
@@ -223,10 +224,15 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._inplace is not None:
-            self._inplace.refresh_hooks()  # weights unfrozen since (e.g. by BackboneFinetuning) get theirs
         if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        # before gradient clipping: optimizers rebuilt or weights unfrozen since `on_train_start`
+        # (e.g. by BackboneFinetuning) are taken in; otherwise a few identity and flag checks
+        if self._inplace is not None:
+            self._inplace.sync(trainer.optimizers)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -11,13 +11,15 @@ reparametrization would produce:
 - a :func:`zero_preserving` optimizer (``SGD``, ``Adam``, ``AdamW`` and the other element-wise
   ``torch.optim`` classes in :data:`ZERO_PRESERVING`, by exact type, with a positive ``eps``)
   does not move an entry whose weight, gradient and state are zero, weight decay included;
-  its state is zeroed at pruned entries when masks are committed or the optimizers attached,
-  and nothing else runs per step;
+  its state is zeroed at pruned entries whenever a weight gets its gradient hook (on
+  ``attach``, on ``commit``, once an unfrozen weight is seen), and nothing else runs per step;
 - the pruned weights are zeroed again after every ``step()`` (one fused ``torch._foreach_mul_``
   over all masked weights) while any attached optimizer is not zero-preserving, while a masked
-  weight has no gradient hook (it was frozen when the optimizers were attached), or when asked
-  to (``attach(per_step=True)``: gradients that do not come from backward alone, such as a DDP
-  communication hook that changes their values or a ``.grad`` written by other code).
+  weight has no gradient hook (it is frozen; :meth:`InPlaceMasks.sync` hooks it before the first
+  step that could move it), or when asked to (``attach(per_step=True)``: gradients that do not
+  come from backward alone, such as a DDP communication hook that changes their values).
+
+A ``.grad`` written by code other than backward is not masked.
 
 An optimizer that reads the weights themselves (``Adafactor`` scales its step by their RMS) sees
 zeros at pruned entries here, where the reparametrization shows it the stale ``<name>_orig``.
@@ -71,6 +73,7 @@ class _MaskGradient:
     def __init__(self, factor: Tensor) -> None:
         self.factor = factor
 
+    @torch.no_grad()
     def __call__(self, param: Tensor) -> None:
         if param.grad is not None:
             param.grad.mul_(self.factor)
@@ -145,13 +148,30 @@ class InPlaceMasks:
         """
         self.detach()
         self._optimizers, self._per_step = list(optimizers), per_step
+        self.apply()
         self.refresh_hooks()
+
+    def sync(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Catch up with changes since :meth:`attach`; call it before each optimizer step.
+
+        Optimizers other than the attached ones (rebuilt during training) are attached in their
+        place; a masked weight that requires gradients since (unfrozen) gets its gradient hook,
+        its present gradient masked and its state zeroed. Otherwise this costs a few identity and
+        flag checks.
+        """
+        if len(optimizers) != len(self._optimizers) or any(a is not b for a, b in zip(optimizers, self._optimizers)):
+            self.attach(optimizers, per_step=self._per_step)
+        elif len(self._grad_handles) < len(self._weights) and any(
+            w.requires_grad and id(w) not in self._grad_handles for w in self._weights
+        ):
+            self.refresh_hooks()
 
     def refresh_hooks(self) -> None:
         """Hook the gradients of masked weights that now require them (unfrozen since); decide the per-step pass.
 
-        The weights are zeroed after every step while any attached optimizer is not
-        :func:`zero_preserving`, any masked weight has no gradient hook (it was frozen), or
+        A newly hooked weight's present gradient is masked and its optimizer state zeroed. The
+        weights are zeroed after every step while any attached optimizer is not
+        :func:`zero_preserving`, any masked weight has no gradient hook (it is frozen), or
         ``attach(per_step=True)``.
         """
         if not self._optimizers:
@@ -159,7 +179,9 @@ class InPlaceMasks:
         hooked = len(self._grad_handles)
         for weight, factor in zip(self._weights, self._factors):
             if weight.requires_grad and id(weight) not in self._grad_handles:
-                self._grad_handles[id(weight)] = weight.register_post_accumulate_grad_hook(_MaskGradient(factor))
+                hook = _MaskGradient(factor)
+                hook(weight)  # a gradient accumulated before the hook existed
+                self._grad_handles[id(weight)] = weight.register_post_accumulate_grad_hook(hook)
         if len(self._grad_handles) > hooked:
             self._zero_state()  # momentum gathered from unmasked gradients would move pruned weights
         needed = (

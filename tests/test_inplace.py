@@ -278,7 +278,9 @@ class Backbone(LitLeNet):
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.01)
 
 
-def test_backbone_unfrozen_after_pruning_keeps_its_zeros(tmp_path) -> None:
+@pytest.mark.parametrize("order", ["pruning-first", "finetuning-first"])
+def test_backbone_unfrozen_after_pruning_keeps_its_zeros(tmp_path, order: str) -> None:
+    """BackboneFinetuning unfreezes at an epoch start and adds a parameter group; with clipping, too."""
     from lightning.pytorch.callbacks import BackboneFinetuning
 
     results = {}
@@ -287,10 +289,61 @@ def test_backbone_unfrozen_after_pruning_keeps_its_zeros(tmp_path) -> None:
         model = Backbone()
         unfreeze = BackboneFinetuning(unfreeze_backbone_at_epoch=2, backbone_initial_ratio_lr=1.0)
         callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
-        _fit(callback, tmp_path / masking, epochs=4, extra=[unfreeze], model=model)
+        callbacks = [callback, unfreeze] if order == "pruning-first" else [unfreeze, callback]
+        trainer = Trainer(
+            accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+            enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=0.05, callbacks=callbacks,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        trainer.fit(model, lenet_data())
         results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
     for name in WEIGHTS:
         assert int((results["in_place"][name] == 0).sum()) == round(0.5 * results["in_place"][name].numel()), name
+        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+
+
+class Unfreeze(Callback):
+    """Freeze ``conv1`` for the fit; unfreeze it at (epoch, batch), rebuilding the optimizers if asked."""
+
+    def __init__(self, at: tuple[int, int], rebuild: bool) -> None:
+        self.at, self.rebuild = at, rebuild
+
+    @staticmethod
+    def weight(pl_module) -> torch.nn.Parameter:  # `weight_orig` once reparametrized
+        return next(p for n, p in pl_module.conv1.named_parameters() if n.startswith("weight"))
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.weight(pl_module).requires_grad_(False)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == self.at:
+            self.weight(pl_module).requires_grad_(True)
+            if self.rebuild:
+                trainer.strategy.setup_optimizers(trainer)
+
+
+class AdamLeNet(LitLeNet):
+    def configure_optimizers(self):
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.01)
+
+
+@pytest.mark.parametrize("rebuild", [pytest.param(False, id="unfrozen"), pytest.param(True, id="optimizer-rebuilt")])
+def test_weight_unfrozen_mid_epoch_matches_reparametrization(tmp_path, rebuild: bool) -> None:
+    """Unfrozen at a batch in the middle of an epoch (optimizers rebuilt or not), under gradient clipping."""
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        torch.manual_seed(0)
+        model = AdamLeNet() if rebuild else ClippedLeNet(torch.optim.SGD)
+        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
+        check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
+        Trainer(
+            accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+            enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=0.05,
+            callbacks=[callback, Unfreeze((1, 2), rebuild), check],
+        ).fit(model, lenet_data())  # fmt: skip
+        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
+    assert int((results["in_place"]["conv1.weight"] == 0).sum()) == 75
+    for name in WEIGHTS:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
 
 
