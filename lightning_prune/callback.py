@@ -228,10 +228,16 @@ class PruningCallback(Callback):
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
 
     @override
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
-        # before gradient clipping: optimizers rebuilt or weights unfrozen since `on_train_start`
-        # (e.g. by BackboneFinetuning) are taken in; otherwise a few identity and flag checks
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
+        # weights unfrozen and optimizers rebuilt since `on_train_start` (e.g. by BackboneFinetuning)
+        # are taken in before backward, so whatever reads the gradients sees them masked; otherwise
+        # this is a few identity and flag checks
         if self._inplace is not None:
+            self._inplace.sync(trainer.optimizers)
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        if self._inplace is not None:  # and whatever changed between backward and the step
             self._inplace.sync(trainer.optimizers)
 
     @override

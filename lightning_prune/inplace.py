@@ -15,11 +15,13 @@ reparametrization would produce:
   ``attach``, on ``commit``, once an unfrozen weight is seen), and nothing else runs per step;
 - the pruned weights are zeroed again after every ``step()`` (one fused ``torch._foreach_mul_``
   over all masked weights) while any attached optimizer is not zero-preserving, while a masked
-  weight has no gradient hook (it is frozen; :meth:`InPlaceMasks.sync` hooks it before the first
-  step that could move it), or when asked to (``attach(per_step=True)``: gradients that do not
-  come from backward alone, such as a DDP communication hook that changes their values).
+  weight has no gradient hook yet (it was frozen; :meth:`InPlaceMasks.sync`, called before
+  each backward and each step, hooks it once it requires gradients), or when asked to
+  (``attach(per_step=True)``: gradients that do not come from backward alone, such as a DDP
+  communication hook that changes their values).
 
-A ``.grad`` written by code other than backward is not masked.
+A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
+the pruned weights still stay at zero).
 
 An optimizer that reads the weights themselves (``Adafactor`` scales its step by their RMS) sees
 zeros at pruned entries here, where the reparametrization shows it the stale ``<name>_orig``.
@@ -148,11 +150,10 @@ class InPlaceMasks:
         """
         self.detach()
         self._optimizers, self._per_step = list(optimizers), per_step
-        self.apply()
-        self.refresh_hooks()
+        self.refresh_hooks()  # no weight is written here: `sync` may run between forward and backward
 
     def sync(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        """Catch up with changes since :meth:`attach`; call it before each optimizer step.
+        """Catch up with changes since :meth:`attach`; call it before each backward and optimizer step.
 
         Optimizers other than the attached ones (rebuilt during training) are attached in their
         place; a masked weight that requires gradients since (unfrozen) gets its gradient hook,

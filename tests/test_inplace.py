@@ -327,22 +327,37 @@ class AdamLeNet(LitLeNet):
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.01)
 
 
+class GradientNorms(Callback):
+    """The norm of every weight's gradient right after each backward."""
+
+    def __init__(self) -> None:
+        self.norms: list[list[float]] = []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        params = dict(pl_module.named_parameters())
+        grads = [params.get(n + "_orig", params.get(n)).grad for n in WEIGHTS]
+        self.norms.append([0.0 if g is None else float(g.norm()) for g in grads])
+
+
 @pytest.mark.parametrize("rebuild", [pytest.param(False, id="unfrozen"), pytest.param(True, id="optimizer-rebuilt")])
 def test_weight_unfrozen_mid_epoch_matches_reparametrization(tmp_path, rebuild: bool) -> None:
-    """Unfrozen at a batch in the middle of an epoch (optimizers rebuilt or not), under gradient clipping."""
-    results = {}
+    """Unfrozen at a batch in the middle of an epoch (optimizers rebuilt or not), under gradient clipping:
+    the same gradients from the first backward on, and the same weights."""
+    results, norms = {}, {}
     for masking in ("reparametrize", "in_place"):
         torch.manual_seed(0)
         model = AdamLeNet() if rebuild else ClippedLeNet(torch.optim.SGD)
         callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
         check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
+        norms[masking] = GradientNorms()
         Trainer(
             accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
             enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=0.05,
-            callbacks=[callback, Unfreeze((1, 2), rebuild), check],
+            callbacks=[callback, Unfreeze((1, 2), rebuild), check, norms[masking]],
         ).fit(model, lenet_data())  # fmt: skip
         results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
     assert int((results["in_place"]["conv1.weight"] == 0).sum()) == 75
+    torch.testing.assert_close(norms["in_place"].norms, norms["reparametrize"].norms, rtol=1e-6, atol=0)
     for name in WEIGHTS:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
 
