@@ -422,3 +422,21 @@ def test_ddp_communication_hook_gets_the_per_step_pass(tmp_path) -> None:
         if torch.distributed.is_initialized():  # a one-process group, left for the rest of the session otherwise
             torch.distributed.destroy_process_group()
     assert check.checked > 0
+
+
+def test_steps_without_changes_do_no_pruning_work(tmp_path, monkeypatch) -> None:
+    """Per step only identity and flag checks: no re-attach, no new hooks, no state zeroing."""
+    calls = {"attach": 0, "refresh_hooks": 0, "_zero_state": 0, "sync": 0}
+    for name in calls:
+        original = getattr(InPlaceMasks, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(InPlaceMasks, name, counted)
+    _fit(PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place"), tmp_path, epochs=3)
+    steps = 3 * 4
+    assert calls["sync"] == 2 * steps  # before each backward and each optimizer step
+    assert calls["attach"] == 1  # in on_train_start
+    assert calls["refresh_hooks"] == 2 and calls["_zero_state"] == 1  # attach (no masks yet), the event
