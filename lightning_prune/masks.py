@@ -95,12 +95,17 @@ def _sort_limit(device: torch.device) -> int:
     return 0 if device.type == "cpu" else _SMALL
 
 
+def _split_like(flat: Tensor, alive: Sequence[Tensor]) -> list[Tensor]:
+    """``flat`` cut into tensors shaped like ``alive``, each with its own storage."""
+    return [part.view(a.shape).clone() for part, a in zip(flat.split([a.numel() for a in alive]), alive)]
+
+
 def _prune_by_sort(scores: Sequence[Tensor], alive: Sequence[Tensor], n_pruned: int, largest: bool) -> list[Tensor]:
     """:func:`prune_smallest` by a stable sort of all keys at once (pruned entries first, ties by position)."""
     keys = torch.cat([_keys(s.reshape(-1), a.reshape(-1), largest) for s, a in zip(scores, alive)])
     new = torch.cat([a.reshape(-1) for a in alive])
     new[torch.sort(keys, stable=True).indices[:n_pruned]] = False
-    return [part.view(a.shape).clone() for part, a in zip(new.split([a.numel() for a in alive]), alive)]
+    return _split_like(new, alive)
 
 
 def prune_smallest(
@@ -137,10 +142,9 @@ def prune_smallest(
     if alive and total <= _sort_limit(alive[0].device):
         return _prune_by_sort(scores, alive, n_pruned, largest)
     if 1 < len(alive) and total <= _SMALL:  # concatenated, each pass is a few ops instead of a few per tensor
-        sizes = [a.numel() for a in alive]
         flat_s = torch.cat([s.reshape(-1).to(torch.float32) for s in scores])
         flat = prune_smallest([flat_s], [torch.cat([a.reshape(-1) for a in alive])], n_pruned, largest=largest)[0]
-        return [part.view(a.shape).clone() for part, a in zip(flat.split(sizes), alive)]  # own storage each
+        return _split_like(flat, alive)
     already = total - sum(int(a.sum().item()) for a in alive)
     if n_pruned <= already:
         return [a.clone() for a in alive]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -100,6 +101,17 @@ def make_trainer(root: Path, *, callbacks: list[Callback], max_epochs: int, **kw
         **kwargs,
     }
     return Trainer(callbacks=callbacks, **options)
+
+
+def make_lenet_trainer(root: Path, callbacks: list[Callback], *, epochs: int = 3, **kwargs: Any) -> Trainer:
+    """:func:`make_trainer` for ``tests.tutorial``'s LeNet: every batch of ``lenet_data`` (4 per epoch),
+    checkpointing on when a ``ModelCheckpoint`` is given, kernels not forced deterministic (on CUDA that
+    would need ``CUBLAS_WORKSPACE_CONFIG``)."""
+    checkpoints = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return make_trainer(
+        root, callbacks=callbacks, max_epochs=epochs, limit_train_batches=1.0, deterministic=False,
+        enable_checkpointing=checkpoints, **kwargs,
+    )  # fmt: skip
 
 
 def masks_of(module: nn.Module) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from torch.nn.utils import prune
 from lightning_prune import PruningCallback, Rewind
 from lightning_prune import masks as M
 from lightning_prune.schedules import Explicit
-from tests.helpers import make_trainer
+from tests.helpers import make_lenet_trainer
 from tests.test_inplace import check_zero_preserving
 from tests.test_masks import _reference
 from tests.tutorial import LitLeNet, TutorialLeNet, lenet_data
@@ -80,16 +80,7 @@ def test_prune_smallest_on_gpu_equals_cpu(monkeypatch: pytest.MonkeyPatch, layou
 
 
 def _trainer(root, callbacks: list[Callback], epochs: int, accelerator: str = "cuda") -> Trainer:
-    checkpoints = any(isinstance(c, ModelCheckpoint) for c in callbacks)
-    return make_trainer(
-        root,
-        callbacks=callbacks,
-        max_epochs=epochs,
-        accelerator=accelerator,
-        enable_checkpointing=checkpoints,
-        limit_train_batches=1.0,  # all 4 batches of lenet_data
-        deterministic=False,  # deterministic CUDA kernels would need CUBLAS_WORKSPACE_CONFIG
-    )
+    return make_lenet_trainer(root, callbacks, epochs=epochs, accelerator=accelerator)
 
 
 def _fit(callback: PruningCallback, tmp_path, *, accelerator="cuda", epochs=3, extra=(), ckpt_path=None):

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning import Callback, Trainer
+from lightning import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.utils import prune
 
@@ -15,6 +15,7 @@ from lightning_prune import PruningCallback, Rewind
 from lightning_prune.inplace import ZERO_PRESERVING, InPlaceMasks
 from lightning_prune.schedules import Explicit
 from lightning_prune.targets import resolve_targets
+from tests.helpers import make_lenet_trainer
 from tests.tutorial import LitLeNet, lenet_data
 
 WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -35,16 +36,7 @@ class ZerosAfterEveryStep(Callback):
 def _fit(callback, tmp_path, *, epochs=3, extra=(), ckpt_path=None, model=None):
     torch.manual_seed(0)
     model = model or LitLeNet()
-    trainer = Trainer(
-        accelerator="cpu",  # compared with CPU references
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in extra),
-        default_root_dir=tmp_path,
-        callbacks=[callback, *extra],
-    )
+    trainer = make_lenet_trainer(tmp_path, [callback, *extra], epochs=epochs)
     trainer.fit(model, lenet_data(), ckpt_path=ckpt_path)
     return model
 
@@ -101,10 +93,7 @@ class FailAt(Callback):
 def test_failed_fit_detaches_from_the_optimizer(tmp_path) -> None:
     callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
     model = LitLeNet()
-    trainer = Trainer(
-        accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback, FailAt(1)],
-    )  # fmt: skip
+    trainer = make_lenet_trainer(tmp_path, [callback, FailAt(1)])
     with pytest.raises(RuntimeError, match="failing on purpose"):
         trainer.fit(model, lenet_data())
     assert not trainer.optimizers[0]._optimizer_step_post_hooks
@@ -230,11 +219,8 @@ def test_gradient_clipping_sees_the_reparametrization_gradients(tmp_path, optimi
     for masking in ("reparametrize", "in_place"):
         torch.manual_seed(0)
         model = ClippedLeNet(optimizer)
-        Trainer(
-            accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-            enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=0.05,
-            callbacks=[PruningCallback(scope="global", schedule=Explicit({0: 0.5}), masking=masking)],
-        ).fit(model, lenet_data())  # fmt: skip
+        callback = PruningCallback(scope="global", schedule=Explicit({0: 0.5}), masking=masking)
+        make_lenet_trainer(tmp_path, [callback], gradient_clip_val=0.05).fit(model, lenet_data())
         results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
     for name in WEIGHTS:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-7)
@@ -290,10 +276,7 @@ def test_backbone_unfrozen_after_pruning_keeps_its_zeros(tmp_path, order: str) -
         unfreeze = BackboneFinetuning(unfreeze_backbone_at_epoch=2, backbone_initial_ratio_lr=1.0)
         callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
         callbacks = [callback, unfreeze] if order == "pruning-first" else [unfreeze, callback]
-        trainer = Trainer(
-            accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-            enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=0.05, callbacks=callbacks,
-        )  # fmt: skip
+        trainer = make_lenet_trainer(tmp_path, callbacks, epochs=4, gradient_clip_val=0.05)
         torch.manual_seed(0)
         trainer.fit(model, lenet_data())
         results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
@@ -350,11 +333,8 @@ def test_weight_unfrozen_mid_epoch_matches_reparametrization(tmp_path, rebuild: 
         callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
         check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
         norms[masking] = GradientNorms()
-        Trainer(
-            accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-            enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=0.05,
-            callbacks=[callback, Unfreeze((1, 2), rebuild), check, norms[masking]],
-        ).fit(model, lenet_data())  # fmt: skip
+        callbacks = [callback, Unfreeze((1, 2), rebuild), check, norms[masking]]
+        make_lenet_trainer(tmp_path, callbacks, gradient_clip_val=0.05).fit(model, lenet_data())
         results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
     assert int((results["in_place"]["conv1.weight"] == 0).sum()) == 75
     torch.testing.assert_close(norms["in_place"].norms, norms["reparametrize"].norms, rtol=1e-6, atol=0)
@@ -413,11 +393,8 @@ def test_ddp_communication_hook_gets_the_per_step_pass(tmp_path) -> None:
     check = ZerosAfterEveryStep(callback)
     torch.manual_seed(0)
     try:
-        Trainer(
-            accelerator="cpu", devices=1, strategy=DDPStrategy(process_group_backend="gloo"), max_epochs=3,
-            logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-            default_root_dir=tmp_path, callbacks=[PowerSGD(), callback, check],
-        ).fit(LitLeNet(), lenet_data())  # fmt: skip
+        strategy = DDPStrategy(process_group_backend="gloo")
+        make_lenet_trainer(tmp_path, [PowerSGD(), callback, check], strategy=strategy).fit(LitLeNet(), lenet_data())
     finally:
         if torch.distributed.is_initialized():  # a one-process group, left for the rest of the session otherwise
             torch.distributed.destroy_process_group()
