@@ -165,6 +165,47 @@ def check_zero_preserving(cls: type[torch.optim.Optimizer], options: dict, devic
             assert torch.equal(m_ours.bias, m_ref.bias)
 
 
+def _penalty_by_autograd_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """A gradient-norm penalty: gradients by ``torch.autograd.grad`` with ``create_graph=True``."""
+    grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    return loss + sum(g.pow(2).sum() for g in grads)
+
+
+def _penalty_by_backward(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """A linear term in the gradients (a Hessian-vector product): ``backward(create_graph=True)``."""
+    loss.backward(create_graph=True)
+    return sum((p.grad * torch.linspace(-1, 1, p.numel()).view_as(p)).sum() for p in model.parameters())
+
+
+PENALTIES = [_penalty_by_autograd_grad, _penalty_by_backward]
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+@pytest.mark.parametrize("penalty", PENALTIES, ids=["autograd.grad", "backward"])
+def test_second_order_terms_match_torch_reparametrization(penalty) -> None:
+    """Gradients differentiated again see the masked gradients of ``<name>_orig``, pruned entries included."""
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    ref = copy.deepcopy(ours)
+    masks = [torch.rand(5, 6) > 0.5, torch.rand(3, 5) > 0.5]
+    held = InPlaceMasks()
+    held.commit(resolve_targets(ours), masks)
+    for module, mask in zip((ref[0], ref[2]), masks):
+        prune.custom_from_mask(module, "weight", mask)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ours, ref)]
+    held.attach([opts[0]])
+    x = torch.randn(8, 6)
+    for _ in range(3):
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad(set_to_none=True)
+            penalty(model, model(x).pow(2).mean()).backward()
+            opt.step()
+        for m_ours, m_ref, mask in zip((ours[0], ours[2]), (ref[0], ref[2]), masks):
+            assert m_ours.weight[~mask].eq(0).all()
+            assert torch.equal(m_ours.weight, m_ref.weight_orig * m_ref.weight_mask)
+            assert torch.equal(m_ours.bias, m_ref.bias)
+
+
 class Drift(torch.optim.Optimizer):
     """Moves every entry, whatever its gradient (as some optimizers' extra terms do)."""
 
