@@ -62,7 +62,7 @@ class PruningMethod:
 
     def units(self, mask: Tensor) -> tuple[int, int]:
         """``(pruned, total)`` in the units this method counts: entries or slices."""
-        return mask.numel() - int(mask.sum().item()), mask.numel()
+        return mask.numel() - int(torch.count_nonzero(mask).item()), mask.numel()
 
     def __repr__(self) -> str:
         return self.name
@@ -123,7 +123,7 @@ class _Structured(PruningMethod):
 
     def units(self, mask: Tensor) -> tuple[int, int]:
         alive = slice_alive(mask, self.dim)
-        return alive.numel() - int(alive.sum().item()), alive.numel()
+        return alive.numel() - int(torch.count_nonzero(alive).item()), alive.numel()
 
     def _scores(self, weights, alive, generator, *, normalize: bool) -> list[Tensor]:
         raise NotImplementedError
@@ -233,7 +233,7 @@ class CustomMethod(PruningMethod):
         return [self._one(w, m, sparsity) for w, m in zip(weights, masks)]
 
     def _one(self, weight: Tensor, mask: Tensor, sparsity: float) -> Tensor:
-        total, alive = mask.numel(), int(mask.sum().item())
+        total, alive = mask.numel(), int(torch.count_nonzero(mask).item())
         needed = count_for(sparsity, total) - (total - alive)
         if needed <= 0 or alive == 0:
             return mask.clone()

@@ -63,13 +63,16 @@ def mask_checksum(masks: Iterable[Tensor]) -> Tensor:
     keeps both sums, which no pruning method here produces.
     """
     sums = []
+    offsets: Tensor | None = None  # 0 .. _CHUNK - 1, made once: fresh chunk-sized tensors cost page faults
     for mask in masks:
         flat = mask.reshape(-1)
-        count = flat.sum(dtype=torch.int64)
+        if offsets is None or offsets.device != flat.device or offsets.numel() < min(flat.numel(), _CHUNK):
+            offsets = torch.arange(min(flat.numel(), _CHUNK), device=flat.device)
+        count = torch.count_nonzero(flat)
         index_sum = torch.zeros((), dtype=torch.int64, device=flat.device)
         for start in range(0, flat.numel(), _CHUNK):
             chunk = flat[start : start + _CHUNK]
-            positions = torch.arange(start, start + chunk.numel(), device=flat.device)
-            index_sum += positions[chunk].sum()
+            picked = offsets[: chunk.numel()][chunk]
+            index_sum += picked.sum() + start * picked.numel()
         sums.append(torch.stack([count, index_sum]))
     return torch.stack(sums) if sums else torch.zeros(0, 2, dtype=torch.int64)

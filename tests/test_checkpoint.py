@@ -16,7 +16,7 @@ import torch
 from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_prune import PruningCallback, Rewind
+from lightning_prune import PruningCallback, Rewind, serialization
 from lightning_prune.schedules import Explicit, Polynomial
 from lightning_prune.serialization import unpack_mask
 from tests.helpers import (
@@ -458,3 +458,12 @@ def test_resume_with_a_different_configuration_warns(tmp_path) -> None:
     fit(PruningCallback(schedule=0.5), 1, extra=[checkpoints])
     with pytest.warns(UserWarning, match="must match the run that wrote it"):
         fit(PruningCallback(schedule=0.5, scope="global"), 2, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
+def test_mask_checksum_counts_and_sums_flat_indices_across_chunks(monkeypatch) -> None:
+    """The ranks' mask check: surviving entries and the sum of their flat indices, chunk by chunk."""
+    monkeypatch.setattr(serialization, "_CHUNK", 8)
+    g = torch.Generator().manual_seed(0)
+    masks = [torch.rand(shape, generator=g) > 0.5 for shape in [(3,), (5, 7), (4, 4, 3), (1,)]]
+    expected = torch.tensor([[int(m.sum()), int(m.reshape(-1).nonzero().sum())] for m in masks])
+    assert torch.equal(serialization.mask_checksum(masks), expected)

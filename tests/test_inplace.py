@@ -383,6 +383,48 @@ def test_weight_unfrozen_mid_epoch_matches_reparametrization(tmp_path, rebuild: 
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
 
 
+class TwoOptimizers(LitLeNet):
+    """Manual optimization: the convolutions and the linear layers take turns, each with its own optimizer;
+    the linear layers' turn adds a gradient penalty through ``manual_backward(create_graph=True)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        convs, linears = self.optimizers()
+        for opt, penalty in ((convs, False), (linears, True)):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self(x), y)
+            if penalty:
+                self.manual_backward(loss, create_graph=True)
+                self.manual_backward(sum(p.grad.sum() for p in self.fc1.parameters()))
+            else:
+                self.manual_backward(loss)
+            opt.step()
+
+    def configure_optimizers(self):
+        convs = [p for n, p in self.named_parameters() if n.startswith("conv")]
+        linears = [p for n, p in self.named_parameters() if n.startswith("fc")]
+        return torch.optim.SGD(convs, lr=0.05, momentum=0.9), torch.optim.Adam(linears, lr=0.01)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_manual_optimization_matches_reparametrization(tmp_path) -> None:
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        callback = PruningCallback(scope="global", schedule=Explicit({0: 0.5, 2: 0.7}), masking=masking)
+        check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
+        torch.manual_seed(0)
+        model = _fit(callback, tmp_path / masking, extra=[check], model=TwoOptimizers())
+        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
+    for name in WEIGHTS:
+        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+    total = sum(w.numel() for w in results["in_place"].values())
+    assert sum(int((w == 0).sum()) for w in results["in_place"].values()) == round(0.7 * total)
+
+
 def test_zero_eps_is_not_zero_preserving() -> None:
     """``0 / (sqrt(0) + 0)`` is NaN: such an optimizer keeps its state, and the weights are zeroed after steps."""
     torch.manual_seed(0)
