@@ -18,6 +18,7 @@ import argparse
 import copy
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -171,6 +172,7 @@ class Stepper:
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         self.model, self.x, self.y = model.train(), x, y
+        self.faults = self.steps = 0
         self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         in_place = getattr(model, "in_place_masks", None)
         if in_place is not None:
@@ -182,14 +184,25 @@ class Stepper:
         self.opt.step()
 
     def time_steps(self, n: int) -> float:
-        """Mean seconds per step over ``n`` steps (waiting for the GPU, if any, at both ends)."""
+        """Mean seconds per step over ``n`` steps (waiting for the GPU, if any, at both ends).
+
+        The page faults of those steps are added to :attr:`faults`, their number to :attr:`steps`.
+        """
         sync = torch.cuda.synchronize if self.x.is_cuda else (lambda: None)
         sync()
-        start = time.perf_counter()
+        faults, start = minor_faults(), time.perf_counter()
         for _ in range(n):
             self.step()
         sync()
-        return (time.perf_counter() - start) / n
+        elapsed = time.perf_counter() - start
+        self.faults += minor_faults() - faults
+        self.steps += n
+        return elapsed / n
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far: fresh pages it touched, each zeroed by the kernel."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def foreign_cores(start: tuple[int, int], end: tuple[int, int], seconds: float) -> float:
@@ -231,13 +244,15 @@ def timed_rounds(
 
 @dataclass
 class Result:
-    """Per-round seconds per step of each variant, bytes held, and CPU used by other processes."""
+    """Per-round seconds per step of each variant, bytes held, page faults per step, and CPU used by
+    other processes."""
 
     times: dict[str, list[float]]
     held: dict[str, int]
     n_steps: int
     loads: list[float]
     discarded: int
+    faults: dict[str, float]
 
     def median_ms(self, variant: str) -> float:
         return 1e3 * statistics.median(self.times[variant])
@@ -280,9 +295,12 @@ def bench_model(
     """Time every variant of one model in interleaved rounds."""
     steppers = make_steppers(name, make_variants(MODELS[name][0], device), warmup, device)
     n_steps = steps_per_round(steppers, round_seconds, min_steps)
+    for s in steppers.values():
+        s.faults = s.steps = 0
     times, loads, discarded = timed_rounds(steppers, rounds, n_steps, max_other_load)
     held = {v: held_bytes(s.model) for v, s in steppers.items()}
-    return Result(times, held, n_steps, loads, discarded)
+    faults = {v: s.faults / s.steps for v, s in steppers.items()}
+    return Result(times, held, n_steps, loads, discarded, faults)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|")
     for v in VARIANTS:
         print(f"| {v} | {memory[v] / 2**20:.1f} | {memory[v] / memory['dense']:.2f} |")
+    print()
+    print("Minor page faults per step (fresh pages the kernel maps and zeroes; all variants share one heap,")
+    print("so where the C allocator hands freed blocks back to the system moves them between variants):")
+    print()
+    print("| model | " + " | ".join(VARIANTS) + " |")
+    print("|---|" + "---:|" * len(VARIANTS))
+    for name, res in results.items():
+        print(f"| {name} | " + " | ".join(f"{res.faults[v]:.0f}" for v in VARIANTS) + " |")
     return 0
 
 
