@@ -26,7 +26,9 @@ reparametrization would produce:
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
 the pruned weights still stay at zero). ``torch.autograd.grad`` without ``create_graph``
 returns the full gradient of a masked weight, pruned entries included: it writes no ``.grad``,
-and nothing tells its hooks apart from an ordinary backward's at no cost.
+and nothing tells its hooks apart from an ordinary backward's at no cost. In an ordinary
+backward a hook registered with ``weight.register_hook`` sees the gradient before it is
+masked, as a hook on the reparametrization's recomputed ``weight`` does.
 
 An optimizer that reads the weights themselves (``Adafactor`` scales its step by their RMS) sees
 zeros at pruned entries here, where the reparametrization shows it the stale ``<name>_orig``.
