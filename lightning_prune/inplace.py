@@ -101,6 +101,13 @@ class _MaskGradient:
             param.grad.mul_(self.factor)
 
 
+def _factor(mask: Tensor, dtype: torch.dtype, old: Tensor | None) -> Tensor:
+    """``mask`` in ``dtype``; written into ``old`` where it fits, so an event allocates no new factors."""
+    if old is not None and old.shape == mask.shape and old.dtype == dtype and old.device == mask.device:
+        return old.copy_(mask)
+    return mask.to(dtype)
+
+
 def zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` leaves a weight at zero when the weight, its gradient and its state are zero.
 
@@ -121,6 +128,7 @@ class InPlaceMasks:
 
     def __init__(self) -> None:
         self.masks: dict[str, Tensor] = {}
+        self._names: list[str] = []
         self._weights: list[Tensor] = []
         self._factors: list[Tensor] = []
         self._optimizers: list[torch.optim.Optimizer] = []
@@ -146,12 +154,14 @@ class InPlaceMasks:
             old = self.masks.get(target.qualname)
             self.masks[target.qualname] = new if old is None else old & new
         by_name = {t.qualname: t.parameter for t in targets}
-        self._weights = [by_name[name] for name in self.masks if name in by_name]
-        self._factors = [self.masks[name].to(by_name[name].dtype) for name in self.masks if name in by_name]
+        names = [name for name in self.masks if name in by_name]
+        previous = dict(zip(self._names, self._factors))
+        self._factors = [_factor(self.masks[name], by_name[name].dtype, previous.get(name)) for name in names]
+        self._names, self._weights = names, [by_name[name] for name in names]
         self.apply()
         if self._optimizers:
-            self._unhook_gradients()  # they hold the old factors
-            self.refresh_hooks()
+            self._unhook_gradients()
+            self.refresh_hooks()  # zeroes the optimizer state at the newly pruned entries
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -266,7 +276,7 @@ class InPlaceMasks:
 
     def clear(self) -> None:
         self.detach()
-        self.masks, self._weights, self._factors = {}, [], []
+        self.masks, self._names, self._weights, self._factors = {}, [], [], []
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}}

@@ -425,6 +425,25 @@ def test_manual_optimization_matches_reparametrization(tmp_path) -> None:
     assert sum(int((w == 0).sum()) for w in results["in_place"].values()) == round(0.7 * total)
 
 
+def test_later_events_write_the_float_masks_in_place() -> None:
+    """An event allocates no new float masks (4 bytes per weight); hooks and steps see the new ones."""
+    layer = torch.nn.Linear(6, 4)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    held = InPlaceMasks()
+    targets = resolve_targets(layer, ["weight"])
+    first = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) > 0.3
+    held.commit(targets, [first])
+    held.attach([opt])
+    factor = held._factors[0]
+    second = first & (torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) > 0.5)
+    held.commit(targets, [second])
+    assert held._factors[0] is factor and torch.equal(factor, second.float())
+    layer(torch.randn(3, 6)).pow(2).sum().backward()
+    opt.step()
+    assert layer.weight[~second].eq(0).all() and layer.weight.grad[~second].eq(0).all()
+    assert layer.weight[second].ne(0).all()
+
+
 def test_zero_eps_is_not_zero_preserving() -> None:
     """``0 / (sqrt(0) + 0)`` is NaN: such an optimizer keeps its state, and the weights are zeroed after steps."""
     torch.manual_seed(0)
