@@ -81,18 +81,18 @@ def _keys(scores: Tensor, alive: Tensor, largest: bool, scratch: _Scratch | None
     With ``scratch`` the keys are written into its buffers (valid until the next call).
     """
     if scratch is None:
-        magnitudes, pruned = scores.to(torch.float32).abs(), ~alive
+        magnitudes = scores.to(torch.float32).abs()
     else:
-        n = scores.numel()
-        magnitudes = scratch.magnitudes[:n]
+        magnitudes = scratch.magnitudes[: scores.numel()]
         if scores.dtype == torch.float32:
             torch.abs(scores, out=magnitudes)
         else:
             magnitudes.copy_(scores).abs_()
-        pruned = torch.logical_not(alive, out=scratch.flags[:n])
     bits = magnitudes.view(torch.int32).clamp_(max=_INF_BITS)
     keys = bits.neg_().add_(_INF_BITS + 1) if largest else bits.add_(1)
-    return keys.masked_fill_(pruned, 0)
+    # A multiply, not `masked_fill_`: on the CPU that one branches per entry, 8-10x slower on
+    # a mask with 30-50% pruned (2.2-2.9 against 0.27 ms per 1M entries).
+    return keys.mul_(alive)
 
 
 def _chunk_size(t: Tensor) -> int:
