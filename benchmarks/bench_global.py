@@ -9,6 +9,11 @@ caching allocator's allocations during the event over what was allocated before 
     python benchmarks/bench_global.py --sizes 10,50,200 --repeats 3
     python benchmarks/bench_global.py --device cuda --sizes 10,50,200,1000
     python benchmarks/bench_global.py --quick
+    python benchmarks/bench_global.py --after 0.3   # the event from 30% to 50%, as in iterative pruning
+
+With ``--after S`` an unmeasured first event prunes a fraction ``S`` of the weights, and the
+measured event takes the model from there to 50%: torch's ``global_unstructured`` is given the
+number of entries still to prune (it counts them among the surviving ones), ours the target.
 """
 
 from __future__ import annotations
@@ -72,33 +77,41 @@ def build_model(n_params: int, width: int = WIDTH) -> Any:
     return nn.Sequential(*layers)
 
 
-def prune_ours(model: Any) -> None:
-    """Global L1 at ``SPARSITY`` with lightning_prune."""
+def prune_ours(model: Any, sparsity: float = SPARSITY, already: int = 0) -> None:
+    """Global L1 to ``sparsity`` of all weights with lightning_prune (which reads the current masks itself)."""
     from lightning_prune.core import commit_masks, compute_masks
     from lightning_prune.methods import resolve_method
     from lightning_prune.targets import resolve_targets
 
     targets = resolve_targets(model)
-    masks = compute_masks(targets, resolve_method("l1_unstructured"), SPARSITY, scope="global")
+    masks = compute_masks(targets, resolve_method("l1_unstructured"), sparsity, scope="global")
     commit_masks(targets, masks)
 
 
-def prune_torch(model: Any) -> None:
-    """Global L1 at ``SPARSITY`` with ``torch.nn.utils.prune.global_unstructured``."""
+def prune_torch(model: Any, sparsity: float = SPARSITY, already: int = 0) -> None:
+    """Global L1 to ``sparsity`` of all weights with ``torch.nn.utils.prune.global_unstructured``.
+
+    ``already`` entries are pruned before; torch is given the number still to prune, which it
+    counts among the surviving entries.
+    """
     from torch import nn
     from torch.nn.utils import prune
 
     params = [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
-    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=SPARSITY)
+    amount = round(sparsity * sum(m.weight.numel() for m, _ in params)) - already
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
 
 
 def count_pruned(model: Any) -> int:
     """Entries whose mask buffer is zero, over all layers."""
-    return sum(int((buf == 0).sum().item()) for name, buf in model.named_buffers() if name.endswith("weight_mask"))
+    import torch
+
+    masks = [buf for name, buf in model.named_buffers() if name.endswith("weight_mask")]
+    return sum(buf.numel() - int(torch.count_nonzero(buf).item()) for buf in masks)
 
 
-def child(variant: str, size_m: float, device: str = "cpu") -> dict[str, Any]:
-    """Build the model, prune it once, and measure time and peak memory of the event."""
+def child(variant: str, size_m: float, device: str = "cpu", after: float = 0.0) -> dict[str, Any]:
+    """Build the model, prune it to ``after`` unmeasured, then measure time and peak memory of the event to 50%."""
     import torch
 
     cuda = device.startswith("cuda")
@@ -108,6 +121,9 @@ def child(variant: str, size_m: float, device: str = "cpu") -> dict[str, Any]:
 
     model = build_model(round(size_m * 1e6)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
+    if after:
+        prune(model, after)
+    already = count_pruned(model)
     gc.collect()
     sync()
     if cuda:
@@ -117,7 +133,7 @@ def child(variant: str, size_m: float, device: str = "cpu") -> dict[str, Any]:
     peak_before = peak_rss_bytes()
     busy0, own0 = cpu_ticks()
     start = time.perf_counter()
-    prune(model)
+    prune(model, SPARSITY, already)
     sync()
     seconds = time.perf_counter() - start
     busy1, own1 = cpu_ticks()
@@ -141,9 +157,10 @@ def child(variant: str, size_m: float, device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def run_child(variant: str, size_m: float, device: str = "cpu") -> dict[str, Any]:
+def run_child(variant: str, size_m: float, device: str = "cpu", after: float = 0.0) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter and parse its result line."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--size", str(size_m), "--device", device]
+    cmd += ["--after", str(after)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child {variant} {size_m}M failed ({proc.returncode}):\n{proc.stderr}")
@@ -173,13 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--retry-wait", type=float, default=10.0, help="seconds to wait before a rerun")
     parser.add_argument("--device", default="cpu", help="where the model lives: cpu (default) or cuda")
+    parser.add_argument(
+        "--after", type=float, default=0.0, help="first prune this fraction unmeasured, then measure the event to 50%%"
+    )
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        print(RESULT_TAG + json.dumps(child(args.child, args.size, args.device)), flush=True)
+        print(RESULT_TAG + json.dumps(child(args.child, args.size, args.device, args.after)), flush=True)
         return 0
+    if not 0 <= args.after < SPARSITY:
+        parser.error(f"--after must be in [0, {SPARSITY}), got {args.after}")
 
     sizes = [1.0] if args.quick else [float(s) for s in args.sizes.split(",") if s.strip()]
     repeats, retries = (1, 0) if args.quick else (args.repeats, args.retries)
@@ -191,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in order:
                 tries: list[dict[str, Any]] = []
                 for attempt in range(retries + 1):
-                    res = run_child(variant, size_m, args.device)
+                    res = run_child(variant, size_m, args.device, args.after)
                     tries.append(res)
                     disturbed = res["foreign_cores"] > args.max_other_load
                     print(
@@ -211,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(r[key] for r in results[size_m, variant])
 
     first = results[sizes[0], "ours"][0]
+    start = f"from {args.after:.0%} " if args.after else ""
     print(
-        f"Global L1 pruning at {SPARSITY:.0%} sparsity, median of {repeats} fresh process(es) per cell, "
+        f"Global L1 pruning {start}to {SPARSITY:.0%} sparsity, median of {repeats} fresh process(es) per cell, "
         f"torch threads = {first['threads']}, device = {args.device}"
     )
     print()
@@ -236,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [format_size(s), str(n), str(runs[0]["pruned"]), str(expected), "yes" if exact else "NO"]
         print("| " + " | ".join([*cells, f"{ms_per_m:.1f}"]) + " |")
     print()
+    torch_exact = all(r["pruned"] == r["expected_pruned"] for s in sizes for r in results[s, "torch"])
+    print(f"torch pruned exactly round(0.5 N) in every run: {'yes' if torch_exact else 'NO'}.")
     if args.device.startswith("cuda"):
         print("Extra B/param = (peak CUDA allocation during the event - allocated right before it) / parameters.")
     else:

@@ -12,11 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_quick(script: str) -> subprocess.CompletedProcess[str]:
+def _run_quick(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -27,11 +27,13 @@ def _run_quick(script: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_bench_global_quick() -> None:
-    proc = _run_quick("bench_global.py")
+@pytest.mark.parametrize("after", [[], ["--after", "0.3"]], ids=["first-event", "later-event"])
+def test_bench_global_quick(after: list[str]) -> None:
+    proc = _run_quick("bench_global.py", *after)
     assert proc.returncode == 0, proc.stderr
     assert "| size | torch s | ours s | time ratio (torch/ours) | torch B/param | ours B/param |" in proc.stdout
     assert "| yes |" in proc.stdout, "ours prunes exactly round(0.5 N) entries"
+    assert "torch pruned exactly round(0.5 N) in every run: yes." in proc.stdout
 
 
 @pytest.mark.slow
