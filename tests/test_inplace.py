@@ -427,6 +427,7 @@ def test_manual_optimization_matches_reparametrization(tmp_path) -> None:
 
 def test_later_events_write_the_float_masks_in_place() -> None:
     """An event allocates no new float masks (4 bytes per weight); hooks and steps see the new ones."""
+    torch.manual_seed(0)
     layer = torch.nn.Linear(6, 4)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
     held = InPlaceMasks()
