@@ -91,7 +91,8 @@ class _MaskGradient:
         self.factor = factor
 
     def before(self, grad: Tensor) -> Tensor | None:
-        return grad * self.factor if torch.is_grad_enabled() else None
+        # in the gradient's dtype: a weight cast after attach (`model.half()`) keeps its factor
+        return grad * self.factor.to(grad.dtype) if torch.is_grad_enabled() else None
 
     def after(self, param: Tensor) -> None:
         # No `torch.no_grad()` here: backward runs without grad mode unless it builds a graph,
@@ -277,6 +278,9 @@ class InPlaceMasks:
     def clear(self) -> None:
         self.detach()
         self.masks, self._names, self._weights, self._factors = {}, [], [], []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_names": [], **state})  # pickled before `_names` existed: factors are remade
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}}

@@ -83,7 +83,7 @@ def _keys(scores: Tensor, alive: Tensor, largest: bool, scratch: _Scratch | None
     if scratch is None:
         magnitudes = scores.to(torch.float32).abs()
     else:
-        magnitudes = scratch.magnitudes[: scores.numel()]
+        magnitudes, scores = scratch.magnitudes[: scores.numel()], scores.detach()  # `out=` refuses autograd
         if scores.dtype == torch.float32:
             torch.abs(scores, out=magnitudes)
         else:

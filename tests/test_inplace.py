@@ -425,6 +425,34 @@ def test_manual_optimization_matches_reparametrization(tmp_path) -> None:
     assert sum(int((w == 0).sum()) for w in results["in_place"].values()) == round(0.7 * total)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_weight_cast_after_attach_keeps_its_gradient_dtype() -> None:
+    """``model.to(torch.bfloat16)`` after attach: the masked gradient stays in the weight's dtype."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4)
+    mask = torch.rand(4, 6) > 0.5
+    held = InPlaceMasks()
+    held.commit(resolve_targets(layer, ["weight"]), [mask])
+    held.attach([torch.optim.SGD(layer.parameters(), lr=0.1)])
+    layer.to(torch.bfloat16)
+    layer(torch.randn(3, 6, dtype=torch.bfloat16)).float().pow(2).sum().backward(create_graph=True)
+    assert layer.weight.grad.dtype == torch.bfloat16 and layer.weight.grad[~mask].eq(0).all()
+
+
+def test_state_from_before_names_were_kept_still_commits() -> None:
+    layer = torch.nn.Linear(6, 4)
+    targets = resolve_targets(layer, ["weight"])
+    held = InPlaceMasks()
+    held.commit(targets, [torch.rand(4, 6) > 0.3])
+    state = held.__getstate__()
+    del state["_names"]
+    restored = InPlaceMasks.__new__(InPlaceMasks)
+    restored.__setstate__(state)
+    mask = torch.rand(4, 6) > 0.5
+    restored.commit(targets, [mask])
+    assert layer.weight[~mask].eq(0).all()
+
+
 def test_later_events_write_the_float_masks_in_place() -> None:
     """An event allocates no new float masks (4 bytes per weight); hooks and steps see the new ones."""
     torch.manual_seed(0)

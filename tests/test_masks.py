@@ -60,6 +60,15 @@ def test_prune_smallest_matches_sort_with_ties(layout: str, largest: bool) -> No
             assert torch.equal(g_, r), n
 
 
+def test_prune_smallest_takes_parameters_that_require_grad(layout: str) -> None:
+    """Scores straight from ``nn.Parameter``s, with grad mode on: same masks as their detached values."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(11).double())]
+    alive = [torch.rand(7, 5) > 0.3, torch.ones(11, dtype=torch.bool)]
+    got = M.prune_smallest(params, alive, 20)
+    assert all(torch.equal(a, b) for a, b in zip(got, _reference([p.detach() for p in params], alive, 20, False)))
+
+
 def test_prune_smallest_across_chunks(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(M, "_CHUNK", 16)  # ties and thresholds straddle chunk borders
     scores = [torch.tensor([1.0, 2.0, 2.0, 0.5] * 13), torch.tensor([2.0] * 21)]
