@@ -129,7 +129,6 @@ class InPlaceMasks:
 
     def __init__(self) -> None:
         self.masks: dict[str, Tensor] = {}
-        self._names: list[str] = []
         self._weights: list[Tensor] = []
         self._factors: list[Tensor] = []
         self._optimizers: list[torch.optim.Optimizer] = []
@@ -155,10 +154,10 @@ class InPlaceMasks:
             old = self.masks.get(target.qualname)
             self.masks[target.qualname] = new if old is None else old & new
         by_name = {t.qualname: t.parameter for t in targets}
-        names = [name for name in self.masks if name in by_name]
-        previous = dict(zip(self._names, self._factors))
-        self._factors = [_factor(self.masks[name], by_name[name].dtype, previous.get(name)) for name in names]
-        self._names, self._weights = names, [by_name[name] for name in names]
+        previous = dict(zip(map(id, self._weights), self._factors))
+        self._weights = [by_name[name] for name in self.masks if name in by_name]
+        masks = [self.masks[name] for name in self.masks if name in by_name]
+        self._factors = [_factor(m, w.dtype, previous.get(id(w))) for m, w in zip(masks, self._weights)]
         self.apply()
         if self._optimizers:
             self._unhook_gradients()
@@ -277,10 +276,7 @@ class InPlaceMasks:
 
     def clear(self) -> None:
         self.detach()
-        self.masks, self._names, self._weights, self._factors = {}, [], [], []
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_names": [], **state})  # pickled before `_names` existed: factors are remade
+        self.masks, self._weights, self._factors = {}, [], []
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}}
