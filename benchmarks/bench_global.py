@@ -117,7 +117,9 @@ def child(variant: str, size_m: float, device: str = "cpu", after: float = 0.0) 
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     prune = prune_ours if variant == "ours" else prune_torch
-    prune(build_model(4 * WIDTH, width=64).to(device))  # warm-up: imports and first-call setup, not measured
+    # warm-up, not measured: imports and first-call setup of every kernel the event uses (above
+    # 131,072 weights: small selections take another path)
+    prune(build_model(1 << 18, width=512).to(device))
 
     model = build_model(round(size_m * 1e6)).to(device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -79,6 +79,24 @@ def test_prune_smallest_on_gpu_equals_cpu(monkeypatch: pytest.MonkeyPatch, layou
             assert g_.device.type == "cuda" and torch.equal(g_.cpu(), e), n_pruned
 
 
+def test_radix_passes_on_gpu_equal_cpu_with_real_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real-valued scores of every magnitude over 4,096-entry chunks, a first event and two later ones."""
+    monkeypatch.setattr(M, "_ACCELERATOR_CHUNK", 4096)
+    monkeypatch.setattr(M, "_SMALL", 0)
+    monkeypatch.setattr(M, "_sort_limit", lambda device: 0)
+    g = torch.Generator().manual_seed(2)
+    scores = [torch.randn(300, 200, generator=g) * 10.0 ** torch.randint(-20, 20, (300, 200), generator=g)]
+    scores += [torch.randn(50_000, generator=g).half()]
+    scores[1][::11] = 0.25  # ties
+    alive = [torch.ones(s.shape, dtype=torch.bool) for s in scores]
+    for fraction in (0.3, 0.5, 0.9):
+        n_pruned = round(fraction * 110_000)
+        expected = _reference(scores, alive, n_pruned, largest=False)
+        got = M.prune_smallest([s.cuda() for s in scores], [a.cuda() for a in alive], n_pruned)
+        assert all(torch.equal(g_.cpu(), e) for g_, e in zip(got, expected)), fraction
+        alive = expected
+
+
 def _trainer(root, callbacks: list[Callback], epochs: int, accelerator: str = "cuda") -> Trainer:
     return make_lenet_trainer(root, callbacks, epochs=epochs, accelerator=accelerator)
 

@@ -78,6 +78,25 @@ def test_prune_smallest_across_chunks(layout: str, monkeypatch: pytest.MonkeyPat
         assert all(torch.equal(a, b) for a, b in zip(got, _reference(scores, alive, n, False)))
 
 
+@pytest.mark.parametrize("largest", [False, True])
+def test_radix_passes_over_many_chunks_with_real_scores(largest: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stable-sort masks for a first event and later ones, over 257-entry chunks, with scores
+    of every magnitude, zeros, inf, a denormal and a run of ties."""
+    monkeypatch.setattr(M, "_SMALL", 0)
+    monkeypatch.setattr(M, "_CHUNK", 257)
+    g = torch.Generator().manual_seed(1)
+    magnitudes = 10.0 ** torch.randint(-30, 30, (40, 50), generator=g)
+    scores = [torch.randn(40, 50, generator=g) * magnitudes, torch.randn(3000, generator=g)]
+    scores[1][::7] = 0.125  # a run of ties
+    scores[0][0, :4] = torch.tensor([0.0, -0.0, float("inf"), 1e-45])
+    alive = [torch.ones(40, 50, dtype=torch.bool), torch.rand(3000, generator=g) > 0.3]
+    for n in (1200, 2500, 3800, 4999):
+        got = M.prune_smallest(scores, alive, n, largest=largest)
+        for g_, r in zip(got, _reference(scores, alive, n, largest)):
+            assert torch.equal(g_, r), n
+        alive = got
+
+
 def test_prune_smallest_never_revives_and_leaves_inputs(layout: str) -> None:
     scores = [torch.tensor([0.0, 9.0, 1.0, 9.0]), torch.tensor([[5.0, 0.5]])]
     alive = [torch.tensor([True, False, True, False]), torch.tensor([[True, True]])]
