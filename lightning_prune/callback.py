@@ -382,10 +382,9 @@ class PruningCallback(Callback):
     # ------------------------------------------------------------------ checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
-        masks = {
-            name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)}
-            for name, mask in (self._held_masks() or {}).items()
-        }
+        # after a fit that made the pruning permanent, the masks are the ones kept for the next fit
+        held = self._held_masks() or self._pending_masks or {}
+        masks = {name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)} for name, mask in held.items()}
         return {
             "version": 1,
             "done_epoch": self._done_epoch,

@@ -142,13 +142,13 @@ def _plain(module: nn.Module) -> Iterator[None]:
     for orig_name in names:
         name = orig_name[: -len("_orig")]
         module.__dict__.pop(name, None)
-        module._parameters[name] = module._parameters.pop(orig_name)
+        reparam.rename_parameter(module, orig_name, name)
     try:
         yield
     finally:
         for orig_name in names:
             name = orig_name[: -len("_orig")]
-            module._parameters[orig_name] = module._parameters.pop(name)
+            reparam.rename_parameter(module, name, orig_name)
             reparam.refresh(module, name)
 
 

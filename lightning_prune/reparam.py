@@ -2,7 +2,8 @@
 
 :func:`apply` turns ``module.<name>`` into
 
-- ``<name>_orig``: the very same ``nn.Parameter`` object (optimizers keep working),
+- ``<name>_orig``: the very same ``nn.Parameter`` object, in the same place among the module's
+  parameters (optimizers keep working, and ones built later index their state the same way),
 - ``<name>_mask``: a ``torch.bool`` buffer on the parameter's device,
 - a forward pre-hook, a :class:`MaskHook`, that recomputes ``module.<name> = orig * mask``.
 
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "refresh", "remove", "update"]
+__all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "refresh", "remove", "rename_parameter", "update"]
 
 _CHUNK = 1 << 20
 
@@ -68,6 +69,20 @@ class MaskHook(torch_prune.BasePruningMethod):
         setattr(module, self._tensor_name, weight)
         self._last = weakref.ref(weight)
 
+    def remove(self, module: nn.Module) -> None:
+        """Make the pruning permanent in place, the parameter in its place (``prune.remove`` calls this).
+
+        ``torch.nn.utils.prune.remove`` deletes the forward pre-hook itself; :func:`remove` also
+        deletes the ``load_state_dict`` hook.
+        """
+        name = self._tensor_name
+        orig, mask = module._parameters[name + "_orig"], module._buffers.pop(name + "_mask")
+        assert orig is not None and mask is not None
+        with torch.no_grad():
+            orig.mul_(mask)
+        module.__dict__.pop(name, None)
+        rename_parameter(module, name + "_orig", name)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> MaskHook:
         # The module's recomputed tensor is part of an autograd graph after a forward pass, and
         # such tensors refuse deepcopy. The hook is copied before that attribute (hooks are set
@@ -99,6 +114,27 @@ class _LoadPlain:
             state_dict[orig] = state_dict.pop(plain)
             if mask not in state_dict and self.name + "_mask" in module._buffers:
                 state_dict[mask] = module._buffers[self.name + "_mask"]
+
+
+def rename_parameter(module: nn.Module, old: str, new: str) -> None:
+    """Register ``module.<old>`` as ``module.<new>`` in the same place among the module's parameters.
+
+    The order of ``parameters()`` is what optimizers index their state by: a reordered module
+    builds optimizers whose saved state no longer fits it (``torch.nn.utils.prune`` moves the
+    pruned parameter to the end).
+
+    Example:
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> rename_parameter(layer, "weight", "weight_orig")
+        >>> [name for name, _ in layer.named_parameters()]
+        ['weight_orig', 'bias']
+    """
+    param = module._parameters[old]
+    order = [new if key == old else key for key in module._parameters]
+    module.register_parameter(new, param)  # its checks, and any registration hooks
+    del module._parameters[old]
+    for key in order:
+        module._parameters[key] = module._parameters.pop(key)
 
 
 def find_hook(module: nn.Module, name: str) -> torch_prune.BasePruningMethod | None:
@@ -172,8 +208,7 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
         if mask is not None and mask.shape != param.shape:
             raise ValueError(f"Expected a mask of shape {tuple(param.shape)} for `{name}`, got {tuple(mask.shape)}")
         initial = torch.ones_like(param, dtype=torch.bool) if mask is None else mask.to(param.device, torch.bool)
-        module.register_parameter(name + "_orig", param)
-        del module._parameters[name]
+        rename_parameter(module, name, name + "_orig")
         try:
             module.register_buffer(name + "_mask", initial)
             _register_hooks(module, name)
@@ -181,8 +216,7 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
         except Exception:
             module._buffers.pop(name + "_mask", None)
             module.__dict__.pop(name, None)
-            del module._parameters[name + "_orig"]
-            module.register_parameter(name, param)
+            rename_parameter(module, name + "_orig", name)
             raise
     if mask is not None:
         update(module, name, mask)
@@ -203,8 +237,8 @@ def update(module: nn.Module, name: str, mask: Tensor) -> None:
 def remove(module: nn.Module, name: str) -> None:
     """Make the pruning of ``module.<name>`` permanent: a plain parameter with zeros where pruned.
 
-    The parameter object stays the same (``<name>_orig`` becomes ``<name>`` again), the mask
-    buffer and both hooks go.
+    The parameter object stays the same (``<name>_orig`` becomes ``<name>`` again, in its
+    place), the mask buffer and both hooks go.
     """
     hook = find_hook(module, name)
     if hook is None:
@@ -212,11 +246,6 @@ def remove(module: nn.Module, name: str) -> None:
     if not isinstance(hook, MaskHook):
         torch_prune.remove(module, name)
         return
-    orig = module._parameters.pop(name + "_orig")
-    mask = module._buffers.pop(name + "_mask")
-    assert orig is not None and mask is not None
-    orig.mul_(mask)
+    hook.remove(module)
     for handle in hook._handles:
         handle.remove()
-    module.__dict__.pop(name, None)
-    module.register_parameter(name, orig)

@@ -467,3 +467,69 @@ def test_mask_checksum_counts_and_sums_flat_indices_across_chunks(monkeypatch) -
     masks = [torch.rand(shape, generator=g) > 0.5 for shape in [(3,), (5, 7), (4, 4, 3), (1,)]]
     expected = torch.tensor([[int(m.sum()), int(m.reshape(-1).nonzero().sum())] for m in masks])
     assert torch.equal(serialization.mask_checksum(masks), expected)
+
+
+# ---------------------------------------------------------------- after fit, and the same model again
+
+
+def _at_least_half_zero(model: TinyNet) -> bool:
+    weights = effective_weights(model)
+    return all(int((weights[name] == 0).sum()) >= round(0.5 * weights[name].numel()) for name in WEIGHTS)
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+@pytest.mark.parametrize("make_permanent", [True, False])
+def test_checkpoint_saved_after_fit_keeps_the_masks(tmp_path: Path, masking: str, make_permanent: bool) -> None:
+    """`trainer.save_checkpoint` after `fit` holds the masks, made permanent or not, and a resume to more
+    epochs in a fresh model ends with the masks of an uninterrupted run: nothing grows back."""
+
+    def callback() -> PruningCallback:
+        return PruningCallback(schedule=Explicit({0: 0.5}), masking=masking, make_permanent=make_permanent)
+
+    trainer = make_trainer(tmp_path, callbacks=[callback()], max_epochs=2)
+    trainer.fit(make_model(), make_loader())
+    trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
+    saved = next(iter(torch.load(tmp_path / "after_fit.ckpt", weights_only=False)["callbacks"].values()))
+    assert sorted(saved["masks"]) == list(WEIGHTS)
+
+    uninterrupted = make_model()
+    make_trainer(tmp_path, callbacks=[callback()], max_epochs=4).fit(uninterrupted, make_loader())
+    resumed = make_model(seed=99)
+    resumed_callback = callback()
+    make_trainer(tmp_path, callbacks=[resumed_callback], max_epochs=4).fit(
+        resumed, make_loader(), ckpt_path=tmp_path / "after_fit.ckpt"
+    )
+    for name, weight in effective_weights(resumed).items():
+        assert torch.equal(weight, effective_weights(uninterrupted)[name]), name
+    assert _at_least_half_zero(resumed), "pruned weights grew back"
+
+
+@pytest.mark.parametrize("make_permanent", [True, False])
+def test_the_same_model_resumes_its_own_checkpoints(tmp_path: Path, make_permanent: bool) -> None:
+    """Pruning keeps every parameter in its place, so optimizers built on the pruned model index their
+    state as the checkpoints do: the same model object resumes its own run's checkpoint, and a fresh
+    model resumes a checkpoint of the pruned model's second fit."""
+    model = make_model()
+    order = [name for name, _ in model.named_parameters()]
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), make_permanent=make_permanent)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "a", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        model, make_loader()
+    )
+    if make_permanent:
+        assert [name for name, _ in model.named_parameters()] == order
+    else:
+        assert [name for name, _ in model.named_parameters()] == [n.replace("weight", "weight_orig") for n in order]
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=3).fit(
+        model, make_loader(), ckpt_path=tmp_path / "a" / "epoch=0.ckpt"
+    )
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=5, enable_checkpointing=True).fit(
+        model, make_loader()
+    )
+    fresh = make_model(seed=99)
+    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=Explicit({0: 0.5}))], max_epochs=4).fit(
+        fresh, make_loader(), ckpt_path=tmp_path / "b" / "epoch=3.ckpt"
+    )
+    assert _at_least_half_zero(fresh)

@@ -260,6 +260,22 @@ def test_reinit_control(tmp_path) -> None:
     assert all(m is None for m in control["momentum"]) and control["lr"] == LR, "optimizer and LR still rewound"
 
 
+def test_reinitialize_keeps_parameters_in_place() -> None:
+    """The re-sampling makes each pruned tensor plain for ``reset_parameters`` and back, in its place."""
+    from lightning_prune import reparam
+    from lightning_prune.lottery import reinitialize
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    mask = torch.rand(4, 3, generator=torch.Generator().manual_seed(0)) > 0.5
+    reparam.apply(model[0], "weight", mask)
+    names = [name for name, _ in model.named_parameters()]
+    before = model[0].weight_orig.detach().clone()
+    reinitialize(model, seed=3)
+    assert [name for name, _ in model.named_parameters()] == names
+    assert not torch.equal(model[0].weight_orig, before)
+    assert torch.equal(model[0].weight == 0, ~mask | (model[0].weight_orig == 0))
+
+
 # ---------------------------------------------------------------------------- events that change nothing
 
 

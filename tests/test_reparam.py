@@ -24,9 +24,10 @@ def test_layout_matches_tutorial() -> None:
     reparam.apply(layer, "weight", _mask((4, 3)))
     assert layer.weight_orig is param, "the very same Parameter, so optimizers keep working"
     assert layer.weight_mask.dtype == torch.bool
-    assert [n for n, _ in layer.named_parameters()] == ["bias", "weight_orig"]
+    # torch moves `weight_orig` after `bias`; here it keeps the weight's place (see below)
+    assert [n for n, _ in layer.named_parameters()] == ["weight_orig", "bias"]
     assert [n for n, _ in layer.named_buffers()] == ["weight_mask"]
-    assert list(layer.state_dict()) == ["bias", "weight_orig", "weight_mask"]
+    assert list(layer.state_dict()) == ["weight_orig", "bias", "weight_mask"]
     assert torch.equal(layer.weight, param.detach() * layer.weight_mask), "zeros show before any forward"
     assert prune.is_pruned(layer)
 
@@ -57,7 +58,7 @@ def test_remove_makes_permanent(remover) -> None:
     reparam.apply(layer, "weight", mask)
     remover(layer, "weight")
     assert layer.weight is param and torch.equal(layer.weight.detach(), expected)
-    assert list(layer.state_dict()) == ["bias", "weight"] or list(layer.state_dict()) == ["weight", "bias"]
+    assert list(layer.state_dict()) == ["weight", "bias"]
     assert not prune.is_pruned(layer)
     layer.load_state_dict(nn.Linear(3, 4).state_dict())  # plain loading works again
 
@@ -81,6 +82,30 @@ def test_apply_rolls_back_on_bad_mask() -> None:
     with pytest.raises(ValueError, match="shape"):
         reparam.apply(layer, "weight", torch.ones(2, 2, dtype=torch.bool))
     assert list(layer.state_dict()) == list(before) and not prune.is_pruned(layer)
+
+
+def test_parameters_keep_their_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optimizers index their state by the order of ``parameters()``: applying, removing and a failed
+    apply all leave every parameter where it was (``torch.nn.utils.prune`` moves it to the end)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    names = [name for name, _ in model.named_parameters()]
+    params = list(model.parameters())
+    reparam.apply(model[0], "weight", torch.rand(4, 3) > 0.5)
+    reparam.apply(model[1], "weight")
+    assert [name for name, _ in model.named_parameters()] == ["0.weight_orig", "0.bias", "1.weight_orig", "1.bias"]
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    reparam.remove(model[0], "weight")
+    reparam.remove(model[1], "weight")
+    assert [name for name, _ in model.named_parameters()] == names
+    assert all(a is b for a, b in zip(model.parameters(), params))
+
+    def broken(module: nn.Module, name: str) -> None:
+        raise RuntimeError("hook registration failed")
+
+    monkeypatch.setattr(reparam, "_register_hooks", broken)
+    with pytest.raises(RuntimeError, match="hook registration"):
+        reparam.apply(model[0], "weight")
+    assert [name for name, _ in model.named_parameters()] == names and not list(model.buffers())
 
 
 def test_adopts_torch_pruned_tensor() -> None:
