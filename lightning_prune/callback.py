@@ -51,7 +51,7 @@ class PruningCallback(Callback):
             size-normalised norm, see :class:`~lightning_prune.methods.LnStructured`).
         targets: fnmatch patterns over qualified parameter names; default: the ``weight`` of
             every ``Linear`` and ``Conv1d/2d/3d``.
-        exclude: patterns taken out of ``targets``.
+        exclude: patterns taken out of ``targets`` (``None``: none).
         dim: the slice dimension of the structured methods.
         norm: the Ln norm of ``ln_structured`` (a positive number or ``"inf"``).
         rewind: a :class:`~lightning_prune.Rewind` for lottery-ticket experiments.
@@ -80,7 +80,7 @@ class PruningCallback(Callback):
         schedule: Schedule | float = 0.5,
         scope: Literal["layer", "global"] = "layer",
         targets: list[str] | None = None,
-        exclude: Sequence[str] = (),
+        exclude: Sequence[str] | None = (),
         dim: int = 0,
         norm: float | str = 2,
         rewind: Rewind | None = None,
@@ -100,14 +100,16 @@ class PruningCallback(Callback):
             if value is not None and (isinstance(value, str) or not all(isinstance(p, str) for p in value)):
                 raise ValueError(f"Expected `{arg}` to be a list of name patterns, got {value!r}")
         self.target_patterns = None if targets is None else list(targets)
-        self.exclude = list(exclude)
+        self.exclude = [] if exclude is None else list(exclude)
         if isinstance(rewind, dict):
             rewind = Rewind(**rewind)
         if rewind is not None and not isinstance(rewind, Rewind):
             raise ValueError(f"Expected `rewind` to be a Rewind(epoch=..., reinit=...) or None, got {rewind!r}")
         self.rewind = rewind
-        self.make_permanent = bool(make_permanent)
-        self.log_per_layer = bool(log_per_layer)
+        for arg, flag in (("make_permanent", make_permanent), ("log_per_layer", log_per_layer)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"Expected `{arg}` to be True or False, got {flag!r}")
+        self.make_permanent, self.log_per_layer = make_permanent, log_per_layer
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"Expected `seed` to be an int or None, got {seed!r}")
         self.seed = seed
@@ -136,12 +138,19 @@ class PruningCallback(Callback):
     @override
     def state_key(self) -> str:
         # Lightning reads this around every hook call (profiler names); build the string once per identity
-        identity = (self.method_name, self.scope, None if self.target_patterns is None else tuple(self.target_patterns))
+        exclude = tuple(getattr(self, "exclude", ()))
+        targets = None if self.target_patterns is None else tuple(self.target_patterns)
+        identity = (self.method_name, self.scope, targets, exclude)
         cached = getattr(self, "_state_key", None)  # absent from callbacks pickled by earlier versions
         if cached is None or cached[0] != identity:
-            key = self._generate_state_key(method=self.method_name, scope=self.scope, targets=self.target_patterns)
-            cached = self._state_key = (identity, key)
+            cached = self._state_key = (identity, self._key(exclude=list(exclude)))
         return cached[1]
+
+    def _key(self, exclude: list[str]) -> str:
+        # `exclude` joins the key only when given: the keys of checkpoints written without it stay the same
+        extra = {"exclude": exclude} if exclude else {}
+        targets = self.target_patterns
+        return self._generate_state_key(method=self.method_name, scope=self.scope, targets=targets, **extra)
 
     @property
     def targets(self) -> list[Target]:
@@ -162,6 +171,7 @@ class PruningCallback(Callback):
         targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
         for target in targets:
             self._method.check_target(target.qualname, target.parameter.shape)
+        self._check_schedule(trainer)
         self._check_rewind(trainer)
 
         same_model = self._model is not None and self._model() is pl_module
@@ -178,10 +188,29 @@ class PruningCallback(Callback):
         if self.seed is None:
             self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
 
+    def _target(self, epoch: int) -> float | None:
+        """The schedule's target after ``epoch``: a sparsity in [0, 1], or ``None`` for no event."""
+        value = self.schedule.sparsity_at(epoch)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(
+                f"`schedule` {self.schedule!r} returned {value!r} for epoch {epoch}; expected a sparsity in [0, 1] "
+                f"or None"
+            )
+        return float(value)
+
+    def _check_schedule(self, trainer: Trainer) -> None:
+        """Ask the schedule for every epoch this fit can run, so a bad value fails before training."""
+        max_epochs = trainer.max_epochs
+        if isinstance(max_epochs, int) and max_epochs >= 0:
+            for epoch in range(max_epochs):
+                self._target(epoch)
+
     def _check_rewind(self, trainer: Trainer) -> None:
         if self.rewind is None:
             return
-        early = [e for e in range(self.rewind.epoch) if self.schedule.sparsity_at(e) is not None]
+        early = [e for e in range(self.rewind.epoch) if self._target(e) is not None]
         if early:
             raise ValueError(
                 f"`rewind=Rewind(epoch={self.rewind.epoch})` rewinds to the start of epoch {self.rewind.epoch}, but "
@@ -307,7 +336,7 @@ class PruningCallback(Callback):
     def _end_of_epoch(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         if epoch <= self._done_epoch:
             return
-        sparsity = self.schedule.sparsity_at(epoch)
+        sparsity = self._target(epoch)
         if sparsity is not None:
             self._event(trainer, pl_module, epoch, sparsity)
         self._done_epoch = epoch
@@ -328,6 +357,12 @@ class PruningCallback(Callback):
         after = core.sparsity_stats(self._targets, self._method, masks)
         self._check_ranks_agree(trainer, masks, epoch)
         changed = after.per_target != before.per_target
+        if changed and self.rewind is not None and self._snapshot is None:
+            raise RuntimeError(
+                f"`rewind=Rewind(epoch={self.rewind.epoch})`: the event after epoch {epoch} has no snapshot to rewind "
+                f"to, since epoch {self.rewind.epoch} did not start in this run and the checkpoint resumed from holds "
+                f"none (was it written without this callback?); the model was left unchanged"
+            )
         if changed:
             self._commit(masks)
         del masks
@@ -420,10 +455,13 @@ class PruningCallback(Callback):
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("callbacks", {})
+        legacy = self._key(exclude=[])  # written before `exclude` was part of the key
+        if self.exclude and self.state_key not in saved and legacy in saved:
+            saved[self.state_key] = saved.pop(legacy)
         others = [key for key in saved if key.startswith(type(self).__name__) and key != self.state_key]
         if self.state_key not in saved and others:
             rank_zero_warn(
                 f"The checkpoint holds pruning state for {others}, not for this callback ({self.state_key!r}): "
-                f"`method`, `scope` and `targets` must match the run that wrote it, or the masks and schedule "
-                f"position are not restored"
+                f"`method`, `scope`, `targets` and `exclude` must match the run that wrote it, or the masks and "
+                f"schedule position are not restored"
             )

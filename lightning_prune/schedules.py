@@ -197,8 +197,12 @@ class Explicit(Schedule):
             raise ValueError(f"Expected `sparsities` to be a non-empty {{epoch: sparsity}} mapping, got {sparsities!r}")
         checked: dict[int, float] = {}
         for epoch, value in sparsities.items():
-            key = int(epoch) if isinstance(epoch, str) and epoch.isdigit() else epoch
-            checked[_check_epoch("sparsities epoch", key)] = _check_fraction(f"sparsities[{epoch}]", value)
+            key = _check_epoch("sparsities epoch", int(epoch) if isinstance(epoch, str) and epoch.isdigit() else epoch)
+            if key in checked:
+                raise ValueError(
+                    f"Expected `sparsities` to name each epoch once, got epoch {key} twice: {sparsities!r}"
+                )
+            checked[key] = _check_fraction(f"sparsities[{epoch}]", value)
         ordered = sorted(checked.items())
         for (e0, s0), (e1, s1) in zip(ordered, ordered[1:]):
             if s1 < s0:

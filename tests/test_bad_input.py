@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from lightning_prune import PruningCallback, Rewind
-from lightning_prune.schedules import Constant, Explicit, Geometric, Linear, Polynomial
+from lightning_prune.schedules import Constant, Explicit, Geometric, Linear, Polynomial, Schedule
 from tests.helpers import (
     TinyNet,
     assert_same_state,
@@ -90,6 +90,16 @@ class NeedsExtraArgument(prune.BasePruningMethod):
         return default_mask
 
 
+class AtEpochOne(Schedule):
+    """A user's schedule: ``value`` at the end of epoch 1, nothing else."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def sparsity_at(self, epoch: int) -> Any:
+        return self.value if epoch == 1 else None
+
+
 # ---------------------------------------------------------------- errors at construction
 
 INIT_CASES = [
@@ -151,6 +161,14 @@ INIT_CASES = [
     pytest.param(lambda: {"rewind": Rewind(epoch=-1)}, r"`Rewind\.epoch`.*-1", id="rewind_negative"),
     pytest.param(lambda: {"rewind": 3}, r"`rewind`.*got 3", id="rewind_int"),
     pytest.param(lambda: {"seed": "abc"}, r"`seed`.*'abc'", id="seed_string"),
+    pytest.param(
+        lambda: {"make_permanent": "false"}, r"`make_permanent` to be True or False, got 'false'", id="permanent_string"
+    ),
+    pytest.param(lambda: {"make_permanent": None}, r"`make_permanent`.*got None", id="permanent_none"),
+    pytest.param(lambda: {"log_per_layer": "no"}, r"`log_per_layer` to be True or False, got 'no'", id="log_string"),
+    pytest.param(
+        lambda: {"schedule": Explicit({"1": 0.5, 1: 0.7})}, r"`sparsities`.*epoch 1 twice", id="explicit_same_epoch"
+    ),
 ]
 
 
@@ -226,6 +244,17 @@ SETUP_CASES = [
         r"`rewind=Rewind\(epoch=2\)`.*`schedule` prunes after epoch 0",
         id="rewind_after_first_event",
     ),
+    pytest.param(
+        make_model,
+        {"schedule": AtEpochOne(1.5)},
+        r"`schedule` AtEpochOne\(value=1\.5\) returned 1\.5 for epoch 1; expected a sparsity in \[0, 1\] or None",
+        id="custom_schedule_above_1",
+    ),
+    pytest.param(
+        make_model, {"schedule": AtEpochOne(-0.2)}, r"returned -0\.2 for epoch 1", id="custom_schedule_below_0"
+    ),
+    pytest.param(make_model, {"schedule": AtEpochOne(math.nan)}, r"returned nan for epoch 1", id="custom_schedule_nan"),
+    pytest.param(make_model, {"schedule": AtEpochOne("0.5")}, r"returned '0\.5' for epoch 1", id="custom_schedule_str"),
     pytest.param(
         make_model,
         {"method": StructuredCustom, "scope": "global"},
@@ -420,3 +449,18 @@ def test_norm_inf_is_accepted() -> None:
     """The one string `norm` allows (and its spelling as YAML writes it)."""
     for norm in ("inf", math.inf):
         PruningCallback(method="ln_structured", norm=norm)
+
+
+def test_exclude_none_excludes_nothing(tmp_path: Path) -> None:
+    callback = PruningCallback(schedule=0.5, exclude=None)
+    assert callback.exclude == [] and callback.state_key == PruningCallback(schedule=0.5).state_key
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(make_model(), make_loader())
+    assert [t.qualname for t in callback.targets] == ["fc1.weight", "fc2.weight"]
+
+
+def test_bad_schedule_value_past_max_epochs_is_not_asked_for(tmp_path: Path) -> None:
+    """The check asks for the epochs this fit can run; a later fit with more epochs fails at its setup."""
+    callback = PruningCallback(schedule=AtEpochOne(1.5))
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(make_model(), make_loader())
+    with pytest.raises(ValueError, match="returned 1.5 for epoch 1"):
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(), make_loader())

@@ -7,6 +7,7 @@ checkpoint and resumed in a new model, callback and Trainer must agree bit for b
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -533,3 +534,60 @@ def test_the_same_model_resumes_its_own_checkpoints(tmp_path: Path, make_permane
         fresh, make_loader(), ckpt_path=tmp_path / "b" / "epoch=3.ckpt"
     )
     assert _at_least_half_zero(fresh)
+
+
+def test_rewind_without_a_snapshot_fails_before_the_masks_change(tmp_path: Path) -> None:
+    """Resuming a checkpoint written without the callback past the rewind epoch: the missed events would
+    have to rewind, and there is nothing to rewind to."""
+    dense = make_trainer(tmp_path, callbacks=[], max_epochs=2)
+    dense.fit(make_model(), make_loader())
+    dense.save_checkpoint(tmp_path / "dense.ckpt")
+    model = make_model(seed=1)
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 2: 0.5}), rewind=Rewind(epoch=0), make_permanent=False)
+    with pytest.raises(RuntimeError, match=r"Rewind\(epoch=0\)`: the event after epoch 0 has no snapshot.*unchanged"):
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=4).fit(
+            model, make_loader(), ckpt_path=tmp_path / "dense.ckpt"
+        )
+    assert masks_of(model) == {}
+    saved = torch.load(tmp_path / "dense.ckpt", weights_only=False)["state_dict"]
+    assert_tensors_equal(effective_weights(model), saved)
+
+
+def test_callbacks_that_differ_in_exclude_only_keep_apart(tmp_path: Path) -> None:
+    """`exclude` is part of the state key (when given), and a checkpoint whose state sits under the key
+    of earlier versions, which left `exclude` out, still resumes."""
+
+    def callbacks() -> list[PruningCallback]:
+        return [
+            PruningCallback(schedule=Explicit({0: 0.3}), exclude=["fc2.weight"], make_permanent=False),
+            PruningCallback(schedule=Explicit({1: 0.6}), exclude=["fc1.weight"], make_permanent=False),
+        ]
+
+    first = callbacks()
+    assert first[0].state_key != first[1].state_key
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    make_trainer(tmp_path, callbacks=[*first, ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        make_model(), make_loader()
+    )
+    path = tmp_path / "ckpt" / "epoch=1.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    assert {first[0].state_key, first[1].state_key} <= set(checkpoint["callbacks"])
+    uninterrupted = make_model()
+    make_trainer(tmp_path, callbacks=callbacks(), max_epochs=3).fit(uninterrupted, make_loader())
+    expected = masks_of(uninterrupted)
+
+    resumed, again = make_model(seed=99), callbacks()
+    make_trainer(tmp_path, callbacks=again, max_epochs=3).fit(resumed, make_loader(), ckpt_path=path)
+    assert_tensors_equal(masks_of(resumed), expected)
+
+    legacy = {key: value for key, value in checkpoint["callbacks"].items() if key != first[0].state_key}
+    legacy[first[0]._key(exclude=[])] = checkpoint["callbacks"][first[0].state_key]
+    torch.save({**checkpoint, "callbacks": legacy}, tmp_path / "legacy.ckpt")
+    older = make_model(seed=98)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, callbacks=callbacks(), max_epochs=3).fit(
+            older, make_loader(), ckpt_path=tmp_path / "legacy.ckpt"
+        )
+    assert not [w for w in caught if "holds pruning state" in str(w.message)], "the state under the old key was lost"
+    assert_tensors_equal(masks_of(older), expected)
