@@ -21,7 +21,9 @@ reparametrization would produce:
   weight has no gradient hook yet (it was frozen; :meth:`InPlaceMasks.sync`, called before
   each backward and each step, hooks it once it requires gradients), or when asked to
   (``attach(per_step=True)``: gradients that do not come from backward alone, such as a DDP
-  communication hook that changes their values).
+  communication hook that changes their values); in that case also before each further
+  evaluation of the step's closure (``LBFGS`` moves the weights between the evaluations of one
+  step, and its forward passes must see the pruned entries at zero).
 
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
 the pruned weights still stay at zero). ``torch.autograd.grad`` without ``create_graph``
@@ -225,7 +227,8 @@ class InPlaceMasks:
             or any(id(w) not in self._grad_handles for w in self._weights)
         )
         if needed and not self._step_handles:
-            self._step_handles = [opt.register_step_post_hook(self._after_step) for opt in self._optimizers]
+            self._step_handles = [opt.register_step_pre_hook(self._before_step) for opt in self._optimizers]
+            self._step_handles += [opt.register_step_post_hook(self._after_step) for opt in self._optimizers]
         elif not needed and self._step_handles:
             for handle in self._step_handles:
                 handle.remove()
@@ -242,6 +245,32 @@ class InPlaceMasks:
         for handle in self._step_handles:
             handle.remove()
         self._optimizers, self._step_handles = [], []
+
+    def _before_step(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Zero the pruned weights before each further evaluation of the step's closure.
+
+        An optimizer such as ``LBFGS`` moves the weights and evaluates the closure again within
+        one step; the reparametrization's forward never sees its moves at pruned entries, so
+        neither may this one's. The first evaluation starts from weights zeroed after the last step.
+        """
+        # `args` starts with the optimizer itself: `step(self, closure=None)`
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            return None
+        evaluations = 0
+
+        def masked_closure() -> Any:
+            nonlocal evaluations
+            if evaluations:
+                self.apply()
+            evaluations += 1
+            return closure()
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": masked_closure}
+        return (args[0], masked_closure, *args[2:]), kwargs
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.apply()

@@ -231,7 +231,7 @@ def test_other_optimizers_get_weights_zeroed_after_each_step(cls) -> None:
     held = InPlaceMasks()
     held.commit(resolve_targets(layer, ["weight"]), [mask])
     held.attach([opt])
-    assert len(held._step_handles) == 1
+    assert len(held._step_handles) == 2  # before the step (its closure) and after it
     for _ in range(3):
         opt.zero_grad()
         layer(torch.randn(2, 4)).sum().backward()
@@ -242,6 +242,71 @@ def test_other_optimizers_get_weights_zeroed_after_each_step(cls) -> None:
     if cls is Drift:
         opt.step()
         assert layer.weight[~mask].ne(0).all(), "detached: nothing runs any more"
+
+
+class LBFGSLeNet(LitLeNet):
+    """Steps with ``LBFGS``, which moves the weights and evaluates the closure again within one step;
+    counts the forwards whose pruned weights are not zero."""
+
+    def __init__(self, callback: PruningCallback, line_search: str | None) -> None:
+        super().__init__()
+        self.callback, self.line_search, self.unmasked_forwards = callback, line_search, 0
+
+    def training_step(self, batch, batch_idx):
+        held = self.callback._held_masks() if self.callback.masking == "in_place" else None
+        for name, mask in (held or {}).items():
+            self.unmasked_forwards += int(self.get_parameter(name).detach()[~mask].ne(0).any())
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=3, line_search_fn=self.line_search)
+
+
+@pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
+def test_lbfgs_evaluations_within_a_step_see_the_masks(tmp_path, line_search: str | None) -> None:
+    """After an event LBFGS's history still moves the newly pruned weights; every forward inside its
+    step must see them at zero, as the reparametrization's forward does."""
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        callback = PruningCallback(schedule=Explicit({0: 0.5, 1: 0.7}), masking=masking)
+        torch.manual_seed(0)
+        model = LBFGSLeNet(callback, line_search)
+        make_lenet_trainer(tmp_path / masking, [callback], epochs=3).fit(model, lenet_data())
+        results[masking] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        if masking == "in_place":
+            assert model.unmasked_forwards == 0
+            assert callback._inplace is not None and not callback._inplace.per_step  # detached after fit
+    for name, value in results["reparametrize"].items():
+        torch.testing.assert_close(results["in_place"][name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("positional", [True, False])
+def test_closure_reevaluations_start_from_masked_weights(positional: bool) -> None:
+    """``step(closure)`` and ``step(closure=closure)`` alike; the history LBFGS gathered before the mask
+    moves the pruned weights, and each further evaluation still sees them at zero."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4)
+    x, y = torch.randn(16, 6), torch.randn(16, 4)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=0.5, max_iter=4, history_size=3)
+    held = InPlaceMasks()
+    held.attach([opt])
+    seen = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        if held.masks:
+            seen.append(bool(layer.weight.detach()[~held.masks["weight"]].ne(0).any()))
+        loss = F.mse_loss(layer(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # history before any pruning
+    mask = torch.rand(4, 6) > 0.5
+    held.commit(resolve_targets(layer, ["weight"]), [mask])
+    assert held.per_step
+    opt.step(closure) if positional else opt.step(closure=closure)
+    assert len(seen) > 1 and not any(seen)
+    assert layer.weight.detach()[~mask].eq(0).all()
 
 
 class ClippedLeNet(LitLeNet):
