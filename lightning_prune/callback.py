@@ -37,6 +37,41 @@ log = logging.getLogger("lightning.pytorch.callbacks.pruning")
 _SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
 
+class _PlainCheckpointWeights:
+    """Stands in for the strategy's ``lightning_module_state_dict``, which Lightning calls for the
+    weights of every checkpoint it writes, and returns them plain (``<name> = orig * mask``).
+
+    :meth:`PruningCallback.on_save_checkpoint` does the same, but Lightning skips callbacks'
+    checkpoint hooks for weights-only checkpoints (``ModelCheckpoint(save_weights_only=True)``),
+    which must load into the plain model class all the same. The module's own ``state_dict()``
+    keeps the reparametrization's layout, as in ``torch.nn.utils.prune``.
+    """
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.callbacks: list[weakref.ref[PruningCallback]] = []  # every pruning callback of the Trainer
+
+    @classmethod
+    def install(cls, strategy: Any, callback: PruningCallback) -> None:
+        current = strategy.lightning_module_state_dict
+        if not isinstance(current, cls):
+            current = strategy.lightning_module_state_dict = cls(current)
+        if not any(ref() is callback for ref in current.callbacks):
+            current.callbacks.append(weakref.ref(callback))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"original": self.original, "callbacks": []}  # weak references do not pickle
+
+    def __call__(self) -> dict[str, Any]:
+        state_dict = self.original()
+        for ref in self.callbacks:
+            callback = ref()
+            module = None if callback is None or callback._model is None else callback._model()
+            if callback is not None and module is not None:
+                plain_state_dict(state_dict, callback._plain_keys(module))
+        return state_dict
+
+
 class PruningCallback(Callback):
     """Prune a LightningModule while it trains.
 
@@ -185,6 +220,7 @@ class PruningCallback(Callback):
             self._inplace.clear()
         self._trainer, self._model = weakref.ref(trainer), weakref.ref(pl_module)
         self._targets = targets
+        _PlainCheckpointWeights.install(trainer.strategy, self)
         if self.seed is None:
             self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
 
@@ -276,6 +312,9 @@ class PruningCallback(Callback):
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._inplace is not None:
+            # Another callback may have written the weights at the end of training (the averages of
+            # StochasticWeightAveraging, which the reparametrization's forward would have masked).
+            self._inplace.apply()
             self._inplace.detach()
         if self.make_permanent:
             self._pending_masks = self._held_masks()

@@ -56,16 +56,18 @@ class EpochRecorder(Callback):
         self.effective[trainer.current_epoch] = effective_weights(pl_module)
 
 
-class SaveRecorder(Callback):
-    """At every checkpoint save: the module's masks and effective weights at that moment, by epoch."""
+class SaveRecorder(TinyNetEval):
+    """At every checkpoint save: its masks and effective weights at that moment, by epoch (the module's
+    hook, which Lightning calls for weights-only checkpoints too, unlike callbacks')."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.masks: dict[int, dict[str, torch.Tensor]] = {}
         self.effective: dict[int, dict[str, torch.Tensor]] = {}
 
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        self.masks[trainer.current_epoch] = masks_of(pl_module)
-        self.effective[trainer.current_epoch] = effective_weights(pl_module)
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.masks[self.trainer.current_epoch] = masks_of(self)
+        self.effective[self.trainer.current_epoch] = effective_weights(self)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -83,7 +85,9 @@ def _state_of(checkpoint: dict[str, Any], callback: PruningCallback) -> dict[str
     "with_val",
     [pytest.param(False, id="saved_at_train_epoch_end"), pytest.param(True, id="saved_at_validation_end")],
 )
-def test_mid_training_checkpoint_loads_into_plain_class(tmp_path: Path, with_val: bool) -> None:
+@pytest.mark.parametrize("weights_only", [pytest.param(False, id="full"), pytest.param(True, id="weights_only")])
+def test_mid_training_checkpoint_loads_into_plain_class(tmp_path: Path, with_val: bool, weights_only: bool) -> None:
+    """Lightning calls no callback's checkpoint hook for a weights-only checkpoint; it is plain all the same."""
     schedule = Explicit({0: 0.3, 1: 0.6, 2: 0.8})
     callback = PruningCallback(schedule=schedule)  # make_permanent=True: only the end of fit is plain
     every = ModelCheckpoint(
@@ -93,17 +97,17 @@ def test_mid_training_checkpoint_loads_into_plain_class(tmp_path: Path, with_val
         save_top_k=-1,
         save_last=True,
         save_on_train_epoch_end=not with_val,  # Lightning would save at train epoch end even with a val loop
+        save_weights_only=weights_only,
     )
-    recorder = SaveRecorder()
     trainer = make_trainer(
         tmp_path,
-        callbacks=[callback, recorder, every],
+        callbacks=[callback, every],
         max_epochs=3,
         enable_checkpointing=True,
         limit_val_batches=1 if with_val else 0,
     )
-    model = make_model(cls=TinyNetEval)
-    trainer.fit(model, make_loader(), make_loader(seed=1) if with_val else None)
+    recorder = make_model(cls=SaveRecorder)
+    trainer.fit(recorder, make_loader(), make_loader(seed=1) if with_val else None)
 
     paths = {e: tmp_path / "every" / f"epoch={e}.ckpt" for e in range(3)}
     paths["last"] = tmp_path / "every" / "last.ckpt"
@@ -133,6 +137,9 @@ def test_mid_training_checkpoint_loads_into_plain_class(tmp_path: Path, with_val
         for name, mask in expected_masks.items():
             assert bool((loaded.get_parameter(name)[~mask] == 0).all()), (key, name)
 
+        if weights_only:
+            assert "callbacks" not in checkpoint
+            continue
         state = _state_of(checkpoint, callback)
         assert sorted(state["masks"]) == sorted(expected_masks)
         for name, mask in expected_masks.items():
@@ -591,3 +598,22 @@ def test_callbacks_that_differ_in_exclude_only_keep_apart(tmp_path: Path) -> Non
         )
     assert not [w for w in caught if "holds pruning state" in str(w.message)], "the state under the old key was lost"
     assert_tensors_equal(masks_of(older), expected)
+
+
+def test_weights_only_checkpoint_is_plain_for_every_callback(tmp_path: Path) -> None:
+    """Two callbacks pruning different tensors, saved weights-only after a fit that kept the
+    reparametrization: plain weights for both, while the module's own state_dict keeps the layout."""
+    callbacks = [
+        PruningCallback(targets=["fc1.weight"], schedule=0.5, make_permanent=False),
+        PruningCallback(targets=["fc2.weight"], schedule=0.3, make_permanent=False),
+    ]
+    trainer = make_trainer(tmp_path, callbacks=callbacks, max_epochs=1)
+    model = make_model()
+    trainer.fit(model, make_loader())
+    assert {"fc1.weight_orig", "fc1.weight_mask", "fc2.weight_orig", "fc2.weight_mask"} <= set(model.state_dict())
+    trainer.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)
+    saved = _load(tmp_path / "weights.ckpt")["state_dict"]
+    assert sorted(saved) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    assert_tensors_equal(saved, effective_weights(model))
+    loaded = TinyNet.load_from_checkpoint(tmp_path / "weights.ckpt", strict=True)
+    assert_tensors_equal(effective_weights(loaded), effective_weights(model))

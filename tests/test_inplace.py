@@ -614,3 +614,20 @@ def test_steps_without_changes_do_no_pruning_work(tmp_path, monkeypatch) -> None
     assert calls["sync"] == 2 * steps  # before each backward and each optimizer step
     assert calls["attach"] == 1  # in on_train_start
     assert calls["refresh_hooks"] == 2 and calls["_zero_state"] == 1  # attach (no masks yet), the event
+
+
+def test_weights_written_at_train_end_are_masked(tmp_path) -> None:
+    """StochasticWeightAveraging copies its averages, taken partly before the events, into the
+    weights at the end of training: the fit still ends with the masks, as with the reparametrization."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        callback = PruningCallback(schedule=Explicit({0: 0.3, 2: 0.6}), masking=masking)
+        swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)
+        model = _fit(callback, tmp_path / masking, epochs=4, extra=[swa])
+        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
+    total = sum(w.numel() for w in results["in_place"].values())
+    assert sum(int((w == 0).sum()) for w in results["in_place"].values()) == round(0.6 * total)
+    for name in WEIGHTS:
+        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
