@@ -9,6 +9,7 @@ the checkpoint's ``state_dict``, and removes the reparametrizations at the end o
 from __future__ import annotations
 
 import logging
+import numbers
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -229,7 +230,7 @@ class PruningCallback(Callback):
         value = self.schedule.sparsity_at(epoch)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
             raise ValueError(
                 f"`schedule` {self.schedule!r} returned {value!r} for epoch {epoch}; expected a sparsity in [0, 1] "
                 f"or None"
@@ -237,11 +238,11 @@ class PruningCallback(Callback):
         return float(value)
 
     def _check_schedule(self, trainer: Trainer) -> None:
-        """Ask the schedule for every epoch this fit can run, so a bad value fails before training."""
+        """Ask the schedule for every epoch this fit can run, so a bad value fails before training
+        (the first 1,000, Lightning's default, when only steps or time bound the fit)."""
         max_epochs = trainer.max_epochs
-        if isinstance(max_epochs, int) and max_epochs >= 0:
-            for epoch in range(max_epochs):
-                self._target(epoch)
+        for epoch in range(max_epochs if isinstance(max_epochs, int) and max_epochs >= 0 else 1000):
+            self._target(epoch)
 
     def _check_rewind(self, trainer: Trainer) -> None:
         if self.rewind is None:
@@ -274,7 +275,8 @@ class PruningCallback(Callback):
         ]
         if wrong:
             raise ValueError(f"The saved pruning masks do not fit the model's parameters: {wrong}")
-        self._commit([masks[t.qualname] for t in self._targets])
+        # restored as saved: the model that wrote the checkpoint may hold later masks by now
+        self._commit([masks[t.qualname] for t in self._targets], replace=True)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -361,11 +363,11 @@ class PruningCallback(Callback):
         held = None if self._inplace is None else self._inplace.current(self._targets)
         return core.current_masks(self._targets, held)
 
-    def _commit(self, masks: Sequence[Tensor]) -> None:
+    def _commit(self, masks: Sequence[Tensor], *, replace: bool = False) -> None:
         if self._inplace is not None:
-            self._inplace.commit(self._targets, masks)
+            self._inplace.commit(self._targets, masks)  # `setup` clears its masks: nothing to replace
         else:
-            core.commit_masks(self._targets, masks)
+            core.commit_masks(self._targets, masks, replace=replace)
 
     # ------------------------------------------------------------------ events
     @staticmethod

@@ -70,11 +70,14 @@ def compute_masks(
 
 
 @torch.no_grad()
-def commit_masks(targets: Sequence[Target], masks: Sequence[Tensor]) -> None:
-    """Write ``masks`` into every holder of every target, reparametrizing where needed."""
+def commit_masks(targets: Sequence[Target], masks: Sequence[Tensor], *, replace: bool = False) -> None:
+    """Write ``masks`` into every holder of every target, reparametrizing where needed.
+
+    They are combined with the masks the holders have, unless ``replace`` (restoring saved masks).
+    """
     for target, mask in zip(targets, masks):
         for module, name in target.holders:
-            reparam.apply(module, name, mask)
+            reparam.apply(module, name, mask, replace=replace)
 
 
 def make_permanent(targets: Sequence[Target]) -> None:

@@ -183,7 +183,7 @@ def _register_hooks(module: nn.Module, name: str) -> None:
     refresh(module, name)
 
 
-def apply(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
+def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: bool = False) -> None:
     """Reparametrize ``module.<name>`` (if needed) and set its mask.
 
     Args:
@@ -191,6 +191,7 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
         name: the parameter's name in ``module``, e.g. ``"weight"``.
         mask: the new boolean mask; ``None`` keeps the current one (all ``True`` if new).
             It is combined with the current mask: pruned entries stay pruned.
+        replace: set ``mask`` as it is instead (restoring saved masks, not pruning further).
 
     A tensor pruned by ``torch.nn.utils.prune`` is adopted: its mask is kept (as bool) and
     its hook is replaced, never doubled. On failure the module is left as it was.
@@ -219,17 +220,21 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
             rename_parameter(module, name + "_orig", name)
             raise
     if mask is not None:
-        update(module, name, mask)
+        update(module, name, mask, replace=replace)
 
 
 @torch.no_grad()
-def update(module: nn.Module, name: str, mask: Tensor) -> None:
-    """Write ``mask`` (combined with the current one) into ``<name>_mask`` in place."""
+def update(module: nn.Module, name: str, mask: Tensor, *, replace: bool = False) -> None:
+    """Write ``mask`` (combined with the current one, unless ``replace``) into ``<name>_mask`` in place."""
     current = module._buffers[name + "_mask"]
     assert current is not None
     if mask.shape != current.shape:
         raise ValueError(f"Expected a mask of shape {tuple(current.shape)} for `{name}`, got {tuple(mask.shape)}")
-    current &= mask.to(device=current.device, dtype=torch.bool)
+    new = mask.to(device=current.device, dtype=torch.bool)
+    if replace:
+        current.copy_(new)
+    else:
+        current &= new
     refresh(module, name)
 
 

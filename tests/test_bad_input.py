@@ -464,3 +464,26 @@ def test_bad_schedule_value_past_max_epochs_is_not_asked_for(tmp_path: Path) -> 
     make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(make_model(), make_loader())
     with pytest.raises(ValueError, match="returned 1.5 for epoch 1"):
         make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(), make_loader())
+
+
+def test_schedule_is_checked_when_steps_bound_the_fit(tmp_path: Path) -> None:
+    """`max_steps` leaves `max_epochs` unbounded: the first 1,000 epochs are asked at `setup`."""
+    model = make_model()
+    before, counter = snapshot_state(model), BatchCounter()
+    with pytest.raises(ValueError, match="returned 1.5 for epoch 1"):
+        make_trainer(
+            tmp_path, callbacks=[PruningCallback(schedule=AtEpochOne(1.5)), counter], max_epochs=None, max_steps=6
+        ).fit(model, make_loader())
+    assert counter.batches == 0
+    assert_same_state(before, model)
+
+
+def test_schedule_values_of_other_real_types_are_taken(tmp_path: Path) -> None:
+    """A numpy float, say, from a schedule computed with numpy."""
+    import numpy as np
+
+    model = make_model()
+    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=AtEpochOne(np.float32(0.5)))], max_epochs=2).fit(
+        model, make_loader()
+    )
+    assert int((model.fc1.weight == 0).sum()) == round(0.5 * model.fc1.weight.numel())

@@ -617,3 +617,25 @@ def test_weights_only_checkpoint_is_plain_for_every_callback(tmp_path: Path) -> 
     assert_tensors_equal(saved, effective_weights(model))
     loaded = TinyNet.load_from_checkpoint(tmp_path / "weights.ckpt", strict=True)
     assert_tensors_equal(effective_weights(loaded), effective_weights(model))
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+@pytest.mark.parametrize("make_permanent", [True, False])
+def test_the_model_that_wrote_a_checkpoint_resumes_it_exactly(
+    tmp_path: Path, masking: str, make_permanent: bool
+) -> None:
+    """By then that model holds the later masks of its own run: the resume sets the saved ones back
+    (it does not combine them) and ends like an uninterrupted run."""
+
+    def callback() -> PruningCallback:
+        return PruningCallback(schedule=Explicit({0: 0.3, 2: 0.7}), masking=masking, make_permanent=make_permanent)
+
+    uninterrupted = make_model()
+    make_trainer(tmp_path, callbacks=[callback()], max_epochs=4).fit(uninterrupted, make_loader())
+    model, again = make_model(), callback()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    make_trainer(tmp_path, callbacks=[again, ckpt], max_epochs=4, enable_checkpointing=True).fit(model, make_loader())
+    make_trainer(tmp_path, callbacks=[again], max_epochs=4).fit(
+        model, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt"
+    )
+    assert_tensors_equal(effective_weights(model), effective_weights(uninterrupted))
