@@ -16,13 +16,17 @@ the ratios to ``ModelPruning`` taken within each round (runs that shared the mac
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 
 import torch
 from lightning import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelPruning
+from memory import ExtraPeak
 
 from lightning_prune import PruningCallback
 from lightning_prune.demo import DigitsDataModule, ImageClassifier
@@ -30,6 +34,7 @@ from lightning_prune.schedules import Geometric
 
 HEADER = "| variant | median s | / dense | / ModelPruning | paired / ModelPruning [range] | final sparsity | test acc |"
 VARIANTS = ("dense", "ModelPruning", "PruningCallback", "PruningCallback in_place")
+RESULT_TAG = "RESULT "
 
 
 def _callbacks(variant: str, rate: float) -> list[Callback]:
@@ -73,7 +78,13 @@ def run(
     trainer.fit(model, data)
     seconds = time.perf_counter() - start
     weights = [m.weight for m in model.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-    sparsity = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    total, zeros = sum(w.numel() for w in weights), sum(int((w == 0).sum()) for w in weights)
+    if variant != "dense":  # both callbacks prune round(rate * remaining) after every epoch
+        expected = total
+        for _ in range(epochs):
+            expected -= round(rate * expected)
+        assert zeros == total - expected, f"{variant}: {zeros} zeros, expected {total - expected}"
+    sparsity = zeros / total
     accuracy = trainer.test(model, data, verbose=False)[0]["test/acc"]
     return seconds, sparsity, accuracy
 
@@ -85,6 +96,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 epochs of 3 batches, 1 round")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default) or gpu")
+    parser.add_argument("--peak-child", metavar="VARIANT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     limit: float | int = 1.0
     if args.quick:
@@ -93,6 +105,11 @@ def main() -> None:
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if args.peak_child:  # one fit in this fresh process, after the imports
+        with ExtraPeak("cuda" if args.accelerator == "gpu" else "cpu") as peak:
+            run(args.peak_child, args.epochs, args.rate, limit, args.accelerator)
+        print(RESULT_TAG + json.dumps({"extra": peak.extra}))
+        return
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     final: dict[str, tuple[float, float]] = {}
     for variant in VARIANTS:  # warm-up: imports, data, allocator
@@ -121,6 +138,25 @@ def main() -> None:
         )
     print()
     print("/ dense, / ModelPruning: ratios of the medians; paired: median (and range) of the ratio within each round.")
+    print()
+    peaks = {}
+    for variant in VARIANTS:
+        cmd = [sys.executable, __file__, "--peak-child", variant, "--accelerator", args.accelerator]
+        cmd += ["--epochs", str(args.epochs), "--rate", str(args.rate)] + (["--quick"] if args.quick else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        peaks[variant] = json.loads(next(x for x in out.splitlines() if x.startswith(RESULT_TAG))[len(RESULT_TAG) :])
+    where = "CUDA allocator peak" if args.accelerator == "gpu" else "peak resident memory"
+    print(f"Peak memory of one fit (and its test) over the memory in use before it, each in a fresh process ({where}):")
+    print()
+    print("| variant | extra peak MiB | / ModelPruning |")
+    print("|---|---:|---:|")
+    base = peaks["ModelPruning"]["extra"]
+    for variant in VARIANTS:
+        extra = peaks[variant]["extra"]
+        if extra is None or base is None:
+            print(f"| {variant} | not measurable here | |")
+        else:
+            print(f"| {variant} | {extra / 2**20:.1f} | {extra / base:.2f} |")
 
 
 if __name__ == "__main__":

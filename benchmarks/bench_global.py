@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,36 +29,13 @@ import time
 from typing import Any
 
 from cpuload import cpu_ticks
+from memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 WIDTH = 4000
 SPARSITY = 0.5
 VARIANTS = ("ours", "torch")
 RESULT_TAG = "RESULT "
 HEADER = "| size | torch s | ours s | time ratio (torch/ours) | torch B/param | ours B/param |"
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status")
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (``ru_maxrss`` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS, where ``/proc/self/clear_refs`` allows it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
 
 
 def build_model(n_params: int, width: int = WIDTH) -> Any:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from cpuload import cpu_ticks
+from memory import ExtraPeak
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
@@ -122,6 +125,15 @@ def prune_in_place(model: nn.Module) -> None:
     masks = InPlaceMasks()
     masks.commit(targets, compute_masks(targets, resolve_method("l1_unstructured"), SPARSITY, scope="layer"))
     model.in_place_masks = masks  # the Stepper attaches it to its optimizer
+
+
+PRUNERS: dict[str, Callable[[nn.Module], None]] = {
+    "dense": lambda model: None,
+    "torch": prune_torch,
+    "ours": prune_ours,
+    "in_place": prune_in_place,
+}
+RESULT_TAG = "RESULT "
 
 
 def make_variants(build: Callable[[], nn.Module], device: str = "cpu") -> dict[str, nn.Module]:
@@ -303,6 +315,38 @@ def bench_model(
     return Result(times, held, n_steps, loads, discarded, faults)
 
 
+def peak_child(name: str, variant: str, device: str, steps: int = 5) -> dict[str, float | None]:
+    """In this process: build the dense model and a batch, then measure the extra peak memory of
+    pruning it as ``variant`` and taking ``steps`` training steps (masks, gradients, optimizer
+    state, activations and every temporary)."""
+    build, in_shape, classes, batch = MODELS[name]
+    torch.manual_seed(0)
+    model = build().to(device)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, *in_shape, generator=gen).to(device)
+    y = torch.randint(0, classes, (batch,), generator=gen).to(device)
+    with ExtraPeak(device) as peak:
+        PRUNERS[variant](model)
+        stepper = Stepper(model, x, y)
+        for _ in range(steps):
+            stepper.step()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"extra": peak.extra, "weights": weights}
+
+
+def peak_table(names: list[str], device: str) -> dict[str, dict[str, float | None]]:
+    """Extra peak bytes of every variant of every model, each in a fresh process."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        out[name] = {}
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, "--peak-child", name, variant, "--device", device]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            line = next(line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG))
+            out[name][variant] = json.loads(line[len(RESULT_TAG) :])["extra"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=11, help="rounds in which every variant takes a turn")
@@ -316,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step (a smoke test)")
     parser.add_argument("--device", default="cpu", help="where models and batches live: cpu (default) or cuda")
+    parser.add_argument("--peak-child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peak_child:
+        print(RESULT_TAG + json.dumps(peak_child(*args.peak_child, args.device)))
+        return 0
     if args.quick:
         rounds, round_seconds, min_steps, warmup, max_load = 2, 0.0, 1, 1, math.inf
     else:
@@ -367,6 +415,20 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|")
     for v in VARIANTS:
         print(f"| {v} | {memory[v] / 2**20:.1f} | {memory[v] / memory['dense']:.2f} |")
+    print()
+    peaks = peak_table(list(MODELS)[:1] if args.quick else list(MODELS), args.device)
+    print("Peak memory of pruning and 5 training steps, each variant in a fresh process, over the dense")
+    print("weights (" + ("CUDA allocator peak" if args.device.startswith("cuda") else "peak resident memory") + "):")
+    print()
+    print("| model | dense MiB | torch MiB | ours MiB | in_place MiB | ours / torch | in_place / torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, peak in peaks.items():
+        if any(v is None for v in peak.values()):
+            print(f"| {name} | peak not measurable here (no /proc/self/clear_refs) | | | | | |")
+            continue
+        mib = [f"{peak[v] / 2**20:.1f}" for v in VARIANTS]  # type: ignore[operator]
+        ratios = [f"{peak[v] / peak['torch']:.2f}" for v in ("ours", "in_place")]  # type: ignore[operator]
+        print(f"| {name} | " + " | ".join([*mib, *ratios]) + " |")
     print()
     print("Minor page faults per step (fresh pages the kernel maps and zeroes; all variants share one heap,")
     print("so where the C allocator hands freed blocks back to the system moves them between variants):")

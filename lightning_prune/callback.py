@@ -449,7 +449,8 @@ class PruningCallback(Callback):
             )
         reporting.log_event(trainer.loggers, metrics, after, self._surviving, trainer.global_step)
         shapes = {t.qualname: tuple(t.parameter.shape) for t in self._targets}
-        log.info(reporting.table(before, after, shapes, epoch=epoch, target=target))
+        if log.isEnabledFor(logging.INFO):  # the table costs statistics no one reads otherwise
+            log.info(reporting.table(before, after, shapes, epoch=epoch, target=target))
 
     def _surviving(self) -> Iterator[tuple[str, Tensor]]:
         for t, mask in zip(self._targets, self._current_masks()):

@@ -8,6 +8,7 @@ change every epoch (a resume that forgets either is visible in the weights).
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,14 @@ def assert_tensors_equal(actual: dict[str, Tensor], expected: dict[str, Tensor])
     assert sorted(actual) == sorted(expected)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for one process group's rendezvous.
+
+    Lightning writes the first group's port to ``MASTER_PORT`` and every later Trainer in the same
+    process reuses it, which can find it still held by the last group's sockets.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -43,6 +43,9 @@ def test_bench_step_quick() -> None:
     assert "| model | batch | dense ms | torch ms | ours ms | in_place ms | torch / dense |" in proc.stdout
     assert "| in_place |" in proc.stdout
     assert "| variant | MiB | vs dense |" in proc.stdout
+    peak_header = "| model | dense MiB | torch MiB | ours MiB | in_place MiB | ours / torch | in_place / torch |"
+    assert peak_header in proc.stdout
+    assert "| LeNet-300-100 | " in proc.stdout.split("dense MiB")[1], "a peak per variant, each in its own process"
 
 
 @pytest.mark.slow
@@ -51,3 +54,4 @@ def test_bench_fit_quick() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "| variant | median s |" in proc.stdout
     assert "| PruningCallback |" in proc.stdout and "| ModelPruning |" in proc.stdout
+    assert "| variant | extra peak MiB | / ModelPruning |" in proc.stdout

@@ -19,7 +19,7 @@ from torch.multiprocessing import ProcessRaisedException
 
 from lightning_prune import PruningCallback
 from lightning_prune.schedules import Explicit
-from tests.helpers import assert_tensors_equal, effective_weights, make_loader, masks_of
+from tests.helpers import assert_tensors_equal, effective_weights, free_port, make_loader, masks_of
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
@@ -28,6 +28,11 @@ pytestmark = [
 ]
 
 IN_FEATURES = 7
+
+
+@pytest.fixture(autouse=True)
+def _own_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
 
 
 class FourLayers(LightningModule):

@@ -15,7 +15,7 @@ from lightning_prune import PruningCallback, Rewind
 from lightning_prune.inplace import ZERO_PRESERVING, InPlaceMasks
 from lightning_prune.schedules import Explicit
 from lightning_prune.targets import resolve_targets
-from tests.helpers import make_lenet_trainer
+from tests.helpers import free_port, make_lenet_trainer
 from tests.tutorial import LitLeNet, lenet_data
 
 WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -586,6 +586,7 @@ def test_ddp_communication_hook_gets_the_per_step_pass(tmp_path, monkeypatch) ->
     # PowerSGD calls `torch.cuda.synchronize(device)` whenever CUDA is available, which fails for
     # the CPU tensors of this fit on a machine with a GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
     check = ZerosAfterEveryStep(callback)
     torch.manual_seed(0)

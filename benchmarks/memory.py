@@ -1,0 +1,71 @@
+"""Resident and peak memory of this process, and the extra peak of a block of code."""
+
+from __future__ import annotations
+
+import gc
+from types import TracebackType
+from typing import Any
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (``VmHWM``).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that over ``exec`` from the forked parent, so a
+    child started by a large process would report the parent's peak.
+    """
+    return _status_bytes("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS, where ``/proc/self/clear_refs`` allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class ExtraPeak:
+    """Peak memory inside a ``with`` block over what was in use when it began: resident memory on
+    the CPU, the CUDA caching allocator's allocations on a GPU. ``extra`` is ``None`` where the
+    CPU's peak mark could not be reset (it would include earlier peaks)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.cuda = device.startswith("cuda")
+        self.extra: int | None = None
+        self._torch: Any = None
+
+    def __enter__(self) -> ExtraPeak:
+        gc.collect()
+        if self.cuda:
+            import torch
+
+            self._torch = torch
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._before = torch.cuda.memory_allocated()
+        else:
+            self._reset = reset_peak_rss()
+            self._before = rss_bytes()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if self.cuda:
+            self._torch.cuda.synchronize()
+            self.extra = self._torch.cuda.max_memory_allocated() - self._before
+        elif self._reset:
+            self.extra = peak_rss_bytes() - self._before
