@@ -40,36 +40,29 @@ _SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFS
 
 class _PlainCheckpointWeights:
     """Stands in for the strategy's ``lightning_module_state_dict``, which Lightning calls for the
-    weights of every checkpoint it writes, and returns them plain (``<name> = orig * mask``).
-
-    :meth:`PruningCallback.on_save_checkpoint` does the same, but Lightning skips callbacks'
-    checkpoint hooks for weights-only checkpoints (``ModelCheckpoint(save_weights_only=True)``),
-    which must load into the plain model class all the same. The module's own ``state_dict()``
-    keeps the reparametrization's layout, as in ``torch.nn.utils.prune``.
+    weights of every checkpoint it writes, weights-only ones included (those skip callbacks'
+    checkpoint hooks), and returns them plain (``<name> = orig * mask``) for every pruning
+    callback of the Trainer. The module's own ``state_dict()`` keeps the reparametrization's
+    layout, as in ``torch.nn.utils.prune``. It holds the strategy and the callbacks themselves,
+    so a pickled or copied Trainer keeps writing plain checkpoints.
     """
 
-    def __init__(self, original: Any) -> None:
-        self.original = original
-        self.callbacks: list[weakref.ref[PruningCallback]] = []  # every pruning callback of the Trainer
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+        self.callbacks: list[PruningCallback] = []
 
     @classmethod
     def install(cls, strategy: Any, callback: PruningCallback) -> None:
-        current = strategy.lightning_module_state_dict
+        current = strategy.__dict__.get("lightning_module_state_dict")
         if not isinstance(current, cls):
-            current = strategy.lightning_module_state_dict = cls(current)
-        if not any(ref() is callback for ref in current.callbacks):
-            current.callbacks.append(weakref.ref(callback))
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"original": self.original, "callbacks": []}  # weak references do not pickle
+            current = strategy.lightning_module_state_dict = cls(strategy)
+        if not any(c is callback for c in current.callbacks):
+            current.callbacks.append(callback)
 
     def __call__(self) -> dict[str, Any]:
-        state_dict = self.original()
-        for ref in self.callbacks:
-            callback = ref()
-            module = None if callback is None or callback._model is None else callback._model()
-            if callback is not None and module is not None:
-                plain_state_dict(state_dict, callback._plain_keys(module))
+        state_dict = type(self.strategy).lightning_module_state_dict(self.strategy)
+        for callback in self.callbacks:
+            plain_state_dict(state_dict, callback._plain_keys(self.strategy.lightning_module))
         return state_dict
 
 
@@ -489,10 +482,6 @@ class PruningCallback(Callback):
 
     def _plain_state_dict_hook(self, module: LightningModule, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
         plain_state_dict(state_dict, [prefix + key for key in self._plain_keys(module)])
-
-    @override
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        plain_state_dict(checkpoint["state_dict"], self._plain_keys(pl_module))
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
