@@ -16,17 +16,14 @@ the ratios to ``ModelPruning`` taken within each round (runs that shared the mac
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 
 import torch
 from lightning import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelPruning
-from memory import ExtraPeak
+from memory import ExtraPeak, report, run_child
 
 from lightning_prune import PruningCallback
 from lightning_prune.demo import DigitsDataModule, ImageClassifier
@@ -34,7 +31,6 @@ from lightning_prune.schedules import Geometric
 
 HEADER = "| variant | median s | / dense | / ModelPruning | paired / ModelPruning [range] | final sparsity | test acc |"
 VARIANTS = ("dense", "ModelPruning", "PruningCallback", "PruningCallback in_place")
-RESULT_TAG = "RESULT "
 
 
 def _callbacks(variant: str, rate: float) -> list[Callback]:
@@ -108,7 +104,7 @@ def main() -> None:
     if args.peak_child:  # one fit in this fresh process, after the imports
         with ExtraPeak("cuda" if args.accelerator == "gpu" else "cpu") as peak:
             run(args.peak_child, args.epochs, args.rate, limit, args.accelerator)
-        print(RESULT_TAG + json.dumps({"extra": peak.extra}))
+        report({"extra": peak.extra})
         return
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     final: dict[str, tuple[float, float]] = {}
@@ -141,10 +137,9 @@ def main() -> None:
     print()
     peaks = {}
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--peak-child", variant, "--accelerator", args.accelerator]
-        cmd += ["--epochs", str(args.epochs), "--rate", str(args.rate)] + (["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        peaks[variant] = json.loads(next(x for x in out.splitlines() if x.startswith(RESULT_TAG))[len(RESULT_TAG) :])
+        cmd = ["--peak-child", variant, "--accelerator", args.accelerator, "--epochs", str(args.epochs)]
+        cmd += ["--rate", str(args.rate)] + (["--quick"] if args.quick else [])
+        peaks[variant] = run_child(__file__, *cmd)
     where = "CUDA allocator peak" if args.accelerator == "gpu" else "peak resident memory"
     print(f"Peak memory of one fit (and its test) over the memory in use before it, each in a fresh process ({where}):")
     print()

@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
+import memory
 from cpuload import cpu_ticks
 from memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 WIDTH = 4000
 SPARSITY = 0.5
 VARIANTS = ("ours", "torch")
-RESULT_TAG = "RESULT "
 HEADER = "| size | torch s | ours s | time ratio (torch/ours) | torch B/param | ours B/param |"
 
 
@@ -137,15 +135,9 @@ def child(variant: str, size_m: float, device: str = "cpu", after: float = 0.0) 
 
 def run_child(variant: str, size_m: float, device: str = "cpu", after: float = 0.0) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter and parse its result line."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--size", str(size_m), "--device", device]
-    cmd += ["--after", str(after)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {variant} {size_m}M failed ({proc.returncode}):\n{proc.stderr}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if not lines:
-        raise RuntimeError(f"child {variant} {size_m}M printed no result:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[-1][len(RESULT_TAG) :])
+    return memory.run_child(
+        __file__, "--child", variant, "--size", str(size_m), "--device", device, "--after", str(after)
+    )
 
 
 def format_size(size_m: float) -> str:
@@ -176,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child:
-        print(RESULT_TAG + json.dumps(child(args.child, args.size, args.device, args.after)), flush=True)
+        memory.report(child(args.child, args.size, args.device, args.after))
         return 0
     if not 0 <= args.after < SPARSITY:
         parser.error(f"--after must be in [0, {SPARSITY}), got {args.after}")

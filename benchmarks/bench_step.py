@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from cpuload import cpu_ticks
-from memory import ExtraPeak
+from memory import ExtraPeak, report, run_child
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
@@ -133,7 +131,6 @@ PRUNERS: dict[str, Callable[[nn.Module], None]] = {
     "ours": prune_ours,
     "in_place": prune_in_place,
 }
-RESULT_TAG = "RESULT "
 
 
 def make_variants(build: Callable[[], nn.Module], device: str = "cpu") -> dict[str, nn.Module]:
@@ -340,10 +337,7 @@ def peak_table(names: list[str], device: str) -> dict[str, dict[str, float | Non
     for name in names:
         out[name] = {}
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--peak-child", name, variant, "--device", device]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            line = next(line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG))
-            out[name][variant] = json.loads(line[len(RESULT_TAG) :])["extra"]
+            out[name][variant] = run_child(__file__, "--peak-child", name, variant, "--device", device)["extra"]
     return out
 
 
@@ -363,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_child:
-        print(RESULT_TAG + json.dumps(peak_child(*args.peak_child, args.device)))
+        report(peak_child(*args.peak_child, args.device))
         return 0
     if args.quick:
         rounds, round_seconds, min_steps, warmup, max_load = 2, 0.0, 1, 1, math.inf

@@ -1,10 +1,17 @@
-"""Resident and peak memory of this process, and the extra peak of a block of code."""
+"""Resident and peak memory of this process, the extra peak of a block of code, and measurements
+run in a fresh interpreter (whose peak belongs to that measurement alone)."""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 from types import TracebackType
 from typing import Any
+
+RESULT_TAG = "RESULT "
 
 
 def _status_bytes(field: str) -> int:
@@ -69,3 +76,21 @@ class ExtraPeak:
             self.extra = self._torch.cuda.max_memory_allocated() - self._before
         elif self._reset:
             self.extra = peak_rss_bytes() - self._before
+
+
+def report(result: dict[str, Any]) -> None:
+    """Print ``result`` as the line :func:`run_child` reads back."""
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_child(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` with ``args`` in a fresh interpreter and return the result it :func:`report`-ed."""
+    proc = subprocess.run([sys.executable, os.path.abspath(script), *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{os.path.basename(script)} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if not lines:
+        raise RuntimeError(
+            f"{os.path.basename(script)} {' '.join(args)} printed no result:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return json.loads(lines[-1][len(RESULT_TAG) :])
