@@ -150,6 +150,7 @@ class PruningCallback(Callback):
         self._targets: list[Target] = []
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
+        self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
         self._snapshot: Snapshot | None = None
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
@@ -301,6 +302,11 @@ class PruningCallback(Callback):
             self._inplace.sync(trainer.optimizers)
 
     @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
 
@@ -437,9 +443,14 @@ class PruningCallback(Callback):
         metrics = reporting.scalars(after, per_layer=self.log_per_layer)
         if self.rewind is not None:
             metrics["lottery/round"] = float(self._round)
-            metrics.update(
-                {f"lottery/round_end/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
-            )
+            if getattr(self, "_validated_epoch", -1) == epoch:  # else the values are an earlier round's
+                metrics.update(
+                    {
+                        f"lottery/round_end/{k}": float(v)
+                        for k, v in trainer.callback_metrics.items()
+                        if k.startswith("val")
+                    }
+                )
         reporting.log_event(trainer.loggers, metrics, after, self._surviving, trainer.global_step)
         shapes = {t.qualname: tuple(t.parameter.shape) for t in self._targets}
         if log.isEnabledFor(logging.INFO):  # the table costs statistics no one reads otherwise

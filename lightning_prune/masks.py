@@ -5,10 +5,12 @@ A mask is ``True`` where an entry survives and ``False`` where it is pruned.
 
 The central piece is :func:`prune_smallest`: given scores and the current masks of one or
 more tensors, it prunes the lowest-scoring surviving entries until exactly ``n_pruned``
-entries are pruned in total. It finds the exact threshold with a two-pass radix select on
-the bit patterns of the float32 scores (non-negative floats order like their bit patterns
-read as integers), counting with ``bincount`` over fixed-size chunks, so large models are
-never concatenated (small ones are, where one copy costs less than a few ops per tensor).
+entries are pruned in total. It finds the exact threshold with a radix select on the bit
+patterns of the scores' magnitudes (non-negative floats order like their bit patterns read
+as integers), 16 bits a pass, counting with ``bincount`` over fixed-size chunks, so large
+models are never concatenated (small ones are, where one copy costs less than a few ops per
+tensor). Scores are compared in float32 (two passes), or in float64 (four passes) when any
+of them is float64, so that no two distinct scores become a tie.
 Ties at the threshold are broken by position: earlier tensors first, then row-major order
 within a tensor.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -42,8 +45,34 @@ _CHUNK = 1 << 20
 # (85 -> 43 ms) for 0.3 more bytes per entry of peak memory.
 _ACCELERATOR_CHUNK = 1 << 22
 _SMALL = 1 << 17  # up to this many entries in all, one concatenated copy is faster (0.6 ms of 1.7 at 61k on CPU)
-_INF_BITS = 0x7F800000  # bit pattern of float32 +inf; NaN scores are treated as +inf
-_HI_BINS = (_INF_BITS + 1 >> 16) + 1
+_DIGIT = 16  # bits per radix pass
+
+
+@dataclass(frozen=True)
+class _KeyType:
+    """How scores of one selection become integer sort keys: their float type and its bit pattern."""
+
+    scores: torch.dtype
+    bits: torch.dtype
+    inf_bits: int  # bit pattern of +inf; NaN scores are treated as +inf
+
+    @property
+    def shifts(self) -> range:
+        """The shift of each radix digit, most significant first."""
+        return range(torch.finfo(self.scores).bits - _DIGIT, -1, -_DIGIT)
+
+    def bins(self, shift: int) -> int:
+        """Histogram size of the digit at ``shift``: the top one holds every key's high bits."""
+        return ((self.inf_bits + 1) >> shift) + 1 if shift == self.shifts[0] else 1 << _DIGIT
+
+
+_FLOAT32 = _KeyType(torch.float32, torch.int32, 0x7F800000)
+_FLOAT64 = _KeyType(torch.float64, torch.int64, 0x7FF0000000000000)
+
+
+def _key_type(scores: Sequence[Tensor]) -> _KeyType:
+    """float64 keys if any score is float64 (float32 would merge distinct values), else float32."""
+    return _FLOAT64 if any(s.dtype == torch.float64 for s in scores) else _FLOAT32
 
 
 def count_for(sparsity: float, n: int) -> int:
@@ -64,32 +93,36 @@ class _Scratch:
     was about a million faults, 2.6 s of system time in a 4 s selection.
     """
 
-    def __init__(self, size: int, device: torch.device) -> None:
-        self.magnitudes = torch.empty(size, dtype=torch.float32, device=device)  # the keys are their bits
-        self.shifted = torch.empty(size, dtype=torch.int32, device=device)
+    def __init__(self, size: int, device: torch.device, kind: _KeyType) -> None:
+        self.kind = kind
+        self.magnitudes = torch.empty(size, dtype=kind.scores, device=device)  # the keys are their bits
+        self.shifted = torch.empty(size, dtype=kind.bits, device=device)
         self.flags = torch.empty(size, dtype=torch.bool, device=device)
         self.more_flags = torch.empty(size, dtype=torch.bool, device=device)
 
     @classmethod
-    def for_chunks_of(cls, alive: Sequence[Tensor]) -> _Scratch:
-        return cls(max(min(a.numel(), _chunk_size(a)) for a in alive), alive[0].device)
+    def for_chunks_of(cls, alive: Sequence[Tensor], kind: _KeyType) -> _Scratch:
+        return cls(max(min(a.numel(), _chunk_size(a)) for a in alive), alive[0].device, kind)
 
 
 def _keys(scores: Tensor, alive: Tensor, largest: bool, scratch: _Scratch | None = None) -> Tensor:
-    """Int32 sort keys: 0 for pruned entries, then surviving entries by score (or reversed).
+    """Integer sort keys: 0 for pruned entries, then surviving entries by score (or reversed).
 
-    With ``scratch`` the keys are written into its buffers (valid until the next call).
+    With ``scratch`` the keys are written into its buffers (valid until the next call) in its
+    key type; without, the key type is the one of ``scores`` alone.
     """
     if scratch is None:
-        magnitudes = scores.to(torch.float32).abs()
+        kind = _key_type([scores])
+        magnitudes = scores.to(kind.scores).abs()
     else:
+        kind = scratch.kind
         magnitudes, scores = scratch.magnitudes[: scores.numel()], scores.detach()  # `out=` refuses autograd
-        if scores.dtype == torch.float32:
+        if scores.dtype == kind.scores:
             torch.abs(scores, out=magnitudes)
         else:
             magnitudes.copy_(scores).abs_()
-    bits = magnitudes.view(torch.int32).clamp_(max=_INF_BITS)
-    keys = bits.neg_().add_(_INF_BITS + 1) if largest else bits.add_(1)
+    bits = magnitudes.view(kind.bits).clamp_(max=kind.inf_bits)
+    keys = bits.neg_().add_(kind.inf_bits + 1) if largest else bits.add_(1)
     # A multiply, not `masked_fill_`: on the CPU that one branches per entry, 8-10x slower on
     # a mask with 30-50% pruned (2.2-2.9 against 0.27 ms per 1M entries).
     return keys.mul_(alive)
@@ -134,7 +167,8 @@ def _split_like(flat: Tensor, alive: Sequence[Tensor]) -> list[Tensor]:
 
 def _prune_by_sort(scores: Sequence[Tensor], alive: Sequence[Tensor], n_pruned: int, largest: bool) -> list[Tensor]:
     """:func:`prune_smallest` by a stable sort of all keys at once (pruned entries first, ties by position)."""
-    keys = torch.cat([_keys(s.reshape(-1), a.reshape(-1), largest) for s, a in zip(scores, alive)])
+    kind = _key_type(scores)
+    keys = torch.cat([_keys(s.reshape(-1).to(kind.scores), a.reshape(-1), largest) for s, a in zip(scores, alive)])
     new = torch.cat([a.reshape(-1) for a in alive])
     new[torch.sort(keys, stable=True).indices[:n_pruned]] = False
     return _split_like(new, alive)
@@ -173,34 +207,36 @@ def prune_smallest(
         raise ValueError(f"Expected `n_pruned` in [0, {total}], got {n_pruned}")
     if alive and total <= _sort_limit(alive[0].device):
         return _prune_by_sort(scores, alive, n_pruned, largest)
+    kind = _key_type(scores)
     if 1 < len(alive) and total <= _SMALL:  # concatenated, each pass is a few ops instead of a few per tensor
-        flat_s = torch.cat([s.reshape(-1).to(torch.float32) for s in scores])
+        flat_s = torch.cat([s.reshape(-1).to(kind.scores) for s in scores])
         flat = prune_smallest([flat_s], [torch.cat([a.reshape(-1) for a in alive])], n_pruned, largest=largest)[0]
         return _split_like(flat, alive)
     already = total - sum(int(torch.count_nonzero(a).item()) for a in alive)
     if n_pruned <= already:
         return [a.clone() for a in alive]
 
-    scratch = _Scratch.for_chunks_of(alive)
-
-    hi_hist: Tensor | None = None
-    for s, a in _chunks(scores, alive):
-        keys = _keys(s, a, largest, scratch)
-        high = torch.bitwise_right_shift(keys, 16, out=scratch.shifted[: keys.numel()])
-        hi_hist = _histogram(high, _HI_BINS, hi_hist)
-    assert hi_hist is not None
-    hi, below_hi = _position(hi_hist.cumsum(0), n_pruned)
-
-    lo_hist: Tensor | None = None
-    for s, a in _chunks(scores, alive):
-        keys = _keys(s, a, largest, scratch)
-        n = keys.numel()
-        in_bin = torch.eq(torch.bitwise_right_shift(keys, 16, out=scratch.shifted[:n]), hi, out=scratch.more_flags[:n])
-        lo_hist = _histogram(keys[in_bin] & 0xFFFF, 1 << 16, lo_hist)
-    assert lo_hist is not None
-    lo, below_lo = _position(lo_hist.cumsum(0), n_pruned - below_hi)
-    threshold = (hi << 16) | lo
-    ties_left = n_pruned - below_hi - below_lo
+    scratch = _Scratch.for_chunks_of(alive, kind)
+    # One pass per digit: the digit of the threshold is the bin where the count of keys that
+    # share its higher digits, added to the count below them, reaches `n_pruned`.
+    threshold = below = 0
+    for level, shift in enumerate(kind.shifts):
+        hist: Tensor | None = None
+        for s, a in _chunks(scores, alive):
+            keys = _keys(s, a, largest, scratch)
+            n = keys.numel()
+            if level == 0:
+                digits = torch.bitwise_right_shift(keys, shift, out=scratch.shifted[:n])
+            else:
+                higher = torch.bitwise_right_shift(keys, shift + _DIGIT, out=scratch.shifted[:n])
+                in_bin = torch.eq(higher, threshold, out=scratch.more_flags[:n])
+                digits = keys[in_bin]
+                digits = (digits >> shift if shift else digits) & ((1 << _DIGIT) - 1)
+            hist = _histogram(digits, kind.bins(shift), hist)
+        assert hist is not None
+        digit, below_digit = _position(hist.cumsum(0), n_pruned - below)
+        threshold, below = threshold << _DIGIT | digit, below + below_digit
+    ties_left = n_pruned - below
 
     out = []
     for s, a in zip(scores, alive):
@@ -239,7 +275,7 @@ def slice_alive(mask: Tensor, dim: int) -> Tensor:
 
 
 def slice_norms(t: Tensor, norm: float, dim: int, *, normalize: bool = False) -> Tensor:
-    """Ln norm of every slice of ``t`` along ``dim``, in float32.
+    """Ln norm of every slice of ``t`` along ``dim``, in float32 (float64 for a float64 ``t``).
 
     With ``normalize=True`` each norm is divided by ``m ** (1 / norm)``, ``m`` the number of
     entries in a slice: the power mean of the slice's magnitudes, which is what global
@@ -251,7 +287,8 @@ def slice_norms(t: Tensor, norm: float, dim: int, *, normalize: bool = False) ->
         >>> slice_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), 2, dim=0)
         tensor([5., 1.])
     """
-    norms = torch.linalg.vector_norm(t.to(torch.float32), ord=norm, dim=_other_dims(t, dim))
+    wide = t.to(torch.promote_types(t.dtype, torch.float32))
+    norms = torch.linalg.vector_norm(wide, ord=norm, dim=_other_dims(t, dim))
     if normalize and not math.isinf(norm):
         per_slice = t.numel() // max(t.shape[dim], 1)
         norms = norms / per_slice ** (1.0 / norm)
@@ -272,13 +309,17 @@ def expand_slices(mask: Tensor, keep: Tensor, dim: int) -> Tensor:
     return mask & keep.view(shape)
 
 
-def random_scores(alive: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def random_scores(
+    alive: Tensor, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Uniform scores for the surviving entries, drawn as torch's random methods draw them.
 
     ``torch.rand`` is called once, on the CPU, for exactly the surviving entries in row-major
-    order (what ``torch.nn.utils.prune`` does on a CPU tensor), so the same seed gives the same
-    mask; the scores are then scattered back and moved to ``alive``'s device. Pruned entries
-    score 0.
+    order and in ``dtype`` (what ``torch.nn.utils.prune`` does on a CPU tensor:
+    ``random_unstructured`` draws in the weight's dtype, ``random_structured`` in float32), so
+    the same seed gives the same mask; the scores are then scattered back and moved to
+    ``alive``'s device. Pruned entries score 0. (Draws in float16 or bfloat16 tie often; ties
+    are broken by position here, and in no promised order by torch's ``topk``.)
 
     Example:
         >>> import torch
@@ -286,7 +327,7 @@ def random_scores(alive: Tensor, generator: torch.Generator | None = None) -> Te
         tensor([0.4963, 0.0000, 0.7682])
     """
     cpu_alive = alive.reshape(-1).cpu()
-    drawn = torch.rand(int(torch.count_nonzero(cpu_alive).item()), generator=generator)
-    scores = torch.zeros(cpu_alive.shape, dtype=torch.float32)
+    drawn = torch.rand(int(torch.count_nonzero(cpu_alive).item()), generator=generator, dtype=dtype)
+    scores = torch.zeros(cpu_alive.shape, dtype=dtype)
     scores[cpu_alive] = drawn
     return scores.view(alive.shape).to(alive.device)

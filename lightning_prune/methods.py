@@ -40,7 +40,7 @@ class PruningMethod:
 
     name: str = ""
     structured: bool = False
-    random: bool = False
+    random: bool = False  # draws random numbers: :meth:`masks` takes a generator (seeded alike on every rank)
 
     def masks(
         self,
@@ -100,7 +100,16 @@ class RandomUnstructured(_Unstructured):
     random = True
 
     def _scores(self, weights, masks, generator):
-        return [random_scores(m, generator) for m in masks]
+        # in the weight's dtype, as torch's `rand_like(t)`: a float64 weight draws other numbers
+        return [random_scores(m, generator, w.dtype) for w, m in zip(weights, masks)]
+
+
+def _check_dim(dim: int, qualname: str, shape: torch.Size) -> None:
+    if not -len(shape) <= dim < len(shape):
+        raise ValueError(
+            f"Expected `dim` in [{-len(shape)}, {len(shape) - 1}] for target {qualname!r} "
+            f"of shape {tuple(shape)}, got {dim}"
+        )
 
 
 class _Structured(PruningMethod):
@@ -115,11 +124,7 @@ class _Structured(PruningMethod):
                 f"`method={self.name!r}` prunes slices of tensors with at least 2 dimensions, "
                 f"but target {qualname!r} has shape {tuple(shape)}; exclude it or use an unstructured method"
             )
-        if not -len(shape) <= self.dim < len(shape):
-            raise ValueError(
-                f"Expected `dim` in [{-len(shape)}, {len(shape) - 1}] for target {qualname!r} "
-                f"of shape {tuple(shape)}, got {self.dim}"
-            )
+        _check_dim(self.dim, qualname, shape)
 
     def units(self, mask: Tensor) -> tuple[int, int]:
         alive = slice_alive(mask, self.dim)
@@ -181,7 +186,12 @@ class CustomMethod(PruningMethod):
     ``"global"`` the whole tensor with the current mask. It is constructed with
     ``amount=`` the fraction of what survives that reaches the target, if its ``__init__``
     takes an ``amount``; which entries it zeroes is its own decision (a mask never regrows).
+    Given a ``generator``, :meth:`masks` runs ``compute_mask`` with the global RNG seeded from it
+    (and restored afterwards), so a method that draws random numbers draws the same ones on
+    every DDP rank.
     """
+
+    random = True  # it may draw from the global RNG
 
     def __init__(self, cls: type[torch_prune.BasePruningMethod], dim: int, norm: float) -> None:
         self.cls = cls
@@ -212,6 +222,26 @@ class CustomMethod(PruningMethod):
                 f"got {self.pruning_type!r}"
             )
 
+    def check_target(self, qualname: str, shape: torch.Size) -> None:
+        """A structured method needs a ``dim`` attribute (torch's iterative pruning reads it) that fits ``shape``."""
+        if self.pruning_type != "structured":
+            return
+        if len(shape) == 0:
+            raise ValueError(
+                f"`method={self.cls.__name__}` is structured and prunes slices, but target {qualname!r} is a scalar"
+            )
+        _check_dim(self._dim(self._instance(0.5)), qualname, shape)
+
+    def _dim(self, method: torch_prune.BasePruningMethod) -> int:
+        """The slice dimension of an instance of a structured method."""
+        dim = getattr(method, "dim", None)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(
+                f"`method={self.cls.__name__}` has PRUNING_TYPE 'structured' but its instances have no integer "
+                f"`dim` attribute (got {dim!r}), which torch.nn.utils.prune needs to prune it again; set `self.dim`"
+            )
+        return dim
+
     def check_scope(self, scope: Scope) -> None:
         if scope == "global" and self.pruning_type != "unstructured":
             raise ValueError(
@@ -225,6 +255,17 @@ class CustomMethod(PruningMethod):
 
     def masks(self, weights, masks, sparsity, *, scope, generator=None):
         self.check_scope(scope)
+        if generator is None:
+            return self._masks(weights, masks, sparsity, scope=scope)
+        # `compute_mask` draws from the global RNG, if at all: seed it from `generator` (the same on every
+        # DDP rank) for this call only, and leave the global state as it was
+        seed = int(torch.randint(0, 2**62, (), generator=generator).item())
+        devices = sorted({w.device.index for w in weights if w.device.type == "cuda"}, key=int)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return self._masks(weights, masks, sparsity, scope=scope)
+
+    def _masks(self, weights: Sequence[Tensor], masks: Sequence[Tensor], sparsity: float, *, scope: Scope):
         if scope == "global":
             flat_w = torch.cat([w.reshape(-1) for w in weights])
             flat_m = torch.cat([m.reshape(-1) for m in masks])
@@ -245,7 +286,7 @@ class CustomMethod(PruningMethod):
         elif self.pruning_type == "unstructured":
             index = (mask,)
         elif self.pruning_type == "structured":
-            dim = getattr(method, "dim", -1) % weight.dim()
+            dim = self._dim(method) % weight.dim()
             index = tuple(slice_alive(mask, dim) if d == dim else slice(None) for d in range(weight.dim()))
         part = effective[index]
         default = mask[index].to(weight.dtype)

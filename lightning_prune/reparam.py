@@ -10,7 +10,8 @@
 The hook is a ``torch.nn.utils.prune.BasePruningMethod``, so ``prune.is_pruned`` and
 ``prune.remove`` understand it. :func:`update` writes a new mask in place, :func:`remove`
 makes the pruning permanent. A pruned module survives ``copy.deepcopy`` and pickling, and
-loads a plain ``state_dict`` (one with ``<name>`` instead of ``<name>_orig``/``<name>_mask``).
+loads a plain ``state_dict`` (one with ``<name>`` instead of ``<name>_orig``/``<name>_mask``):
+it then computes exactly the loaded weights, its mask all ``True`` until pruned again.
 
 Example:
     >>> import torch
@@ -101,19 +102,24 @@ class MaskHook(torch_prune.BasePruningMethod):
 
 
 class _LoadPlain:
-    """``load_state_dict`` pre-hook: accept ``<name>`` for ``<name>_orig``, keep the mask if absent."""
+    """``load_state_dict`` pre-hook: accept ``<name>`` for ``<name>_orig``, with an all-``True`` mask.
+
+    The plain tensor holds the weights as they were saved, zeros included; a mask kept from
+    before would hide entries of them (a module pruned further since that state was saved).
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __call__(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        if self.name + "_orig" not in module._parameters:
+        current = module._buffers.get(self.name + "_mask")
+        if self.name + "_orig" not in module._parameters or current is None:
             return
         plain, orig, mask = prefix + self.name, prefix + self.name + "_orig", prefix + self.name + "_mask"
         if plain in state_dict and orig not in state_dict:
             state_dict[orig] = state_dict.pop(plain)
-            if mask not in state_dict and self.name + "_mask" in module._buffers:
-                state_dict[mask] = module._buffers[self.name + "_mask"]
+            if mask not in state_dict:
+                state_dict[mask] = torch.ones_like(current)
 
 
 def rename_parameter(module: nn.Module, old: str, new: str) -> None:

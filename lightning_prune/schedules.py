@@ -99,8 +99,10 @@ class _Ramp(Schedule):
             return None
         if epoch != self.end_epoch and (epoch - self.start_epoch) % self.every_n_epochs:
             return None
-        span = self.end_epoch - self.start_epoch
-        fraction = (epoch - self.start_epoch) / span if span else 1.0
+        if epoch == self.end_epoch:
+            # exactly as given: `s_i + (s_f - s_i) * 1.0` can miss it by an ulp, enough to change a count
+            return self.final_sparsity
+        fraction = (epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)
         return self.initial_sparsity + (self.final_sparsity - self.initial_sparsity) * self._progress(fraction)
 
 

@@ -20,6 +20,7 @@ import fnmatch
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["DEFAULT_LAYERS", "Target", "resolve_targets"]
@@ -53,9 +54,13 @@ class Target:
 
     @property
     def mask(self) -> Tensor | None:
-        """The current bool mask, or ``None`` while the tensor is not reparametrized."""
+        """The current bool mask, or ``None`` while the tensor is not reparametrized.
+
+        A float mask (``torch.nn.utils.prune``'s, until the first commit adopts it) is read as ``mask != 0``.
+        """
         module, name = self.holders[0]
-        return module._buffers.get(name + "_mask")
+        mask = module._buffers.get(name + "_mask")
+        return mask if mask is None or mask.dtype == torch.bool else mask != 0
 
 
 def _logical_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, object]]:

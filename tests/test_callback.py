@@ -122,6 +122,24 @@ def test_structured_channels(tmp_path) -> None:
         assert model.get_parameter(name)[~alive].eq(0).all()
 
 
+@pytest.mark.parametrize("method", ["l1_unstructured", "ln_structured"])
+def test_model_pruned_by_torch_beforehand(tmp_path, method: str) -> None:
+    """torch's float masks are read as bool masks and kept: the first event prunes on top of them."""
+    torch.manual_seed(0)
+    model = LitLeNet()
+    prune.l1_unstructured(model.fc1, "weight", amount=0.3)
+    torch_mask = model.fc1.weight_mask.bool()
+    callback = PruningCallback(method=method, schedule=0.5, targets=["fc*.weight"], make_permanent=False)
+    model, _, after = _fit(callback, tmp_path, epochs=1, model=model)
+    mask = after.masks[0]["fc1.weight"]
+    assert mask.dtype == torch.bool and not (mask & ~torch_mask).any(), "torch's zeros stay"
+    if method == "l1_unstructured":
+        assert int((~mask).sum()) == round(0.5 * mask.numel())
+    else:
+        assert int((~mask.any(1)).sum()) == round(0.5 * mask.shape[0])
+    assert [type(h).__name__ for h in model.fc1._forward_pre_hooks.values()] == ["MaskHook"]
+
+
 def test_tutorial_foobar_through_callback(tmp_path) -> None:
     class FooBarPruningMethod(prune.BasePruningMethod):
         PRUNING_TYPE = "unstructured"

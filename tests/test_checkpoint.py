@@ -365,6 +365,23 @@ def test_evaluation_after_fit_keeps_the_masks(tmp_path: Path, stage: str) -> Non
     assert_tensors_equal(snapshot_state(model), state)
 
 
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_evaluation_of_an_earlier_checkpoint_uses_its_weights(tmp_path: Path, stage: str, masking: str) -> None:
+    """After a fit that kept the reparametrization, ``ckpt_path=`` an earlier checkpoint evaluates exactly
+    its weights: the model's later masks must not hide entries of them."""
+    model = make_model(cls=TinyNetEval)
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.9}), make_permanent=False, masking=masking)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    trainer = make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(model, make_loader())
+    loader = make_loader(seed=2)
+    run = {"validate": trainer.validate, "test": trainer.test, "predict": trainer.predict}[stage]
+    run(model, loader, ckpt_path=tmp_path / "epoch=0.ckpt")
+    saved = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)["state_dict"]
+    assert_tensors_equal(effective_weights(model), {k: v for k, v in saved.items() if k in effective_weights(model)})
+
+
 # ---------------------------------------------------------------- two callbacks
 
 
@@ -619,16 +636,19 @@ def test_weights_only_checkpoint_is_plain_for_every_callback(tmp_path: Path) -> 
     assert_tensors_equal(effective_weights(loaded), effective_weights(model))
 
 
+@pytest.mark.parametrize("first_event", [0, 1])
 @pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
 @pytest.mark.parametrize("make_permanent", [True, False])
 def test_the_model_that_wrote_a_checkpoint_resumes_it_exactly(
-    tmp_path: Path, masking: str, make_permanent: bool
+    tmp_path: Path, masking: str, make_permanent: bool, first_event: int
 ) -> None:
     """By then that model holds the later masks of its own run: the resume sets the saved ones back
-    (it does not combine them) and ends like an uninterrupted run."""
+    (it does not combine them), or none if the checkpoint predates the first event, and ends like
+    an uninterrupted run."""
 
     def callback() -> PruningCallback:
-        return PruningCallback(schedule=Explicit({0: 0.3, 2: 0.7}), masking=masking, make_permanent=make_permanent)
+        schedule = Explicit({first_event: 0.3, 2: 0.7})
+        return PruningCallback(schedule=schedule, masking=masking, make_permanent=make_permanent)
 
     uninterrupted = make_model()
     make_trainer(tmp_path, callbacks=[callback()], max_epochs=4).fit(uninterrupted, make_loader())

@@ -115,6 +115,8 @@ CASES = [
     (["fc1.weight"], "random_unstructured", "layer", Explicit({0: 0.3, 1: 0.6})),
     (["fc2.weight", "fc3.weight"], "random_structured", "global", Explicit({0: 0.25, 1: 0.5})),
     (["fc4.weight"], "l1_unstructured", "layer", Explicit({0: 0.4, 1: 0.7})),
+    # a custom method that draws from the global RNG (torch's `rand_like`), which differs per rank here
+    (["fc1.bias"], "torch.nn.utils.prune.RandomUnstructured", "layer", Explicit({0: 0.25, 1: 0.5})),
 ]
 
 
@@ -131,7 +133,7 @@ def test_ddp_ranks_hold_identical_masks(tmp_path: Path) -> None:
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert not torch.equal(ranks[0]["draw"], ranks[1]["draw"]), "the ranks' global RNGs were meant to differ"
     masks0, masks1 = ranks[0]["masks"], ranks[1]["masks"]
-    assert sorted(masks0) == ["fc1.weight", "fc2.weight", "fc3.weight", "fc4.weight"]
+    assert sorted(masks0) == ["fc1.bias", "fc1.weight", "fc2.weight", "fc3.weight", "fc4.weight"]
     assert sorted(masks1) == sorted(masks0)
     assert_tensors_equal(masks1, masks0)
     assert_tensors_equal(ranks[1]["effective"], ranks[0]["effective"])
@@ -139,6 +141,7 @@ def test_ddp_ranks_hold_identical_masks(tmp_path: Path) -> None:
     # Each method really pruned, to the schedule's final target.
     assert int((~masks0["fc1.weight"]).sum()) == round(0.6 * 16 * IN_FEATURES)
     assert int((~masks0["fc4.weight"]).sum()) == round(0.7 * 3 * 10)
+    assert int((~masks0["fc1.bias"]).sum()) == round(0.5 * 16)
     rows_pruned = [int((~masks0[n].any(dim=1)).sum()) for n in ("fc2.weight", "fc3.weight")]
     assert sum(rows_pruned) == round(0.5 * (12 + 10))
     for name in ("fc2.weight", "fc3.weight"):  # whole rows: a row is either all kept or all pruned

@@ -307,6 +307,23 @@ def test_event_already_met_changes_nothing(tmp_path, second: float) -> None:
     assert rounds == [1.0, 1.0]
 
 
+def test_round_end_metrics_come_from_the_rounds_own_validation(tmp_path) -> None:
+    """Validation after epochs 1 and 3 only: the event after epoch 2 logs no round-end metrics, since
+    Lightning's `callback_metrics` still hold epoch 1's, measured before that round's rewind."""
+    logger = CSVLogger(tmp_path, name="csv")
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({1: 0.3, 2: 0.5}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    trainer = _trainer(4, [callback], tmp_path, logger=logger, check_val_every_n_epoch=2)
+    trainer.fit(_model(cls=TinyVal), _data(), _data())
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lottery/round")]
+    assert [float(r["lottery/round"]) for r in rows] == [1.0, 2.0]
+    assert rows[0]["lottery/round_end/val_loss"] != ""
+    assert rows[1]["lottery/round_end/val_loss"] == ""
+
+
 # ---------------------------------------------------------------------------- bad schedules
 
 

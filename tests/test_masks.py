@@ -13,12 +13,14 @@ from lightning_prune import masks as M
 def _reference(
     scores: list[torch.Tensor], alive: list[torch.Tensor], n_pruned: int, largest: bool
 ) -> list[torch.Tensor]:
-    """Stable-sort reference: dead entries first, then by |score| (or reversed), ties by position."""
-    flat_s = torch.cat([s.reshape(-1).to(torch.float32).abs() for s in scores])
+    """Stable-sort reference: dead entries first, then by |score| (or reversed), ties by position.
+
+    Scores are compared in float64 if any is float64, else in float32."""
+    dtype = torch.float64 if any(s.dtype == torch.float64 for s in scores) else torch.float32
+    flat_s = torch.cat([s.reshape(-1).to(dtype).abs() for s in scores])
     flat_a = torch.cat([a.reshape(-1) for a in alive])
-    key = -flat_s if largest else flat_s
-    key = torch.where(flat_a, key, torch.full_like(key, -float("inf")))
-    order = torch.sort(key, stable=True).indices
+    order = torch.sort(-flat_s if largest else flat_s, stable=True).indices
+    order = order[torch.sort(flat_a[order].to(torch.uint8), stable=True).indices]  # dead ones first
     keep = torch.ones_like(flat_a)
     keep[order[:n_pruned]] = False
     keep &= flat_a
@@ -91,6 +93,46 @@ def test_radix_passes_over_many_chunks_with_real_scores(largest: bool, monkeypat
     scores[0][0, :4] = torch.tensor([0.0, -0.0, float("inf"), 1e-45])
     alive = [torch.ones(40, 50, dtype=torch.bool), torch.rand(3000, generator=g) > 0.3]
     for n in (1200, 2500, 3800, 4999):
+        got = M.prune_smallest(scores, alive, n, largest=largest)
+        for g_, r in zip(got, _reference(scores, alive, n, largest)):
+            assert torch.equal(g_, r), n
+        alive = got
+
+
+def test_float64_scores_keep_differences_float32_loses(layout: str) -> None:
+    """Distinct float64 magnitudes that float32 would merge, flush to zero or round to inf stay distinct."""
+    scores = [
+        torch.tensor([1e-50, 1e-60, 1.0 + 1e-12, 1.0], dtype=torch.float64),
+        torch.tensor([1e300, 1e200, 3.0], dtype=torch.float64),
+    ]
+    alive = [torch.ones(4, dtype=torch.bool), torch.ones(3, dtype=torch.bool)]
+    for largest in (False, True):
+        for n in range(8):
+            got = M.prune_smallest(scores, alive, n, largest=largest)
+            assert all(torch.equal(a, b) for a, b in zip(got, _reference(scores, alive, n, largest))), (largest, n)
+    assert M.prune_smallest(scores, alive, 1)[0].tolist() == [True, False, True, True]
+    assert M.prune_smallest(scores, alive, 3)[0].tolist() == [False, False, True, False]
+    assert M.prune_smallest(scores, alive, 1, largest=True)[1].tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("largest", [False, True])
+def test_radix_passes_in_float64_over_many_chunks(largest: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four 16-bit digits: scores that differ only in their last bits, over 600 orders of magnitude,
+    with float32 scores beside them, a first event and later ones, equal the stable sort in float64."""
+    monkeypatch.setattr(M, "_SMALL", 0)
+    monkeypatch.setattr(M, "_CHUNK", 257)
+    g = torch.Generator().manual_seed(2)
+    near_one = 1.0 + torch.randint(0, 64, (40, 50), generator=g, dtype=torch.float64) * 2.0**-52
+    wide = torch.randn(3000, generator=g, dtype=torch.float64)
+    wide *= 10.0 ** torch.randint(-300, 300, (3000,), generator=g, dtype=torch.float64)
+    wide[::11] = 1.0 + 2.0**-52  # ties with the run above
+    scores = [near_one, wide, torch.randn(500, generator=g)]
+    alive = [
+        torch.ones(40, 50, dtype=torch.bool),
+        torch.rand(3000, generator=g) > 0.3,
+        torch.ones(500, dtype=torch.bool),
+    ]
+    for n in (1500, 2700, 4000, 5499):
         got = M.prune_smallest(scores, alive, n, largest=largest)
         for g_, r in zip(got, _reference(scores, alive, n, largest)):
             assert torch.equal(g_, r), n
@@ -172,3 +214,8 @@ def test_random_scores_follow_torch_rng() -> None:
     torch.manual_seed(3)
     scores = M.random_scores(alive)
     assert torch.equal(scores[alive], expected) and scores[~alive].eq(0).all()
+    torch.manual_seed(3)
+    expected = torch.rand(3, dtype=torch.float64)  # not the float32 draws widened
+    torch.manual_seed(3)
+    scores = M.random_scores(alive, dtype=torch.float64)
+    assert scores.dtype == torch.float64 and torch.equal(scores[alive], expected)

@@ -69,6 +69,24 @@ def test_first_event_equals_torch(name, kwargs, torch_fn, sparsity) -> None:
     assert torch.equal(ours, conv.weight_mask.bool())
 
 
+@pytest.mark.parametrize(("name", "kwargs", "torch_fn", "sparsity"), TORCH_FIRST_EVENT)
+def test_first_event_in_float64_equals_torch(name, kwargs, torch_fn, sparsity) -> None:
+    """float64 weights whose magnitudes (and row norms) differ by less than float32 can hold, and
+    float64 random draws: torch ranks them in float64, and so must the masks."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3).double()
+    with torch.no_grad():
+        steps = torch.randperm(conv.weight.numel()).view_as(conv.weight).double()
+        conv.weight.copy_(1.0 + steps * 2.0**-40)
+    weight = conv.weight.detach().clone()
+    assert len(weight.float().unique()) < weight.numel() // 2, "float32 would tie most of them"
+    torch.manual_seed(1)
+    torch_fn(conv)
+    torch.manual_seed(1)
+    ours = resolve_method(name, **kwargs).masks([weight], [_ones(weight)], sparsity, scope="layer")[0]
+    assert torch.equal(ours, conv.weight_mask.bool())
+
+
 @pytest.mark.parametrize(
     ("name", "torch_fn"),
     [
@@ -223,6 +241,53 @@ def test_bad_methods(method, error, match) -> None:
 def test_bad_norm(norm) -> None:
     with pytest.raises(ValueError, match="`norm`"):
         resolve_method("ln_structured", norm=norm)
+
+
+def test_custom_method_draws_from_the_generator_it_is_given() -> None:
+    """A custom random method draws from the global RNG; given a generator (the callback's, seeded
+    alike on every rank), the draws follow it and the global RNG is left as it was."""
+    weight = torch.randn(20, 20)
+    method = resolve_method(prune.RandomUnstructured)
+
+    def masks(seed: int, global_seed: int) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        generator = torch.Generator().manual_seed(seed)
+        mask = method.masks([weight], [_ones(weight)], 0.5, scope="layer", generator=generator)[0]
+        assert torch.equal(torch.rand(3), _draw(global_seed)), "the global RNG is left as it was"
+        return mask
+
+    first = masks(seed=1, global_seed=10)
+    assert torch.equal(masks(seed=1, global_seed=20), first), "the global RNG state does not matter"
+    assert not torch.equal(masks(seed=2, global_seed=10), first)
+    assert int((~first).sum()) == 200
+
+
+def _draw(seed: int) -> torch.Tensor:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return torch.rand(3)
+
+
+class _NoDim(prune.BasePruningMethod):
+    PRUNING_TYPE = "structured"
+
+    def __init__(self, amount: float) -> None:
+        self.amount = amount
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        return default_mask
+
+
+def test_custom_structured_method_checks_targets() -> None:
+    """Its instances' ``dim`` must fit every target (torch's iterative pruning slices by it)."""
+    method = resolve_method(prune.LnStructured, dim=3, norm=2)
+    with pytest.raises(ValueError, match=r"`dim` in \[-2, 1\].*'fc.weight'.*got 3"):
+        method.check_target("fc.weight", torch.Size([3, 4]))
+    resolve_method(prune.LnStructured, dim=-1, norm=2).check_target("fc.weight", torch.Size([3, 4]))
+    with pytest.raises(ValueError, match="no integer `dim` attribute.*set `self.dim`"):
+        resolve_method(_NoDim).check_target("fc.weight", torch.Size([3, 4]))
+    resolve_method(_NoDim).check_scope("layer")
+    resolve_method(prune.L1Unstructured).check_target("fc.bias", torch.Size([3]))  # unstructured: any shape
 
 
 def test_structured_checks_targets() -> None:

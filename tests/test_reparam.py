@@ -150,7 +150,11 @@ def test_plain_state_dict_loads_into_pruned_module() -> None:
     plain = nn.Linear(3, 4).state_dict()
     layer.load_state_dict(plain)
     assert torch.equal(layer.weight_orig.detach(), plain["weight"])
-    assert torch.equal(layer.weight_mask, mask), "a state_dict without a mask keeps the current one"
+    assert layer.weight_mask.all(), "the loaded weights as saved: no mask of before hides entries of them"
+    assert torch.equal(layer(torch.ones(1, 3)), nn.functional.linear(torch.ones(1, 3), plain["weight"], plain["bias"]))
+    with_mask = {**layer.state_dict(), "weight_mask": mask}
+    layer.load_state_dict(with_mask)
+    assert torch.equal(layer.weight_mask, mask)
 
 
 def test_tied_parameter_both_holders_see_mask() -> None:

@@ -75,3 +75,13 @@ def test_custom_schedule_subclass() -> None:
             return 0.1 * epoch if epoch % 2 == 0 else None
 
     assert as_schedule(EveryOther()).sparsity_at(4) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("cls", [Linear, Polynomial])
+def test_ramps_end_exactly_at_final_sparsity(cls) -> None:
+    """``s_i + (s_f - s_i) * 1.0`` is 0.30000000000000004 for 0.03 -> 0.3: one entry in 35 too many."""
+    for initial, final in ((0.03, 0.3), (0.1, 0.7), (0.07, 0.29), (0.0, 0.9)):
+        schedule = cls(final, start_epoch=0, end_epoch=3, initial_sparsity=initial)
+        assert schedule.sparsity_at(3) == final
+        assert schedule.sparsity_at(0) == initial
+    assert cls(0.3, start_epoch=2, end_epoch=2, initial_sparsity=0.03).sparsity_at(2) == 0.3
