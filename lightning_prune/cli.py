@@ -17,6 +17,8 @@ nothing is downloaded). The pruning itself is a callback in the YAML::
             rewind: {epoch: 0}
 
 A custom ``BasePruningMethod`` subclass is given as ``method: my_package.MyPruningMethod``.
+Import paths are looked up from the current directory too, as ``python -m`` does, so a
+``my_methods.py`` beside the YAML is found.
 
 Usage::
 
@@ -26,6 +28,9 @@ Usage::
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -69,7 +74,13 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PruneCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """The ``lightning-prune`` console script: run the subcommand in ``args`` (default: ``sys.argv[1:]``)."""
+    """The ``lightning-prune`` console script: run the subcommand in ``args`` (default: ``sys.argv[1:]``).
+
+    The current directory goes first on ``sys.path`` (as ``python -m lightning_prune.cli`` puts it),
+    so the YAML's import paths find the user's own modules there.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     build_cli(args)
 
 

@@ -360,7 +360,8 @@ def resolve_method(method: MethodArg, dim: int = 0, norm: object = 2) -> Pruning
         except (ImportError, AttributeError) as err:
             raise ValueError(
                 f"`method={method!r}` could not be imported ({err}); expected one of {list(BUILTIN_METHODS)} "
-                f"or the import path of a `BasePruningMethod` subclass"
+                f"or the import path of a `BasePruningMethod` subclass (in an installed package, on PYTHONPATH, "
+                f"or in the current directory)"
             ) from err
     if not (inspect.isclass(method) and issubclass(method, torch_prune.BasePruningMethod)):
         raise TypeError(

@@ -176,6 +176,40 @@ def test_custom_method_by_import_path(tmp_path, monkeypatch):
     assert torch.equal(mask, reference.bias_mask.bool())  # tensor([0., 1., 0., 1., ...]) in the tutorial
 
 
+def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeypatch):
+    """A console script's `sys.path` starts with its own folder, not the current one: `main` adds the
+    current one, as `python -m` does, so `method: my_methods.X` finds a `my_methods.py` beside the YAML."""
+    (tmp_path / "beside_the_yaml.py").write_text(
+        textwrap.dedent(
+            """\
+            from torch.nn.utils import prune
+
+            class EveryOther(prune.BasePruningMethod):
+                PRUNING_TYPE = "unstructured"
+
+                def compute_mask(self, t, default_mask):
+                    mask = default_mask.clone()
+                    mask.view(-1)[::2] = 0
+                    return mask
+            """
+        )
+    )
+    config = _write(
+        tmp_path,
+        """\
+        trainer:
+          callbacks:
+            - class_path: lightning_prune.PruningCallback
+              init_args: {method: beside_the_yaml.EveryOther, targets: ["net.fc3.bias"], schedule: 0.5}
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "beside_the_yaml", raising=False)
+    main(["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST])
+    assert sys.path[0] == str(tmp_path)
+
+
 def test_console_script_exits_zero_after_fit(tmp_path):
     """A console script's return value becomes its exit status: `main` must return None."""
     assert main(["fit", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]) is None

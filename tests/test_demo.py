@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning import Trainer
+from lightning import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_prune import PruningCallback
 from lightning_prune.demo import DigitsDataModule, ImageClassifier, LeNet, LeNet300100, SmallConvNet
+from lightning_prune.demo.data import EpochShuffle
+from lightning_prune.schedules import Explicit
+from tests.helpers import assert_tensors_equal, effective_weights, masks_of
 
 
 def _digits(**kwargs) -> DigitsDataModule:
@@ -175,3 +181,59 @@ def test_classifier_tests(tmp_path) -> None:
     )
     (metrics,) = trainer.test(ImageClassifier(model="lenet_300_100"), DigitsDataModule(image_size=8), verbose=False)
     assert set(metrics) == {"test/loss", "test/acc"} and 0 <= metrics["test/acc"] <= 1
+
+
+class _Orders(Callback):
+    """The labels of every training batch, by epoch."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.setdefault(trainer.current_epoch, []).append(batch[1].clone())
+
+
+def test_a_resumed_fit_sees_each_epochs_order_and_ends_with_the_same_masks(tmp_path) -> None:
+    """The training order is a function of the seed and the epoch (``EpochShuffle``): a fit resumed
+    after epoch 0 shuffles epochs 1 and 2 as the uninterrupted fit did, and prunes the same entries."""
+
+    def fit(ckpt_path=None) -> tuple[ImageClassifier, _Orders]:
+        torch.manual_seed(0)
+        module, orders = ImageClassifier(model="lenet_300_100"), _Orders()
+        callbacks = [orders, PruningCallback(schedule=Explicit({0: 0.5, 2: 0.75}), make_permanent=False)]
+        if ckpt_path is None:
+            callbacks.append(ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1))
+        trainer = Trainer(
+            accelerator="cpu",
+            max_epochs=3,
+            limit_train_batches=4,
+            limit_val_batches=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=ckpt_path is None,
+            default_root_dir=tmp_path,
+            callbacks=callbacks,
+        )
+        trainer.fit(module, DigitsDataModule(image_size=8, flatten=True), ckpt_path=ckpt_path)
+        return module, orders
+
+    uninterrupted, first = fit()
+    resumed, second = fit(tmp_path / "epoch=0.ckpt")
+    assert not torch.equal(torch.cat(first.seen[0]), torch.cat(first.seen[1])), "epochs are shuffled differently"
+    for epoch in (1, 2):
+        assert torch.equal(torch.cat(second.seen[epoch]), torch.cat(first.seen[epoch])), epoch
+    for (name, mask), (_, again) in zip(masks_of(uninterrupted).items(), masks_of(resumed).items()):
+        assert torch.equal(mask, again), name
+    assert_tensors_equal(effective_weights(resumed), effective_weights(uninterrupted))
+
+
+def test_epoch_shuffle_gives_the_orders_of_a_shuffling_loader() -> None:
+    """The orders of ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))`` run to each
+    epoch's end, which earlier versions used: results measured with those stay reproducible."""
+    data = TensorDataset(torch.arange(300))
+    loader = DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(3))
+    sampler = EpochShuffle(data, seed=3)
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        assert torch.cat([b[0] for b in loader]).tolist() == list(sampler), epoch

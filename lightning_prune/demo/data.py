@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sized
+
 import torch
 import torch.nn.functional as F
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-__all__ = ["DigitsDataModule"]
+__all__ = ["DigitsDataModule", "EpochShuffle"]
+
+
+class EpochShuffle(RandomSampler):
+    """The training-set order of each epoch, a function of ``seed`` and the epoch alone.
+
+    A ``DataLoader(shuffle=True, generator=...)`` draws every epoch's order from one generator that
+    a resumed ``fit`` starts afresh, so epoch ``e`` of a resumed run would be shuffled like epoch
+    0; Lightning calls :meth:`set_epoch` at every epoch start, and a resumed run sees the orders of
+    an uninterrupted one. They are the orders that such a ``DataLoader`` gives with
+    ``torch.Generator().manual_seed(seed)`` when every epoch runs to its end (each draws a worker
+    seed, the permutation, and one more permutation as its iterator ends).
+    Under DDP Lightning swaps it, as any ``RandomSampler``, for a ``DistributedSampler``.
+
+    Example:
+        >>> sampler = EpochShuffle(range(5), seed=0)
+        >>> sampler.set_epoch(2)
+        >>> first = list(sampler)
+        >>> sampler.set_epoch(0); sampler.set_epoch(2)
+        >>> list(sampler) == first, sorted(first)
+        (True, [0, 1, 2, 3, 4])
+    """
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator, n = torch.Generator().manual_seed(self.seed), len(self.data_source)
+        for _ in range(self.epoch):  # the earlier epochs' draws
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            torch.randperm(n, generator=generator)
+            torch.randperm(n, generator=generator)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        return iter(torch.randperm(n, generator=generator).tolist())
 
 
 class DigitsDataModule(LightningDataModule):
@@ -20,7 +59,8 @@ class DigitsDataModule(LightningDataModule):
         flatten: give ``(N, image_size**2)`` vectors instead of ``(N, 1, H, W)`` images.
         val_fraction: share of the samples in the validation split.
         test_fraction: share of the samples in the test split.
-        seed: seed of the split and of the training-set shuffling.
+        seed: seed of the split and of the training-set shuffling (:class:`EpochShuffle`: a
+            resumed ``fit`` sees the same order in every epoch as an uninterrupted one).
         num_workers: ``DataLoader`` workers.
 
     Attributes:
@@ -94,9 +134,11 @@ class DigitsDataModule(LightningDataModule):
         self.test_set = TensorDataset(x[parts["test"]], y[parts["test"]])
 
     def _loader(self, data: TensorDataset, shuffle: bool = False) -> DataLoader:
+        sampler = EpochShuffle(data, self.seed) if shuffle else None
+        # its own generator for the workers' seeds, as before: none drawn from the global RNG
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
-            data, batch_size=self.batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers
+            data, batch_size=self.batch_size, sampler=sampler, generator=generator, num_workers=self.num_workers
         )
 
     def train_dataloader(self) -> DataLoader:
