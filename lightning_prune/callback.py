@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
@@ -56,6 +57,7 @@ class _PlainCheckpointWeights:
         current = strategy.__dict__.get("lightning_module_state_dict")
         if not isinstance(current, cls):
             current = strategy.lightning_module_state_dict = cls(strategy)
+            strategy.load_model_state_dict = _CheckpointMasks(current)
         if not any(c is callback for c in current.callbacks):
             current.callbacks.append(callback)
 
@@ -64,6 +66,25 @@ class _PlainCheckpointWeights:
         for callback in self.callbacks:
             plain_state_dict(state_dict, callback._plain_keys(self.strategy.lightning_module))
         return state_dict
+
+
+class _CheckpointMasks:
+    """Stands in for the strategy's ``load_model_state_dict``: after ``validate``/``test``/``predict``
+    load a checkpoint's plain weights into a model that is still reparametrized (a ``fit`` with
+    ``make_permanent=False`` before), its masks are set to the ones saved with those weights, so it
+    computes them exactly. A loaded plain tensor otherwise keeps the module's mask (a user's own
+    rewind keeps the ticket); ``fit`` restores the saved masks itself.
+    """
+
+    def __init__(self, weights: _PlainCheckpointWeights) -> None:
+        self.weights = weights
+
+    def __call__(self, checkpoint: dict[str, Any], strict: bool = True) -> None:
+        strategy = self.weights.strategy
+        type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
+        if strategy.lightning_module.trainer.state.fn != TrainerFn.FITTING:
+            for callback in self.weights.callbacks:
+                callback._masks_of_checkpoint(strategy.lightning_module, checkpoint)
 
 
 class PruningCallback(Callback):
@@ -151,6 +172,7 @@ class PruningCallback(Callback):
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
+        self._fitting = False  # from `on_fit_start` to the end of the fit
         self._snapshot: Snapshot | None = None
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
@@ -184,7 +206,7 @@ class PruningCallback(Callback):
 
     @property
     def targets(self) -> list[Target]:
-        """The resolved targets of the current ``fit`` (empty before ``setup``)."""
+        """The resolved targets of the current ``fit`` (empty before ``on_fit_start``)."""
         return list(self._targets)
 
     # ------------------------------------------------------------------ setup
@@ -198,9 +220,6 @@ class PruningCallback(Callback):
                 f"PruningCallback does not support the sharded strategy {strategy} yet: masks would be computed on "
                 f"shards. Use a data-parallel strategy ('ddp', 'ddp_spawn', 'auto')."
             )
-        targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
-        for target in targets:
-            self._method.check_target(target.qualname, target.parameter.shape)
         self._check_schedule(trainer)
         self._check_rewind(trainer)
 
@@ -214,7 +233,7 @@ class PruningCallback(Callback):
         if self._inplace is not None:
             self._inplace.clear()
         self._trainer, self._model = weakref.ref(trainer), weakref.ref(pl_module)
-        self._targets = targets
+        self._targets = []  # resolved in `on_fit_start`, after `LightningModule.setup` and `configure_model`
         _PlainCheckpointWeights.install(trainer.strategy, self)
         if self.seed is None:
             self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
@@ -251,11 +270,25 @@ class PruningCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
+        # where layers may be built; this hook comes after both, and before any training.
+        targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
+        for target in targets:
+            self._method.check_target(target.qualname, target.parameter.shape)
+        self._targets = targets
+        self._fitting = True
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
+        self._restore_pending()
+
+    def _restore_pending(self) -> None:
+        """Set the masks loaded from a checkpoint (or kept from the last fit), as saved, if any."""
         if self._pending_masks is None:
             return
         masks, self._pending_masks = self._pending_masks, None
+        if not masks:  # saved before the first event: nothing is pruned there, whatever this model holds now
+            self._unprune()
+            return
         names = [t.qualname for t in self._targets]
         if sorted(masks) != sorted(names):
             raise ValueError(
@@ -272,6 +305,16 @@ class PruningCallback(Callback):
         # restored as saved: the model that wrote the checkpoint may hold later masks by now
         self._commit([masks[t.qualname] for t in self._targets], replace=True)
 
+    def _unprune(self) -> None:
+        """All-``True`` masks wherever a target holds one (a model that pruned in an earlier fit)."""
+        if self._inplace is not None:
+            if self._inplace.masks:  # `setup` clears them; a state loaded back within a fit does not
+                ones = [torch.ones_like(t.parameter, dtype=torch.bool) for t in self._targets]
+                self._inplace.commit(self._targets, ones, replace=True)
+            return
+        pruned = [t for t in self._targets if t.mask is not None]
+        core.commit_masks(pruned, [torch.ones_like(t.parameter, dtype=torch.bool) for t in pruned], replace=True)
+
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._inplace is not None:
@@ -282,9 +325,14 @@ class PruningCallback(Callback):
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
         for epoch in range(self._done_epoch + 1, trainer.current_epoch):
             self._end_of_epoch(trainer, pl_module, epoch)
+        # Such a resume enters the next epoch without `on_train_epoch_start`: take a snapshot due there now.
+        self._take_snapshot(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._take_snapshot(trainer, pl_module)
+
+    def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
 
@@ -312,6 +360,7 @@ class PruningCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fitting = False
         if self._inplace is not None:
             # Another callback may have written the weights at the end of training (the averages of
             # StochasticWeightAveraging, which the reparametrization's forward would have masked).
@@ -330,6 +379,7 @@ class PruningCallback(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._fitting = False
         # Lightning has moved the model and the optimizer state off the accelerator; what this callback
         # keeps between fits (rewind snapshot, held masks) follows it, and the next fit moves it back.
         self._move_state(pl_module.device)
@@ -338,6 +388,7 @@ class PruningCallback(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         # A failed fit skips `on_fit_end` and `teardown`; Lightning's strategies move the model to the CPU
         # right after this hook.
+        self._fitting = False
         if self._inplace is not None:
             self._inplace.detach()
         self._move_state(torch.device("cpu"))
@@ -359,12 +410,14 @@ class PruningCallback(Callback):
         return {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
 
     def _current_masks(self) -> list[Tensor]:
-        held = None if self._inplace is None else self._inplace.current(self._targets)
+        held = None
+        if self._inplace is not None:  # the module's own mask (torch.nn.utils.prune's, say) until it has ours
+            held = [m if m is not None else t.mask for m, t in zip(self._inplace.current(self._targets), self._targets)]
         return core.current_masks(self._targets, held)
 
     def _commit(self, masks: Sequence[Tensor], *, replace: bool = False) -> None:
         if self._inplace is not None:
-            self._inplace.commit(self._targets, masks)  # `setup` clears its masks: nothing to replace
+            self._inplace.commit(self._targets, masks, replace=replace)
         else:
             core.commit_masks(self._targets, masks, replace=replace)
 
@@ -481,9 +534,30 @@ class PruningCallback(Callback):
         self._round = state_dict.get("round", 0)
         self.seed = state_dict.get("seed", self.seed)
         masks = state_dict.get("masks", {})
-        self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()} or None
+        # an empty dict is restored too: the checkpoint predates the first event
+        self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
+        if getattr(self, "_fitting", False):
+            # restored within a running fit (the learning-rate and batch-size finders save the state and
+            # load it back): the model's plain weights came back with all-True masks, so set these now
+            device = self._targets[0].parameter.device if self._targets else torch.device("cpu")
+            if self._snapshot is not None:
+                self._snapshot = self._snapshot.to(device)
+            if self._pending_masks is not None:
+                self._pending_masks = {name: mask.to(device) for name, mask in self._pending_masks.items()}
+            self._restore_pending()
+
+    def _masks_of_checkpoint(self, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Set the masks saved in ``checkpoint`` (all ``True`` where it saved none) on the reparametrized targets."""
+        saved = checkpoint.get("callbacks", {})
+        state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None)
+        if state is None or self._model is None or self._model() is not pl_module:
+            return
+        masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in state.get("masks", {}).items()}
+        targets = [t for t in self._targets if t.mask is not None]
+        ones = [torch.ones_like(t.parameter, dtype=torch.bool) for t in targets]
+        core.commit_masks(targets, [masks.get(t.qualname, one) for t, one in zip(targets, ones)], replace=True)
 
     def _plain_keys(self, pl_module: LightningModule) -> list[str]:
         prefixes: dict[int, list[str]] = {}

@@ -17,7 +17,7 @@ nothing is downloaded). The pruning itself is a callback in the YAML::
             rewind: {epoch: 0}
 
 A custom ``BasePruningMethod`` subclass is given as ``method: my_package.MyPruningMethod``.
-Import paths are looked up from the current directory too, as ``python -m`` does, so a
+Import paths are looked up in the current directory too (after the installed packages), so a
 ``my_methods.py`` beside the YAML is found.
 
 Usage::
@@ -76,11 +76,12 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PruneCLI:
 def main(args: ArgsType = None) -> None:
     """The ``lightning-prune`` console script: run the subcommand in ``args`` (default: ``sys.argv[1:]``).
 
-    The current directory goes first on ``sys.path`` (as ``python -m lightning_prune.cli`` puts it),
-    so the YAML's import paths find the user's own modules there.
+    The current directory goes on ``sys.path`` (``python -m lightning_prune.cli`` puts it there
+    too), last: the YAML's import paths find the user's own modules there, and installed packages
+    still come first.
     """
     if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     build_cli(args)
 
 

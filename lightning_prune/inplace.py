@@ -143,8 +143,8 @@ class InPlaceMasks:
         return [self.masks.get(t.qualname) for t in targets]
 
     @torch.no_grad()
-    def commit(self, targets: Sequence[Target], masks: Sequence[Tensor]) -> None:
-        """Store ``masks`` (combined with the current ones) and zero the pruned entries now.
+    def commit(self, targets: Sequence[Target], masks: Sequence[Tensor], *, replace: bool = False) -> None:
+        """Store ``masks`` (combined with the current ones, unless ``replace``) and zero the pruned entries now.
 
         Pruned weights are zeroed, and so are their entries in the state of the attached
         zero-preserving optimizers (momentum, moments), which nothing else would clear; the
@@ -154,7 +154,7 @@ class InPlaceMasks:
             param = target.parameter
             new = mask.to(param.device, torch.bool)
             old = self.masks.get(target.qualname)
-            self.masks[target.qualname] = new if old is None else old & new
+            self.masks[target.qualname] = new if old is None or replace else old & new
         by_name = {t.qualname: t.parameter for t in targets}
         previous = dict(zip(map(id, self._weights), self._factors))
         self._weights = [by_name[name] for name in self.masks if name in by_name]

@@ -32,6 +32,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
 from lightning_prune import reparam
+from lightning_prune.rng import seeded
 
 __all__ = ["Rewind", "Snapshot", "logical_tensors", "reinitialize"]
 
@@ -157,9 +158,7 @@ def reinitialize(module: nn.Module, seed: int) -> None:
 
     The global RNG state is left as it was. Masks are kept.
     """
-    devices = sorted({p.device.index for p in module.parameters() if p.device.type == "cuda"}, key=int)
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, module.parameters()):
         for sub in module.modules():
             reset = getattr(sub, "reset_parameters", None)
             if callable(reset):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
 from lightning_prune.masks import count_for, expand_slices, prune_smallest, random_scores, slice_alive, slice_norms
+from lightning_prune.rng import seeded
 
 __all__ = ["BUILTIN_METHODS", "CustomMethod", "PruningMethod", "resolve_method", "validate_norm"]
 
@@ -215,6 +217,7 @@ class CustomMethod(PruningMethod):
             self.kwargs["dim"] = dim
         if "n" in parameters:
             self.kwargs["n"] = norm
+        self._probed: tuple[object] | None = None  # (its instances' `dim`,), once asked
         self.pruning_type = getattr(cls, "PRUNING_TYPE", "unstructured")
         if self.pruning_type not in ("unstructured", "structured", "global"):
             raise ValueError(
@@ -223,24 +226,31 @@ class CustomMethod(PruningMethod):
             )
 
     def check_target(self, qualname: str, shape: torch.Size) -> None:
-        """A structured method needs a ``dim`` attribute (torch's iterative pruning reads it) that fits ``shape``."""
+        """A structured method's ``dim``, if its instances have one, must fit ``shape``.
+
+        Without one it prunes a tensor once, as with torch; :meth:`masks` asks for it when it
+        prunes a tensor again (torch's iterative pruning slices by it).
+        """
         if self.pruning_type != "structured":
             return
         if len(shape) == 0:
             raise ValueError(
                 f"`method={self.cls.__name__}` is structured and prunes slices, but target {qualname!r} is a scalar"
             )
-        _check_dim(self._dim(self._instance(0.5)), qualname, shape)
+        if self._probed is None:
+            self._probed = (getattr(self._instance(0.5), "dim", None),)  # once: `__init__` may do work
+        if self._probed[0] is not None:
+            _check_dim(self._dim(self._probed[0]), qualname, shape)
 
-    def _dim(self, method: torch_prune.BasePruningMethod) -> int:
-        """The slice dimension of an instance of a structured method."""
-        dim = getattr(method, "dim", None)
-        if isinstance(dim, bool) or not isinstance(dim, int):
+    @staticmethod
+    def _dim(dim: object) -> int:
+        """A structured method's slice dimension, from its instance's ``dim``."""
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
             raise ValueError(
-                f"`method={self.cls.__name__}` has PRUNING_TYPE 'structured' but its instances have no integer "
-                f"`dim` attribute (got {dim!r}), which torch.nn.utils.prune needs to prune it again; set `self.dim`"
+                f"A structured custom `method` prunes a tensor again along its instances' `dim` (as "
+                f"torch.nn.utils.prune does), which must be an integer; got {dim!r}: set `self.dim`"
             )
-        return dim
+        return int(dim)
 
     def check_scope(self, scope: Scope) -> None:
         if scope == "global" and self.pruning_type != "unstructured":
@@ -259,10 +269,7 @@ class CustomMethod(PruningMethod):
             return self._masks(weights, masks, sparsity, scope=scope)
         # `compute_mask` draws from the global RNG, if at all: seed it from `generator` (the same on every
         # DDP rank) for this call only, and leave the global state as it was
-        seed = int(torch.randint(0, 2**62, (), generator=generator).item())
-        devices = sorted({w.device.index for w in weights if w.device.type == "cuda"}, key=int)
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded(int(torch.randint(0, 2**62, (), generator=generator).item()), weights):
             return self._masks(weights, masks, sparsity, scope=scope)
 
     def _masks(self, weights: Sequence[Tensor], masks: Sequence[Tensor], sparsity: float, *, scope: Scope):
@@ -286,7 +293,7 @@ class CustomMethod(PruningMethod):
         elif self.pruning_type == "unstructured":
             index = (mask,)
         elif self.pruning_type == "structured":
-            dim = self._dim(method) % weight.dim()
+            dim = self._dim(getattr(method, "dim", None)) % weight.dim()
             index = tuple(slice_alive(mask, dim) if d == dim else slice(None) for d in range(weight.dim()))
         part = effective[index]
         default = mask[index].to(weight.dtype)

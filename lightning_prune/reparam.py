@@ -10,8 +10,8 @@
 The hook is a ``torch.nn.utils.prune.BasePruningMethod``, so ``prune.is_pruned`` and
 ``prune.remove`` understand it. :func:`update` writes a new mask in place, :func:`remove`
 makes the pruning permanent. A pruned module survives ``copy.deepcopy`` and pickling, and
-loads a plain ``state_dict`` (one with ``<name>`` instead of ``<name>_orig``/``<name>_mask``):
-it then computes exactly the loaded weights, its mask all ``True`` until pruned again.
+loads a plain ``state_dict`` (one with ``<name>`` instead of ``<name>_orig``/``<name>_mask``),
+keeping its mask.
 
 Example:
     >>> import torch
@@ -59,10 +59,15 @@ class MaskHook(torch_prune.BasePruningMethod):
         return orig * self._multiplier(mask, orig.dtype)
 
     def _multiplier(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
-        """``mask`` in ``dtype``, converted once per mask change (a bool factor is cast on every multiply)."""
+        """``mask`` in ``dtype``, converted once per mask change (a bool factor is cast on every multiply).
+
+        Made outside inference mode even for a forward inside it: an inference tensor could not be
+        saved for backward by the training forwards that reuse it.
+        """
         cached = self._cache
         if cached is None or cached[0] is not mask or cached[1] != mask._version or cached[2].dtype != dtype:
-            cached = self._cache = (mask, mask._version, mask.to(dtype))
+            with torch.inference_mode(False):
+                cached = self._cache = (mask, mask._version, mask.to(dtype))
         return cached[2]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
@@ -102,24 +107,23 @@ class MaskHook(torch_prune.BasePruningMethod):
 
 
 class _LoadPlain:
-    """``load_state_dict`` pre-hook: accept ``<name>`` for ``<name>_orig``, with an all-``True`` mask.
+    """``load_state_dict`` pre-hook: accept ``<name>`` for ``<name>_orig``, keep the mask if absent.
 
-    The plain tensor holds the weights as they were saved, zeros included; a mask kept from
-    before would hide entries of them (a module pruned further since that state was saved).
+    Loading the plain weights saved before training into a pruned module is a rewind that keeps
+    the pruned entries pruned, as the lottery-ticket procedure wants.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __call__(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        current = module._buffers.get(self.name + "_mask")
-        if self.name + "_orig" not in module._parameters or current is None:
+        if self.name + "_orig" not in module._parameters:
             return
         plain, orig, mask = prefix + self.name, prefix + self.name + "_orig", prefix + self.name + "_mask"
         if plain in state_dict and orig not in state_dict:
             state_dict[orig] = state_dict.pop(plain)
-            if mask not in state_dict:
-                state_dict[mask] = torch.ones_like(current)
+            if mask not in state_dict and self.name + "_mask" in module._buffers:
+                state_dict[mask] = module._buffers[self.name + "_mask"]
 
 
 def rename_parameter(module: nn.Module, old: str, new: str) -> None:

@@ -97,15 +97,16 @@ def resolve_targets(
 
     Raises:
         ValueError: a pattern matches no parameter (the message lists the candidates), a
-            pattern without wildcards names a parameter that is not floating point, or nothing
-            is left to prune.
+            pattern without wildcards names a parameter that is not floating point, a selected
+            parameter is not initialized yet (a lazy module), or nothing is left to prune.
     """
     for arg, patterns in (("targets", targets or ()), ("exclude", exclude)):
         if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
             raise ValueError(f"Expected `{arg}` to be a list of name patterns, got {patterns!r}")
 
     slots = list(_logical_parameters(model))
-    candidates = [q for q, _, _, p in slots if _is_float_parameter(p)]
+    lazy = {q for q, _, _, p in slots if isinstance(p, nn.parameter.UninitializedParameter)}
+    candidates = [q for q, _, _, p in slots if _is_float_parameter(p) or q in lazy]
     all_names = [q for q, *_ in slots]
     if targets is None:
         wanted = {
@@ -128,6 +129,13 @@ def resolve_targets(
         if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
             raise ValueError(f"`exclude` pattern {pattern!r} matches no parameter; candidates are {candidates}")
     selected = [q for q in selected if not any(fnmatch.fnmatchcase(q, p) for p in exclude)]
+    uninitialized = [q for q in selected if q in lazy]
+    if uninitialized:
+        raise ValueError(
+            f"Targets {uninitialized} are not initialized yet (lazy modules such as nn.LazyLinear get their "
+            f"shapes from the first forward pass): run one forward pass before `fit` (in the LightningModule's "
+            f"`setup`, say), give the layers their sizes, or take them out with `exclude`"
+        )
     if not selected:
         raise ValueError(
             f"Nothing to prune: `targets={targets!r}` with `exclude={list(exclude)!r}` selects no "

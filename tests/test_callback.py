@@ -122,22 +122,60 @@ def test_structured_channels(tmp_path) -> None:
         assert model.get_parameter(name)[~alive].eq(0).all()
 
 
+class _BuiltLate(LitLeNet):
+    """The tutorial's LeNet whose classifier is built in ``setup`` or ``configure_model``, after the
+    callbacks' ``setup`` (Lightning's order)."""
+
+    def __init__(self, hook: str) -> None:
+        super().__init__()
+        self.hook = hook
+        del self.fc3
+
+    def _build(self) -> None:
+        if not hasattr(self, "fc3"):
+            self.fc3 = torch.nn.Linear(84, 10)
+
+    def setup(self, stage: str) -> None:
+        if self.hook == "setup":
+            self._build()
+
+    def configure_model(self) -> None:
+        if self.hook == "configure_model":
+            self._build()
+
+
+@pytest.mark.parametrize("hook", ["setup", "configure_model"])
+def test_layers_built_in_setup_or_configure_model_are_pruned(tmp_path, hook: str) -> None:
+    callback = PruningCallback(schedule=0.5, make_permanent=False)
+    torch.manual_seed(0)
+    _, _, after = _fit(callback, tmp_path, epochs=1, model=_BuiltLate(hook))
+    assert [t.qualname for t in callback.targets] == WEIGHTS
+    assert int((~after.masks[0]["fc3.weight"]).sum()) == 420
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
 @pytest.mark.parametrize("method", ["l1_unstructured", "ln_structured"])
-def test_model_pruned_by_torch_beforehand(tmp_path, method: str) -> None:
+def test_model_pruned_by_torch_beforehand(tmp_path, method: str, masking: str) -> None:
     """torch's float masks are read as bool masks and kept: the first event prunes on top of them."""
     torch.manual_seed(0)
     model = LitLeNet()
     prune.l1_unstructured(model.fc1, "weight", amount=0.3)
     torch_mask = model.fc1.weight_mask.bool()
-    callback = PruningCallback(method=method, schedule=0.5, targets=["fc*.weight"], make_permanent=False)
+    callback = PruningCallback(
+        method=method, schedule=0.5, targets=["fc*.weight"], make_permanent=False, masking=masking
+    )
     model, _, after = _fit(callback, tmp_path, epochs=1, model=model)
-    mask = after.masks[0]["fc1.weight"]
+    mask = callback._current_masks()[0]
     assert mask.dtype == torch.bool and not (mask & ~torch_mask).any(), "torch's zeros stay"
     if method == "l1_unstructured":
         assert int((~mask).sum()) == round(0.5 * mask.numel())
     else:
         assert int((~mask.any(1)).sum()) == round(0.5 * mask.shape[0])
-    assert [type(h).__name__ for h in model.fc1._forward_pre_hooks.values()] == ["MaskHook"]
+    if masking == "reparametrize":
+        assert torch.equal(after.masks[0]["fc1.weight"], mask)
+        assert [type(h).__name__ for h in model.fc1._forward_pre_hooks.values()] == ["MaskHook"]
+    weight = model.fc1.weight if masking == "reparametrize" else callback.targets[0].parameter  # in place: `_orig`
+    assert weight[~mask].eq(0).all()
 
 
 def test_tutorial_foobar_through_callback(tmp_path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from lightning import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
 
 from lightning_prune import PruningCallback, Rewind, serialization
 from lightning_prune.schedules import Explicit, Polynomial
@@ -380,6 +380,11 @@ def test_evaluation_of_an_earlier_checkpoint_uses_its_weights(tmp_path: Path, st
     run(model, loader, ckpt_path=tmp_path / "epoch=0.ckpt")
     saved = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)["state_dict"]
     assert_tensors_equal(effective_weights(model), {k: v for k, v in saved.items() if k in effective_weights(model)})
+    # and the last one sets the last masks back, held by the callback and the model alike
+    run(model, loader, ckpt_path=tmp_path / "epoch=1.ckpt")
+    assert [round(1 - float(m.float().mean()), 2) for m in callback._current_masks()] == [0.9, 0.9]
+    if masking == "reparametrize":
+        assert [round(1 - float(m.float().mean()), 2) for m in masks_of(model).values()] == [0.9, 0.9]
 
 
 # ---------------------------------------------------------------- two callbacks
@@ -659,3 +664,66 @@ def test_the_model_that_wrote_a_checkpoint_resumes_it_exactly(
         model, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt"
     )
     assert_tensors_equal(effective_weights(model), effective_weights(uninterrupted))
+
+
+class _FinderAtEpochStart(LearningRateFinder):
+    """Lightning's documented way to run the finder during a fit (the `LearningRateFinder` docstring):
+    it saves the state, tries learning rates, and loads the state back."""
+
+    def on_fit_start(self, *args: Any, **kwargs: Any) -> None:
+        return
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            self.lr_find(trainer, pl_module)
+
+
+class _PrunedCounts(Callback):
+    """Records, after every training batch, the epoch, how many entries the masks prune, and how many
+    of those entries are non-zero in the weights the forward uses."""
+
+    def __init__(self, callback: PruningCallback) -> None:
+        self.callback, self.seen = callback, []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, *args: Any) -> None:
+        masks = self.callback._current_masks()
+        weights = effective_weights(pl_module)
+        pruned = sum(int((~m).sum()) for m in masks)
+        nonzero = sum(int((weights[t.qualname][~m] != 0).sum()) for t, m in zip(self.callback.targets, masks))
+        self.seen.append((trainer.current_epoch, pruned, nonzero))
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_state_loaded_back_within_a_fit_keeps_the_masks(tmp_path: Path, masking: str) -> None:
+    """The finder loads plain weights back (masks all True) and the callback's state: its masks are set
+    at once, as saved, so pruned weights stay at zero and the next event prunes on top of them."""
+    callback = PruningCallback(schedule=Explicit({0: 0.5, 2: 0.7}), masking=masking, make_permanent=False)
+    probe = _PrunedCounts(callback)
+    finder = _FinderAtEpochStart(num_training_steps=6)
+    trainer = make_trainer(tmp_path, callbacks=[callback, probe, finder], max_epochs=3, limit_train_batches=1.0)
+    trainer.fit(make_model(), make_loader(n=96))
+    half = round(0.5 * 91) + round(0.5 * 39)
+    assert {(epoch, pruned, nonzero) for epoch, pruned, nonzero in probe.seen if epoch > 0} == {
+        (1, half, 0),
+        (2, half, 0),
+    }
+    assert [int((~m).sum()) for m in callback._current_masks()] == [round(0.7 * 91), round(0.7 * 39)]
+
+
+def test_rewind_snapshot_is_taken_when_a_resume_skips_the_epoch_start(tmp_path: Path) -> None:
+    """A checkpoint written at the last batch of epoch 0 resumes into epoch 1 without
+    `on_train_epoch_start`: the snapshot for `Rewind(epoch=1)` is taken at `on_train_start` instead."""
+
+    def callback() -> PruningCallback:
+        return PruningCallback(schedule=Explicit({1: 0.5, 2: 0.7}), rewind=Rewind(epoch=1), make_permanent=False)
+
+    uninterrupted = make_model()
+    steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=3)
+    make_trainer(tmp_path, callbacks=[callback(), steps], max_epochs=3, enable_checkpointing=True).fit(
+        uninterrupted, make_loader()
+    )
+    resumed = make_model(seed=5)
+    make_trainer(tmp_path, callbacks=[callback()], max_epochs=3).fit(
+        resumed, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt"
+    )
+    assert_tensors_equal(effective_weights(resumed), effective_weights(uninterrupted))

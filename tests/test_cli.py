@@ -178,7 +178,7 @@ def test_custom_method_by_import_path(tmp_path, monkeypatch):
 
 def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeypatch):
     """A console script's `sys.path` starts with its own folder, not the current one: `main` adds the
-    current one, as `python -m` does, so `method: my_methods.X` finds a `my_methods.py` beside the YAML."""
+    current one, so `method: my_methods.X` finds a `my_methods.py` beside the YAML."""
     (tmp_path / "beside_the_yaml.py").write_text(
         textwrap.dedent(
             """\
@@ -207,7 +207,7 @@ def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeyp
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.delitem(sys.modules, "beside_the_yaml", raising=False)
     main(["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST])
-    assert sys.path[0] == str(tmp_path)
+    assert sys.path[-1] == str(tmp_path), "after the installed packages: a local `sklearn.py` must not shadow them"
 
 
 def test_console_script_exits_zero_after_fit(tmp_path):

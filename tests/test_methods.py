@@ -284,9 +284,19 @@ def test_custom_structured_method_checks_targets() -> None:
     with pytest.raises(ValueError, match=r"`dim` in \[-2, 1\].*'fc.weight'.*got 3"):
         method.check_target("fc.weight", torch.Size([3, 4]))
     resolve_method(prune.LnStructured, dim=-1, norm=2).check_target("fc.weight", torch.Size([3, 4]))
-    with pytest.raises(ValueError, match="no integer `dim` attribute.*set `self.dim`"):
-        resolve_method(_NoDim).check_target("fc.weight", torch.Size([3, 4]))
-    resolve_method(_NoDim).check_scope("layer")
+    resolve_method(_NoDim).check_target("fc.weight", torch.Size([3, 4]))  # fine for one event, as in torch
+
+
+def test_custom_structured_method_without_dim_prunes_once() -> None:
+    """torch reads a structured method's `dim` only to prune a tensor again; so do the masks."""
+    weight = torch.randn(4, 3)
+    method = resolve_method(_NoDim)
+    first = method.masks([weight], [_ones(weight)], 0.5, scope="layer")[0]
+    assert torch.equal(first, _ones(weight))  # `compute_mask` returns the default mask
+    partly = _ones(weight)
+    partly[0] = False
+    with pytest.raises(ValueError, match="prunes a tensor again along its instances' `dim`.*got None"):
+        method.masks([weight], [partly], 0.5, scope="layer")
     resolve_method(prune.L1Unstructured).check_target("fc.bias", torch.Size([3]))  # unstructured: any shape
 
 

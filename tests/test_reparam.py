@@ -143,6 +143,20 @@ def test_deepcopy_and_pickle_after_training_forward() -> None:
     assert torch.equal(torch.load(buffer, weights_only=False)(x), model(x))
 
 
+def test_a_forward_in_inference_mode_leaves_training_forwards_working() -> None:
+    """The mask's float copy is made once per mask change, by whichever forward comes first; made
+    in inference mode it would be an inference tensor that no training forward could save."""
+    layer = nn.Linear(3, 4)
+    reparam.apply(layer, "weight", _mask((4, 3)))
+    reparam.update(layer, "weight", _mask((4, 3), seed=1))
+    with torch.inference_mode():
+        expected = layer(torch.ones(2, 3))
+    out = layer(torch.ones(2, 3))
+    out.sum().backward()
+    assert torch.equal(out.detach(), expected)
+    assert torch.equal(layer.weight_orig.grad != 0, layer.weight_mask.expand(4, 3))
+
+
 def test_plain_state_dict_loads_into_pruned_module() -> None:
     layer = nn.Linear(3, 4)
     mask = _mask((4, 3))
@@ -150,11 +164,13 @@ def test_plain_state_dict_loads_into_pruned_module() -> None:
     plain = nn.Linear(3, 4).state_dict()
     layer.load_state_dict(plain)
     assert torch.equal(layer.weight_orig.detach(), plain["weight"])
-    assert layer.weight_mask.all(), "the loaded weights as saved: no mask of before hides entries of them"
-    assert torch.equal(layer(torch.ones(1, 3)), nn.functional.linear(torch.ones(1, 3), plain["weight"], plain["bias"]))
-    with_mask = {**layer.state_dict(), "weight_mask": mask}
-    layer.load_state_dict(with_mask)
-    assert torch.equal(layer.weight_mask, mask)
+    assert torch.equal(layer.weight_mask, mask), "a state_dict without a mask keeps the current one (a rewind)"
+    assert torch.equal(
+        layer(torch.ones(1, 3)), nn.functional.linear(torch.ones(1, 3), plain["weight"] * mask, plain["bias"])
+    )
+    other = _mask((4, 3), seed=1)
+    layer.load_state_dict({**plain, "weight_mask": other})
+    assert torch.equal(layer.weight_mask, other)
 
 
 def test_tied_parameter_both_holders_see_mask() -> None:

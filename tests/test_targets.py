@@ -60,6 +60,17 @@ def test_integer_parameter_named_explicitly_is_an_error() -> None:
     assert _names(resolve_targets(model, ["*"])) == ["weight", "bias"], "wildcards skip non-float parameters"
 
 
+def test_uninitialized_lazy_parameters_are_named() -> None:
+    """A lazy layer's weight has no shape before its first forward: an error, never a silent skip."""
+    model = nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2))
+    for targets in (None, ["0.weight"], ["*.weight"]):
+        with pytest.raises(ValueError, match=r"Targets \['0\.weight'\] are not initialized yet.*forward pass"):
+            resolve_targets(model, targets)
+    assert _names(resolve_targets(model, exclude=["0.weight"])) == ["2.weight"]
+    model(torch.ones(1, 5))
+    assert _names(resolve_targets(model)) == ["0.weight", "2.weight"]
+
+
 def test_model_without_targets() -> None:
     with pytest.raises(ValueError, match="Nothing to prune.*ReLU"):
         resolve_targets(nn.ReLU())
