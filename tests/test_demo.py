@@ -233,7 +233,9 @@ def test_epoch_shuffle_gives_the_orders_of_a_shuffling_loader() -> None:
     epoch's end, which earlier versions used: results measured with those stay reproducible."""
     data = TensorDataset(torch.arange(300))
     loader = DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(3))
+    orders = [torch.cat([b[0] for b in loader]).tolist() for _ in range(5)]
     sampler = EpochShuffle(data, seed=3)
-    for epoch in range(4):
+    for epoch in (0, 1, 2, 3, 4, 2, 4, 0, 3):  # in turn, then jumping back and forth (resumes)
         sampler.set_epoch(epoch)
-        assert torch.cat([b[0] for b in loader]).tolist() == list(sampler), epoch
+        assert list(sampler) == orders[epoch], epoch
+    assert len(set(map(tuple, orders))) == 5

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sized
 import torch
 import torch.nn.functional as F
 from lightning import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 __all__ = ["DigitsDataModule", "EpochShuffle"]
@@ -35,18 +36,23 @@ class EpochShuffle(RandomSampler):
     def __init__(self, data_source: Sized, seed: int) -> None:
         super().__init__(data_source)
         self.seed, self.epoch = seed, 0
+        self._next: tuple[int, Tensor] | None = None  # (an epoch, the generator state it starts from)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator, n = torch.Generator().manual_seed(self.seed), len(self.data_source)
-        for _ in range(self.epoch):  # the earlier epochs' draws
+        n, generator = len(self.data_source), torch.Generator()
+        start = self._next if self._next is not None and self._next[0] <= self.epoch else None
+        if start is None:  # from the seed (a first epoch, or one before the last seen)
+            start = (0, generator.manual_seed(self.seed).get_state())
+        generator.set_state(start[1])
+        for _ in range(start[0], self.epoch + 1):  # each epoch: a worker seed, its order, one more order
             torch.empty((), dtype=torch.int64).random_(generator=generator)
+            order = torch.randperm(n, generator=generator)
             torch.randperm(n, generator=generator)
-            torch.randperm(n, generator=generator)
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-        return iter(torch.randperm(n, generator=generator).tolist())
+        self._next = (self.epoch + 1, generator.get_state())  # the next epoch costs one epoch's draws
+        return iter(order.tolist())
 
 
 class DigitsDataModule(LightningDataModule):
