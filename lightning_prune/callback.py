@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -27,7 +28,7 @@ from typing_extensions import override
 from lightning_prune import core, reporting
 from lightning_prune.inplace import InPlaceMasks
 from lightning_prune.lottery import Rewind, Snapshot, reinitialize
-from lightning_prune.methods import MethodArg, resolve_method
+from lightning_prune.methods import CustomMethod, MethodArg, resolve_method
 from lightning_prune.schedules import Schedule, as_schedule
 from lightning_prune.serialization import mask_checksum, pack_mask, plain_state_dict, unpack_mask
 from lightning_prune.targets import Target, resolve_targets
@@ -69,11 +70,12 @@ class _PlainCheckpointWeights:
 
 
 class _CheckpointMasks:
-    """Stands in for the strategy's ``load_model_state_dict``: after ``validate``/``test``/``predict``
-    load a checkpoint's plain weights into a model that is still reparametrized (a ``fit`` with
-    ``make_permanent=False`` before), its masks are set to the ones saved with those weights, so it
-    computes them exactly. A loaded plain tensor otherwise keeps the module's mask (a user's own
-    rewind keeps the ticket); ``fit`` restores the saved masks itself.
+    """Stands in for the strategy's ``load_model_state_dict``: when ``validate``/``test``/``predict``
+    load a checkpoint into a model that is still reparametrized (a ``fit`` with
+    ``make_permanent=False`` before), the plain weights are loaded under all-``True`` masks and
+    then masked as the checkpoint's callback state says, if it has one, so the model computes
+    exactly the checkpoint's weights. (A user's own ``load_state_dict`` of plain weights keeps the
+    module's masks: a rewind. ``fit`` restores the saved masks itself.)
     """
 
     def __init__(self, weights: _PlainCheckpointWeights) -> None:
@@ -81,10 +83,15 @@ class _CheckpointMasks:
 
     def __call__(self, checkpoint: dict[str, Any], strict: bool = True) -> None:
         strategy = self.weights.strategy
-        type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
-        if strategy.lightning_module.trainer.state.fn != TrainerFn.FITTING:
+        module = strategy.lightning_module
+        evaluating = module.trainer.state.fn != TrainerFn.FITTING
+        if evaluating:
             for callback in self.weights.callbacks:
-                callback._masks_of_checkpoint(strategy.lightning_module, checkpoint)
+                callback._set_checkpoint_masks(module, None)
+        type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
+        if evaluating:
+            for callback in self.weights.callbacks:
+                callback._set_checkpoint_masks(module, checkpoint)
 
 
 class PruningCallback(Callback):
@@ -220,9 +227,18 @@ class PruningCallback(Callback):
                 f"PruningCallback does not support the sharded strategy {strategy} yet: masks would be computed on "
                 f"shards. Use a data-parallel strategy ('ddp', 'ddp_spawn', 'auto')."
             )
+        try:  # early, before a checkpoint or a tuner changes the weights
+            self._resolve_targets(pl_module)
+        except ValueError:
+            if not any(is_overridden(hook, pl_module, LightningModule) for hook in ("setup", "configure_model")):
+                raise
+            # the module's own `setup` or `configure_model`, which Lightning calls after this hook, may
+            # build what the patterns name: `on_fit_start` resolves them again, errors included
         self._check_schedule(trainer)
+        self._check_repeat(trainer)
         self._check_rewind(trainer)
 
+        self._fitting = False  # an earlier fit may have ended without our `on_exception`
         same_model = self._model is not None and self._model() is pl_module
         if not same_model:
             self._pending_masks, self._snapshot = None, None  # any masks belong to another model
@@ -238,6 +254,12 @@ class PruningCallback(Callback):
         if self.seed is None:
             self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
 
+    def _resolve_targets(self, pl_module: LightningModule) -> list[Target]:
+        targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
+        for target in targets:
+            self._method.check_target(target.qualname, target.parameter.shape)
+        return targets
+
     def _target(self, epoch: int) -> float | None:
         """The schedule's target after ``epoch``: a sparsity in [0, 1], or ``None`` for no event."""
         value = self.schedule.sparsity_at(epoch)
@@ -250,12 +272,31 @@ class PruningCallback(Callback):
             )
         return float(value)
 
-    def _check_schedule(self, trainer: Trainer) -> None:
-        """Ask the schedule for every epoch this fit can run, so a bad value fails before training
-        (the first 1,000, Lightning's default, when only steps or time bound the fit)."""
+    @staticmethod
+    def _fit_epochs(trainer: Trainer) -> range:
+        """Every epoch this fit can run (the first 1,000, Lightning's default, when only steps or time bound it)."""
         max_epochs = trainer.max_epochs
-        for epoch in range(max_epochs if isinstance(max_epochs, int) and max_epochs >= 0 else 1000):
+        return range(max_epochs if isinstance(max_epochs, int) and max_epochs >= 0 else 1000)
+
+    def _check_schedule(self, trainer: Trainer) -> None:
+        """Ask the schedule for every epoch this fit can run, so a bad value fails before training."""
+        for epoch in self._fit_epochs(trainer):
             self._target(epoch)
+
+    def _check_repeat(self, trainer: Trainer) -> None:
+        """A structured custom method without a ``dim`` prunes a tensor once; refuse a schedule that asks more."""
+        method = self._method
+        if not isinstance(method, CustomMethod) or method.pruning_type != "structured":
+            return
+        if method.instance_dim() is not None:
+            return
+        events = [e for e in self._fit_epochs(trainer) if self._target(e) is not None]
+        if len(events) > 1:
+            raise ValueError(
+                f"`method={method.cls.__name__}` is structured and its instances have no `dim`, so it can prune a "
+                f"tensor once (torch.nn.utils.prune slices by `dim` to prune again), but `schedule` has events "
+                f"after epochs {events[:5]}{'...' if len(events) > 5 else ''}; set `self.dim` or give one event"
+            )
 
     def _check_rewind(self, trainer: Trainer) -> None:
         if self.rewind is None:
@@ -272,10 +313,7 @@ class PruningCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
         # where layers may be built; this hook comes after both, and before any training.
-        targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
-        for target in targets:
-            self._method.check_target(target.qualname, target.parameter.shape)
-        self._targets = targets
+        self._targets = self._resolve_targets(pl_module)
         self._fitting = True
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
@@ -323,10 +361,15 @@ class PruningCallback(Callback):
             self._inplace.attach(trainer.optimizers, per_step=comm_hooks)
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
-        for epoch in range(self._done_epoch + 1, trainer.current_epoch):
+        missed = range(self._done_epoch + 1, trainer.current_epoch)
+        for epoch in missed:
             self._end_of_epoch(trainer, pl_module, epoch)
-        # Such a resume enters the next epoch without `on_train_epoch_start`: take a snapshot due there now.
-        self._take_snapshot(trainer, pl_module)
+        # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
+        # without `on_train_epoch_start`: take a snapshot due there now. Not for a checkpoint written
+        # within this epoch, which a snapshot due at its start would come from.
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if missed and batches >= trainer.num_training_batches:
+            self._take_snapshot(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -427,8 +470,8 @@ class PruningCallback(Callback):
         return [config.scheduler for config in trainer.lr_scheduler_configs]
 
     def _end_of_epoch(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        if epoch <= self._done_epoch:
-            return
+        if epoch <= self._done_epoch or not self._fitting:
+            return  # handled, or a loop run before `on_fit_start` (a tuner callback's), whose state is loaded back
         sparsity = self._target(epoch)
         if sparsity is not None:
             self._event(trainer, pl_module, epoch, sparsity)
@@ -538,7 +581,7 @@ class PruningCallback(Callback):
         self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
-        if getattr(self, "_fitting", False):
+        if getattr(self, "_fitting", False) and self._targets:
             # restored within a running fit (the learning-rate and batch-size finders save the state and
             # load it back): the model's plain weights came back with all-True masks, so set these now
             device = self._targets[0].parameter.device if self._targets else torch.device("cpu")
@@ -548,14 +591,18 @@ class PruningCallback(Callback):
                 self._pending_masks = {name: mask.to(device) for name, mask in self._pending_masks.items()}
             self._restore_pending()
 
-    def _masks_of_checkpoint(self, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Set the masks saved in ``checkpoint`` (all ``True`` where it saved none) on the reparametrized targets."""
-        saved = checkpoint.get("callbacks", {})
-        state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None)
-        if state is None or self._model is None or self._model() is not pl_module:
-            return
+    def _set_checkpoint_masks(self, pl_module: LightningModule, checkpoint: dict[str, Any] | None) -> None:
+        """Set the masks saved in ``checkpoint`` on the reparametrized targets of ``pl_module``; all ``True``
+        for ``None``, or where the checkpoint holds no state of this callback or no mask of a target."""
+        if self._inplace is not None:
+            return  # its weights are plain and load as saved
+        try:
+            targets = [t for t in resolve_targets(pl_module, self.target_patterns, self.exclude) if t.mask is not None]
+        except ValueError:
+            return  # not this callback's model
+        saved = {} if checkpoint is None else checkpoint.get("callbacks", {})
+        state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None) or {}
         masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in state.get("masks", {}).items()}
-        targets = [t for t in self._targets if t.mask is not None]
         ones = [torch.ones_like(t.parameter, dtype=torch.bool) for t in targets]
         core.commit_masks(targets, [masks.get(t.qualname, one) for t, one in zip(targets, ones)], replace=True)
 

@@ -237,18 +237,23 @@ class CustomMethod(PruningMethod):
             raise ValueError(
                 f"`method={self.cls.__name__}` is structured and prunes slices, but target {qualname!r} is a scalar"
             )
-        if self._probed is None:
-            self._probed = (getattr(self._instance(0.5), "dim", None),)  # once: `__init__` may do work
-        if self._probed[0] is not None:
-            _check_dim(self._dim(self._probed[0]), qualname, shape)
+        dim = self.instance_dim()
+        if dim is not None:
+            _check_dim(self._dim(dim), qualname, shape)
 
-    @staticmethod
-    def _dim(dim: object) -> int:
+    def instance_dim(self) -> object:
+        """Its instances' ``dim`` attribute (``None`` if they have none), asked once: ``__init__`` may do work."""
+        if self._probed is None:
+            self._probed = (getattr(self._instance(0.5), "dim", None),)
+        return self._probed[0]
+
+    def _dim(self, dim: object) -> int:
         """A structured method's slice dimension, from its instance's ``dim``."""
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
             raise ValueError(
-                f"A structured custom `method` prunes a tensor again along its instances' `dim` (as "
-                f"torch.nn.utils.prune does), which must be an integer; got {dim!r}: set `self.dim`"
+                f"`method={self.cls.__name__}` is structured: pruning a tensor again slices it along its "
+                f"instances' `dim` (as torch.nn.utils.prune does), which must be an integer, got {dim!r}; "
+                f"set `self.dim`"
             )
         return int(dim)
 

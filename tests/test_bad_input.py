@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torch.nn.utils import prune
@@ -75,6 +75,18 @@ class StructuredCustom(prune.BasePruningMethod):
 
     def __init__(self, amount: float, dim: int = -1) -> None:
         self.amount, self.dim = amount, dim
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        return default_mask
+
+
+class StructuredWithoutDim(prune.BasePruningMethod):
+    """Structured, with no ``dim``: torch can apply it to a tensor once, never again."""
+
+    PRUNING_TYPE = "structured"
+
+    def __init__(self, amount: float) -> None:
+        self.amount = amount
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
         return default_mask
@@ -260,6 +272,12 @@ SETUP_CASES = [
         {"method": StructuredCustom, "scope": "global"},
         r"`scope='global'`.*PRUNING_TYPE 'unstructured'.*'structured'",
         id="global_scope_with_structured_custom_method",
+    ),
+    pytest.param(
+        make_model,
+        {"method": StructuredWithoutDim, "schedule": Explicit({0: 0.3, 1: 0.6})},
+        r"`method=StructuredWithoutDim` is structured and its instances have no `dim`.*events after epochs \[0, 1\]",
+        id="structured_custom_method_without_dim_pruning_twice",
     ),
     pytest.param(
         make_model,
@@ -487,3 +505,27 @@ def test_schedule_values_of_other_real_types_are_taken(tmp_path: Path) -> None:
         model, make_loader()
     )
     assert int((model.fc1.weight == 0).sum()) == round(0.5 * model.fc1.weight.numel())
+
+
+def test_a_bad_pattern_fails_before_a_checkpoint_or_a_tuner_changes_the_weights(tmp_path: Path) -> None:
+    """`setup` resolves the targets, before Lightning loads a checkpoint and before a tuner callback runs
+    its steps (Lightning puts those first, and they run in `on_fit_start`)."""
+    trainer = make_trainer(tmp_path, callbacks=[], max_epochs=1)
+    trainer.fit(make_model(seed=3), make_loader())
+    trainer.save_checkpoint(tmp_path / "other.ckpt")
+    model = make_model()
+    before = snapshot_state(model)
+    counter = BatchCounter()
+    callbacks = [LearningRateFinder(num_training_steps=5), PruningCallback(targets=["nope.*"]), counter]
+    with pytest.raises(ValueError, match="`targets` pattern 'nope.\\*' matches no parameter"):
+        make_trainer(tmp_path, callbacks=callbacks, max_epochs=2).fit(
+            model, make_loader(), ckpt_path=tmp_path / "other.ckpt"
+        )
+    assert counter.batches == 0
+    assert_same_state(before, model)
+
+
+def test_a_structured_custom_method_without_dim_prunes_once(tmp_path: Path) -> None:
+    callback = PruningCallback(method=StructuredWithoutDim, schedule=0.5, make_permanent=False)
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(), make_loader())
+    assert [t.qualname for t in callback.targets] == ["fc1.weight", "fc2.weight"]

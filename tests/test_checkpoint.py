@@ -6,6 +6,7 @@ checkpoint and resumed in a new model, callback and Trainer must agree bit for b
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -365,21 +366,36 @@ def test_evaluation_after_fit_keeps_the_masks(tmp_path: Path, stage: str) -> Non
     assert_tensors_equal(snapshot_state(model), state)
 
 
+@pytest.mark.parametrize("variant", ["full", "weights-only", "copied-trainer"])
 @pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_evaluation_of_an_earlier_checkpoint_uses_its_weights(tmp_path: Path, stage: str, masking: str) -> None:
+def test_evaluation_of_an_earlier_checkpoint_uses_its_weights(
+    tmp_path: Path, stage: str, masking: str, variant: str
+) -> None:
     """After a fit that kept the reparametrization, ``ckpt_path=`` an earlier checkpoint evaluates exactly
-    its weights: the model's later masks must not hide entries of them."""
+    its weights: the model's later masks must not hide entries of them. A weights-only checkpoint has no
+    masks to set back; a copied Trainer's callbacks are copies."""
     model = make_model(cls=TinyNetEval)
     callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.9}), make_permanent=False, masking=masking)
-    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path,
+        filename="{epoch}",
+        every_n_epochs=1,
+        save_top_k=-1,
+        save_weights_only=variant == "weights-only",
+    )
     trainer = make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True)
     trainer.fit(model, make_loader())
+    if variant == "copied-trainer":
+        trainer = copy.deepcopy(trainer)
+        model, callback = trainer.lightning_module, next(c for c in trainer.callbacks if isinstance(c, PruningCallback))
     loader = make_loader(seed=2)
     run = {"validate": trainer.validate, "test": trainer.test, "predict": trainer.predict}[stage]
     run(model, loader, ckpt_path=tmp_path / "epoch=0.ckpt")
     saved = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)["state_dict"]
     assert_tensors_equal(effective_weights(model), {k: v for k, v in saved.items() if k in effective_weights(model)})
+    if variant == "weights-only":
+        return
     # and the last one sets the last masks back, held by the callback and the model alike
     run(model, loader, ckpt_path=tmp_path / "epoch=1.ckpt")
     assert [round(1 - float(m.float().mean()), 2) for m in callback._current_masks()] == [0.9, 0.9]
@@ -727,3 +743,19 @@ def test_rewind_snapshot_is_taken_when_a_resume_skips_the_epoch_start(tmp_path: 
         resumed, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt"
     )
     assert_tensors_equal(effective_weights(resumed), effective_weights(uninterrupted))
+
+
+def test_a_fit_after_one_that_ended_without_cleanup_resumes(tmp_path: Path) -> None:
+    """A fit whose `on_exception` never reached this callback (an earlier callback's raised) leaves it
+    marked as fitting; the next fit's `setup` clears that before the checkpoint's state is loaded."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), make_permanent=False)
+    make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=1, enable_checkpointing=True).fit(
+        make_model(), make_loader()
+    )
+    callback._fitting = True  # as after such a failed fit
+    model = make_model(seed=4)
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(
+        model, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt"
+    )
+    assert [int((~m).sum()) for m in masks_of(model).values()] == [round(0.5 * 91), round(0.5 * 39)]

@@ -307,6 +307,19 @@ def test_event_already_met_changes_nothing(tmp_path, second: float) -> None:
     assert rounds == [1.0, 1.0]
 
 
+class TinyPreparedAtTrainStart(Tiny):
+    def on_train_start(self) -> None:  # Lightning calls it after the callbacks' `on_train_start`
+        with torch.no_grad():
+            self.fc2.bias.fill_(1.0)
+
+
+def test_rewind_to_epoch_zero_sees_what_train_start_hooks_did(tmp_path) -> None:
+    """The snapshot is the state at the start of epoch 0, after every `on_train_start` hook."""
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), rewind=Rewind(epoch=0), make_permanent=False)
+    model, _, _, _ = _fit(callback, tmp_path, epochs=1, model=_model(cls=TinyPreparedAtTrainStart))
+    assert torch.equal(model.fc2.bias.detach(), torch.ones(3))
+
+
 def test_round_end_metrics_come_from_the_rounds_own_validation(tmp_path) -> None:
     """Validation after epochs 1 and 3 only: the event after epoch 2 logs no round-end metrics, since
     Lightning's `callback_metrics` still hold epoch 1's, measured before that round's rewind."""

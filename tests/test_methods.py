@@ -295,7 +295,7 @@ def test_custom_structured_method_without_dim_prunes_once() -> None:
     assert torch.equal(first, _ones(weight))  # `compute_mask` returns the default mask
     partly = _ones(weight)
     partly[0] = False
-    with pytest.raises(ValueError, match="prunes a tensor again along its instances' `dim`.*got None"):
+    with pytest.raises(ValueError, match="`method=_NoDim` is structured: pruning a tensor again.*got None"):
         method.masks([weight], [partly], 0.5, scope="layer")
     resolve_method(prune.L1Unstructured).check_target("fc.bias", torch.Size([3]))  # unstructured: any shape
 
