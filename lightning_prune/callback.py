@@ -583,12 +583,9 @@ class PruningCallback(Callback):
         self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
         if getattr(self, "_fitting", False) and self._targets:
             # restored within a running fit (the learning-rate and batch-size finders save the state and
-            # load it back): the model's plain weights came back with all-True masks, so set these now
-            device = self._targets[0].parameter.device if self._targets else torch.device("cpu")
+            # load it back): `on_fit_start` has passed, so set the saved masks now (`_commit` moves them)
             if self._snapshot is not None:
-                self._snapshot = self._snapshot.to(device)
-            if self._pending_masks is not None:
-                self._pending_masks = {name: mask.to(device) for name, mask in self._pending_masks.items()}
+                self._snapshot = self._snapshot.to(self._targets[0].parameter.device)
             self._restore_pending()
 
     def _set_checkpoint_masks(self, pl_module: LightningModule, checkpoint: dict[str, Any] | None) -> None:

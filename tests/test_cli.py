@@ -179,21 +179,7 @@ def test_custom_method_by_import_path(tmp_path, monkeypatch):
 def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeypatch):
     """A console script's `sys.path` starts with its own folder, not the current one: `main` adds the
     current one, so `method: my_methods.X` finds a `my_methods.py` beside the YAML."""
-    (tmp_path / "beside_the_yaml.py").write_text(
-        textwrap.dedent(
-            """\
-            from torch.nn.utils import prune
-
-            class EveryOther(prune.BasePruningMethod):
-                PRUNING_TYPE = "unstructured"
-
-                def compute_mask(self, t, default_mask):
-                    mask = default_mask.clone()
-                    mask.view(-1)[::2] = 0
-                    return mask
-            """
-        )
-    )
+    (tmp_path / "beside_the_yaml.py").write_text("from tests.custom_methods import FooBarPruningMethod as EveryOther\n")
     config = _write(
         tmp_path,
         """\
