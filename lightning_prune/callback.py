@@ -74,7 +74,9 @@ class _CheckpointMasks:
     load a checkpoint into a model that is still reparametrized (a ``fit`` with
     ``make_permanent=False`` before), the plain weights are loaded under all-``True`` masks and
     then masked as the checkpoint's callback state says, if it has one, so the model computes
-    exactly the checkpoint's weights. (A user's own ``load_state_dict`` of plain weights keeps the
+    exactly the checkpoint's weights. Masks the checkpoint's weights hold themselves
+    (``<name>_mask``, a reparametrized model saved without this callback) stay as loaded; a load
+    that fails leaves the earlier masks. (A user's own ``load_state_dict`` of plain weights keeps the
     module's masks: a rewind. ``fit`` restores the saved masks itself.)
     """
 
@@ -84,14 +86,21 @@ class _CheckpointMasks:
     def __call__(self, checkpoint: dict[str, Any], strict: bool = True) -> None:
         strategy = self.weights.strategy
         module = strategy.lightning_module
-        evaluating = module.trainer.state.fn != TrainerFn.FITTING
-        if evaluating:
-            for callback in self.weights.callbacks:
-                callback._set_checkpoint_masks(module, None)
-        type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
-        if evaluating:
-            for callback in self.weights.callbacks:
-                callback._set_checkpoint_masks(module, checkpoint)
+        if module.trainer.state.fn == TrainerFn.FITTING:
+            type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
+            return
+        targets = [callback._reparametrized_targets(module) for callback in self.weights.callbacks]
+        earlier = [[mask.clone() for mask in core.current_masks(t)] for t in targets]
+        for t in targets:
+            core.commit_masks(t, [torch.ones_like(m) for m in core.current_masks(t)], replace=True)
+        try:
+            type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
+        except BaseException:
+            for t, masks in zip(targets, earlier):
+                core.commit_masks(t, masks, replace=True)
+            raise
+        for callback, t in zip(self.weights.callbacks, targets):
+            callback._set_checkpoint_masks(module, t, checkpoint)
 
 
 class PruningCallback(Callback):
@@ -290,7 +299,14 @@ class PruningCallback(Callback):
             return
         if method.instance_dim() is not None:
             return
-        events = [e for e in self._fit_epochs(trainer) if self._target(e) is not None]
+        # only events that raise the target prune: a mask never regrows, and one at or below the
+        # sparsity reached is a no-op (see `CustomMethod`)
+        events, reached = [], 0.0
+        for epoch in self._fit_epochs(trainer):
+            target = self._target(epoch)
+            if target is not None and target > reached:
+                events.append(epoch)
+                reached = target
         if len(events) > 1:
             raise ValueError(
                 f"`method={method.cls.__name__}` is structured and its instances have no `dim`, so it can prune a "
@@ -588,26 +604,36 @@ class PruningCallback(Callback):
                 self._snapshot = self._snapshot.to(self._targets[0].parameter.device)
             self._restore_pending()
 
-    def _set_checkpoint_masks(self, pl_module: LightningModule, checkpoint: dict[str, Any] | None) -> None:
-        """Set the masks saved in ``checkpoint`` on the reparametrized targets of ``pl_module``; all ``True``
-        for ``None``, or where the checkpoint holds no state of this callback or no mask of a target."""
+    def _reparametrized_targets(self, pl_module: LightningModule) -> list[Target]:
+        """This callback's targets in ``pl_module`` that are reparametrized now; none with ``in_place``
+        masking (its weights are plain and load as saved) or where they do not resolve (another model)."""
         if self._inplace is not None:
-            return  # its weights are plain and load as saved
+            return []
         try:
-            targets = [t for t in resolve_targets(pl_module, self.target_patterns, self.exclude) if t.mask is not None]
+            return [t for t in resolve_targets(pl_module, self.target_patterns, self.exclude) if t.mask is not None]
         except ValueError:
-            return  # not this callback's model
-        saved = {} if checkpoint is None else checkpoint.get("callbacks", {})
+            return []
+
+    def _set_checkpoint_masks(
+        self, pl_module: LightningModule, targets: list[Target], checkpoint: dict[str, Any]
+    ) -> None:
+        """Set the masks saved in ``checkpoint``'s state of this callback on ``targets``, all ``True`` where
+        it has none; a target whose mask ``checkpoint``'s weights hold keeps the mask loaded from there."""
+        saved = checkpoint.get("callbacks", {})
         state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None) or {}
         masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in state.get("masks", {}).items()}
-        ones = [torch.ones_like(t.parameter, dtype=torch.bool) for t in targets]
-        core.commit_masks(targets, [masks.get(t.qualname, one) for t, one in zip(targets, ones)], replace=True)
+        weights = checkpoint.get("state_dict", {})
+        unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
+        ones = [torch.ones_like(t.parameter, dtype=torch.bool) for t in unloaded]
+        core.commit_masks(unloaded, [masks.get(t.qualname, one) for t, one in zip(unloaded, ones)], replace=True)
 
-    def _plain_keys(self, pl_module: LightningModule) -> list[str]:
+    def _plain_keys(self, pl_module: LightningModule, targets: Sequence[Target] | None = None) -> list[str]:
+        """The state-dict keys of ``targets`` (default: this callback's) in ``pl_module``, under every prefix."""
         prefixes: dict[int, list[str]] = {}
         for prefix, module in pl_module.named_modules(remove_duplicate=False):
             prefixes.setdefault(id(module), []).append(f"{prefix}." if prefix else "")
-        return [p + name for t in self._targets for module, name in t.holders for p in prefixes.get(id(module), [])]
+        targets = self._targets if targets is None else targets
+        return [p + name for t in targets for module, name in t.holders for p in prefixes.get(id(module), [])]
 
     def _plain_state_dict_hook(self, module: LightningModule, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
         plain_state_dict(state_dict, [prefix + key for key in self._plain_keys(module)])

@@ -23,8 +23,10 @@ from torch.nn.utils import prune
 from lightning_prune import PruningCallback, Rewind
 from lightning_prune.schedules import Constant, Explicit, Geometric, Linear, Polynomial, Schedule
 from tests.helpers import (
+    WEIGHTS,
     TinyNet,
     assert_same_state,
+    assert_tensors_equal,
     make_loader,
     make_model,
     make_trainer,
@@ -90,6 +92,15 @@ class StructuredWithoutDim(prune.BasePruningMethod):
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
         return default_mask
+
+
+class FirstRowsWithoutDim(StructuredWithoutDim):
+    """Structured, with no ``dim``: prunes the first rows, a fraction ``amount`` of them."""
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        mask = default_mask.clone()
+        mask[: round(self.amount * t.shape[0])] = 0
+        return mask
 
 
 class NeedsExtraArgument(prune.BasePruningMethod):
@@ -529,3 +540,23 @@ def test_a_structured_custom_method_without_dim_prunes_once(tmp_path: Path) -> N
     callback = PruningCallback(method=StructuredWithoutDim, schedule=0.5, make_permanent=False)
     make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(), make_loader())
     assert [t.qualname for t in callback.targets] == ["fc1.weight", "fc2.weight"]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        pytest.param(Linear(0.5, start_epoch=0, end_epoch=1), id="ramp_from_zero"),
+        pytest.param(Explicit({0: 0.5, 1: 0.5}), id="same_target_again"),
+    ],
+)
+def test_a_structured_custom_method_without_dim_accepts_events_that_prune_nothing(
+    tmp_path: Path, schedule: Schedule
+) -> None:
+    """An event at or below the sparsity already reached is a no-op, so the method still prunes once."""
+    masks = []
+    for events in (schedule, Explicit({0: 0.5})):
+        callback = PruningCallback(method=FirstRowsWithoutDim, schedule=events, make_permanent=False)
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(), make_loader())
+        masks.append(dict(zip(WEIGHTS, callback._current_masks())))
+    assert_tensors_equal(masks[0], masks[1])
+    assert all(0 < m.sum() < m.numel() for m in masks[0].values())

@@ -17,6 +17,7 @@ import pytest
 import torch
 from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
+from torch.nn.utils import prune
 
 from lightning_prune import PruningCallback, Rewind, serialization
 from lightning_prune.schedules import Explicit, Polynomial
@@ -401,6 +402,48 @@ def test_evaluation_of_an_earlier_checkpoint_uses_its_weights(
     assert [round(1 - float(m.float().mean()), 2) for m in callback._current_masks()] == [0.9, 0.9]
     if masking == "reparametrize":
         assert [round(1 - float(m.float().mean()), 2) for m in masks_of(model).values()] == [0.9, 0.9]
+
+
+def _fitted_twice_pruned(tmp_path: Path) -> tuple[TinyNet, Trainer, dict[str, Any]]:
+    """A model still reparametrized after a fit (sparsity 0.9), its Trainer, and its epoch-0 checkpoint (0.3)."""
+    model = make_model(cls=TinyNetEval)
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.9}), make_permanent=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+    trainer = make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(model, make_loader())
+    return model, trainer, _load(tmp_path / "epoch=0.ckpt")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_evaluation_of_a_reparametrized_checkpoint_keeps_its_masks(tmp_path: Path, stage: str) -> None:
+    """A checkpoint holding ``<name>_orig`` and ``<name>_mask`` (a pruned model saved by a Trainer without
+    this callback) evaluates under the masks it holds, not under all-``True`` ones."""
+    model, trainer, checkpoint = _fitted_twice_pruned(tmp_path)
+    earlier = make_model(cls=TinyNetEval, seed=3)
+    prune.l1_unstructured(earlier.fc1, "weight", amount=0.3)
+    prune.random_unstructured(earlier.fc2, "weight", amount=0.5)
+    del checkpoint["callbacks"]
+    checkpoint["state_dict"] = earlier.state_dict()
+    torch.save(checkpoint, tmp_path / "reparametrized.ckpt")
+    _evaluate_checkpoint(trainer, model, stage, tmp_path / "reparametrized.ckpt")
+    assert_tensors_equal(masks_of(model), {k: v.bool() for k, v in masks_of(earlier).items()})
+    assert_tensors_equal(effective_weights(model), effective_weights(earlier))
+
+
+def test_a_failed_evaluation_load_keeps_the_masks(tmp_path: Path) -> None:
+    model, trainer, checkpoint = _fitted_twice_pruned(tmp_path)
+    masks = masks_of(model)
+    del checkpoint["state_dict"]["fc2.bias"]
+    torch.save(checkpoint, tmp_path / "broken.ckpt")
+    with pytest.raises(RuntimeError, match="fc2.bias"):
+        _evaluate_checkpoint(trainer, model, "validate", tmp_path / "broken.ckpt")
+    assert_tensors_equal(masks_of(model), masks)
+    assert [round(1 - float(m.float().mean()), 2) for m in masks.values()] == [0.9, 0.9]
+
+
+def _evaluate_checkpoint(trainer: Trainer, model: TinyNet, stage: str, path: Path) -> None:
+    run = {"validate": trainer.validate, "test": trainer.test, "predict": trainer.predict}[stage]
+    run(model, make_loader(seed=2), ckpt_path=path)
 
 
 # ---------------------------------------------------------------- two callbacks
