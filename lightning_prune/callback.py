@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_prune import core, reporting
+from lightning_prune import core, reparam, reporting
 from lightning_prune.inplace import InPlaceMasks
 from lightning_prune.lottery import Rewind, Snapshot, reinitialize
 from lightning_prune.methods import CustomMethod, MethodArg, resolve_method
@@ -71,13 +71,14 @@ class _PlainCheckpointWeights:
 
 class _CheckpointMasks:
     """Stands in for the strategy's ``load_model_state_dict``: when ``validate``/``test``/``predict``
-    load a checkpoint into a model that is still reparametrized (a ``fit`` with
-    ``make_permanent=False`` before), the plain weights are loaded under all-``True`` masks and
-    then masked as the checkpoint's callback state says, if it has one, so the model computes
-    exactly the checkpoint's weights. Masks the checkpoint's weights hold themselves
-    (``<name>_mask``, a reparametrized model saved without this callback) stay as loaded; a load
-    that fails leaves the earlier masks. (A user's own ``load_state_dict`` of plain weights keeps the
-    module's masks: a rewind. ``fit`` restores the saved masks itself.)
+    load a checkpoint into a model this callback masks (a ``fit`` with ``make_permanent=False``
+    before), the plain weights are loaded under all-``True`` masks and then masked as the
+    checkpoint's callback state says, if it has one, so the model computes exactly the
+    checkpoint's weights and the callback holds the masks that go with them. Masks the
+    checkpoint's weights hold themselves (``<name>_mask``, a reparametrized model saved without
+    this callback) stay as loaded; a load that fails leaves the earlier masks. (A user's own
+    ``load_state_dict`` of plain weights keeps the module's masks: a rewind. ``fit`` restores the
+    saved masks itself.)
     """
 
     def __init__(self, weights: _PlainCheckpointWeights) -> None:
@@ -89,17 +90,20 @@ class _CheckpointMasks:
         if module.trainer.state.fn == TrainerFn.FITTING:
             type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
             return
-        targets = [callback._reparametrized_targets(module) for callback in self.weights.callbacks]
-        earlier = [[mask.clone() for mask in core.current_masks(t)] for t in targets]
-        for t in targets:
-            core.commit_masks(t, [torch.ones_like(m) for m in core.current_masks(t)], replace=True)
+        callbacks = self.weights.callbacks
+        targets = [callback._evaluation_targets(module) for callback in callbacks]
+        # in_place weights are plain and load as saved; reparametrized ones load under their masks
+        hooked = [[] if callback._inplace is not None else t for callback, t in zip(callbacks, targets)]
+        earlier = [[mask.clone() for mask in core.current_masks(t)] for t in hooked]
+        for t in hooked:
+            core.commit_masks(t, [torch.ones_like(x.parameter, dtype=torch.bool) for x in t], replace=True)
         try:
             type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
         except BaseException:
-            for t, masks in zip(targets, earlier):
+            for t, masks in zip(hooked, earlier):
                 core.commit_masks(t, masks, replace=True)
             raise
-        for callback, t in zip(self.weights.callbacks, targets):
+        for callback, t in zip(callbacks, targets):
             callback._set_checkpoint_masks(module, t, checkpoint)
 
 
@@ -228,6 +232,7 @@ class PruningCallback(Callback):
     # ------------------------------------------------------------------ setup
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        _PlainCheckpointWeights.install(trainer.strategy, self)  # for a checkpoint evaluated after a fit, too
         if stage != "fit":
             return
         strategy = type(trainer.strategy).__name__
@@ -259,7 +264,6 @@ class PruningCallback(Callback):
             self._inplace.clear()
         self._trainer, self._model = weakref.ref(trainer), weakref.ref(pl_module)
         self._targets = []  # resolved in `on_fit_start`, after `LightningModule.setup` and `configure_model`
-        _PlainCheckpointWeights.install(trainer.strategy, self)
         if self.seed is None:
             self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
 
@@ -546,6 +550,10 @@ class PruningCallback(Callback):
             assert self.seed is not None
             reinitialize(pl_module, self.seed + self._round)
         self._commit(self._current_masks())
+        for other in trainer.callbacks:  # type: ignore[attr-defined]  # set in Trainer.__init__
+            # the rewind wrote every tensor and the optimizers' state: the others' in_place targets too
+            if isinstance(other, PruningCallback) and other is not self and other._targets:
+                other._commit(other._current_masks())
 
     def _report(
         self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float
@@ -604,15 +612,18 @@ class PruningCallback(Callback):
                 self._snapshot = self._snapshot.to(self._targets[0].parameter.device)
             self._restore_pending()
 
-    def _reparametrized_targets(self, pl_module: LightningModule) -> list[Target]:
-        """This callback's targets in ``pl_module`` that are reparametrized now; none with ``in_place``
-        masking (its weights are plain and load as saved) or where they do not resolve (another model)."""
-        if self._inplace is not None:
-            return []
+    def _evaluation_targets(self, pl_module: LightningModule) -> list[Target]:
+        """The targets in ``pl_module`` whose masks an evaluated checkpoint sets: with the default masking,
+        those this package's hook reparametrizes; with ``in_place``, the fit's, if ``pl_module`` holds them."""
         try:
-            return [t for t in resolve_targets(pl_module, self.target_patterns, self.exclude) if t.mask is not None]
+            targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
         except ValueError:
-            return []
+            return []  # not this callback's model
+        if self._inplace is None:
+            return [t for t in targets if all(reparam.is_reparametrized(m, n) for m, n in t.holders)]
+        fitted = self._targets
+        same = len(fitted) == len(targets) and all(a.parameter is b.parameter for a, b in zip(fitted, targets))
+        return fitted if same and self._inplace.masks else []
 
     def _set_checkpoint_masks(
         self, pl_module: LightningModule, targets: list[Target], checkpoint: dict[str, Any]
@@ -625,7 +636,11 @@ class PruningCallback(Callback):
         weights = checkpoint.get("state_dict", {})
         unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
         ones = [torch.ones_like(t.parameter, dtype=torch.bool) for t in unloaded]
-        core.commit_masks(unloaded, [masks.get(t.qualname, one) for t, one in zip(unloaded, ones)], replace=True)
+        new = [masks.get(t.qualname, one) for t, one in zip(unloaded, ones)]
+        if self._inplace is not None:
+            self._inplace.commit(unloaded, new, replace=True)
+        else:
+            core.commit_masks(unloaded, new, replace=True)
 
     def _plain_keys(self, pl_module: LightningModule, targets: Sequence[Target] | None = None) -> list[str]:
         """The state-dict keys of ``targets`` (default: this callback's) in ``pl_module``, under every prefix."""

@@ -18,7 +18,8 @@ nothing is downloaded). The pruning itself is a callback in the YAML::
 
 A custom ``BasePruningMethod`` subclass is given as ``method: my_package.MyPruningMethod``.
 Import paths are looked up in the current directory too (after the installed packages), so a
-``my_methods.py`` beside the YAML is found.
+``my_methods.py`` in the directory the command runs from is found (not one beside a YAML
+elsewhere: run from there, or put its folder on ``PYTHONPATH``).
 
 Usage::
 

@@ -367,15 +367,16 @@ def test_evaluation_after_fit_keeps_the_masks(tmp_path: Path, stage: str) -> Non
     assert_tensors_equal(snapshot_state(model), state)
 
 
-@pytest.mark.parametrize("variant", ["full", "weights-only", "copied-trainer"])
+@pytest.mark.parametrize("variant", ["full", "weights-only", "copied-trainer", "new-trainer"])
 @pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
 @pytest.mark.parametrize("stage", STAGES)
 def test_evaluation_of_an_earlier_checkpoint_uses_its_weights(
     tmp_path: Path, stage: str, masking: str, variant: str
 ) -> None:
     """After a fit that kept the reparametrization, ``ckpt_path=`` an earlier checkpoint evaluates exactly
-    its weights: the model's later masks must not hide entries of them. A weights-only checkpoint has no
-    masks to set back; a copied Trainer's callbacks are copies."""
+    its weights: the model's later masks must not hide entries of them, and the callback then holds the
+    checkpoint's masks. A weights-only checkpoint has no masks to set back; a copied Trainer's callbacks are
+    copies; a new Trainer gets the same callback."""
     model = make_model(cls=TinyNetEval)
     callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.9}), make_permanent=False, masking=masking)
     ckpt = ModelCheckpoint(
@@ -390,13 +391,25 @@ def test_evaluation_of_an_earlier_checkpoint_uses_its_weights(
     if variant == "copied-trainer":
         trainer = copy.deepcopy(trainer)
         model, callback = trainer.lightning_module, next(c for c in trainer.callbacks if isinstance(c, PruningCallback))
+    if variant == "new-trainer":
+        trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=2)
     loader = make_loader(seed=2)
     run = {"validate": trainer.validate, "test": trainer.test, "predict": trainer.predict}[stage]
-    run(model, loader, ckpt_path=tmp_path / "epoch=0.ckpt")
-    saved = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)["state_dict"]
+    earlier = tmp_path / "epoch=0.ckpt"
+    run(model, loader, ckpt_path=earlier)
+    saved = _load(earlier)["state_dict"]
     assert_tensors_equal(effective_weights(model), {k: v for k, v in saved.items() if k in effective_weights(model)})
     if variant == "weights-only":
         return
+    # the callback holds the masks that go with those weights: a checkpoint saved now pairs them
+    masks = {
+        name: unpack_mask(m["bits"], m["shape"]) for name, m in _state_of(_load(earlier), callback)["masks"].items()
+    }
+    assert_tensors_equal(dict(zip(WEIGHTS, callback._current_masks())), masks)
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    after = _load(tmp_path / "after.ckpt")
+    for name, mask in _state_of(after, callback)["masks"].items():
+        assert_tensors_equal({name: after["state_dict"][name] != 0}, {name: unpack_mask(mask["bits"], mask["shape"])})
     # and the last one sets the last masks back, held by the callback and the model alike
     run(model, loader, ckpt_path=tmp_path / "epoch=1.ckpt")
     assert [round(1 - float(m.float().mean()), 2) for m in callback._current_masks()] == [0.9, 0.9]

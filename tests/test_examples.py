@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,18 @@ def test_example_runs(script: str, tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     for line in expected:
         assert line in result.stdout, result.stdout
+
+
+def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python blocks, in order, with a tiny ``model`` and its data for what they leave open."""
+    from tests.helpers import make_loader, make_model
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)  # the Trainer's default logger and checkpoints land here
+    namespace: dict[str, object] = {"model": make_model(), "datamodule": make_loader()}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    module = namespace["trainer"].lightning_module
+    weights = [module.fc1.weight, module.fc2.weight]  # plain again after fit, 90% zero together
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.9 * sum(w.numel() for w in weights))

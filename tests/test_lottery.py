@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import PruningCallback, Rewind
 from lightning_prune.schedules import Constant, Explicit, Geometric
+from tests.helpers import assert_tensors_equal, effective_weights, make_loader, make_model, make_trainer
 
 LR = 0.1
 WEIGHTS = ["fc1.weight", "fc2.weight"]
@@ -532,3 +533,31 @@ def test_lottery_example_quick(tmp_path, capsys) -> None:
     assert rows[0]["test_acc"] == rows[2]["test_acc"], "both arms train the same dense network in round 0"
     assert (tmp_path / "lottery_results.png").stat().st_size > 10_000
     assert "| round | remaining % |" in capsys.readouterr().out
+
+
+class _PrunedStaysZero(Callback):
+    """Before every training batch: how many of ``callback``'s pruned entries are not zero."""
+
+    def __init__(self, callback: PruningCallback) -> None:
+        self.callback, self.nonzero = callback, []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, i: int) -> None:
+        mask = self.callback._current_masks()[0]
+        self.nonzero.append(int((effective_weights(pl_module)["fc2.weight"][~mask] != 0).sum()))
+
+
+def test_a_rewind_keeps_another_callbacks_pruned_weights_at_zero(tmp_path: Path) -> None:
+    """The rewind writes every tensor and the optimizer's momentum; another callback's in_place targets pruned
+    before it must stay at zero, as the reparametrization's masks keep them, and train the same."""
+    final = {}
+    for masking in ("reparametrize", "in_place"):
+        rewinding = PruningCallback(
+            targets=["fc1.weight"], schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0), make_permanent=False
+        )
+        other = PruningCallback(targets=["fc2.weight"], schedule=Explicit({0: 0.5}), masking=masking)
+        probe = _PrunedStaysZero(other)
+        model = make_model()
+        make_trainer(tmp_path, callbacks=[rewinding, other, probe], max_epochs=3).fit(model, make_loader())
+        assert probe.nonzero[3:] == [0] * 6, masking  # the event after epoch 0 prunes 20 of fc2's 39 entries
+        final[masking] = effective_weights(model)
+    assert_tensors_equal(final["in_place"], final["reparametrize"])
