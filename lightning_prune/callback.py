@@ -102,6 +102,9 @@ class _CheckpointMasks:
         except BaseException:
             for t, masks in zip(hooked, earlier):
                 core.commit_masks(t, masks, replace=True)
+            for callback, t in zip(callbacks, targets):  # torch copied what matched before it raised
+                if callback._inplace is not None and t:
+                    callback._inplace.apply()
             raise
         for callback, t in zip(callbacks, targets):
             callback._set_checkpoint_masks(module, t, checkpoint)
@@ -303,14 +306,9 @@ class PruningCallback(Callback):
             return
         if method.instance_dim() is not None:
             return
-        # only events that raise the target prune: a mask never regrows, and one at or below the
-        # sparsity reached is a no-op (see `CustomMethod`)
-        events, reached = [], 0.0
-        for epoch in self._fit_epochs(trainer):
-            target = self._target(epoch)
-            if target is not None and target > reached:
-                events.append(epoch)
-                reached = target
+        # an event to sparsity 0 prunes nothing (a ramp's first); any other may call the method again,
+        # even one at the sparsity reached, since whole slices can fall short of its count
+        events = [e for e in self._fit_epochs(trainer) if self._target(e)]
         if len(events) > 1:
             raise ValueError(
                 f"`method={method.cls.__name__}` is structured and its instances have no `dim`, so it can prune a "
@@ -551,9 +549,10 @@ class PruningCallback(Callback):
             reinitialize(pl_module, self.seed + self._round)
         self._commit(self._current_masks())
         for other in trainer.callbacks:  # type: ignore[attr-defined]  # set in Trainer.__init__
-            # the rewind wrote every tensor and the optimizers' state: the others' in_place targets too
-            if isinstance(other, PruningCallback) and other is not self and other._targets:
-                other._commit(other._current_masks())
+            # the rewind wrote every weight and the optimizers' state, the targets another callback
+            # masks in place too (reparametrized ones keep their masks: the snapshot leaves masks out)
+            if isinstance(other, PruningCallback) and other is not self and other._inplace is not None:
+                other._inplace.reapply()
 
     def _report(
         self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float

@@ -171,6 +171,12 @@ class InPlaceMasks:
         if self._weights:
             torch._foreach_mul_(self._weights, self._factors)
 
+    def reapply(self) -> None:
+        """Zero the pruned weights and their optimizer state again, after both were written from elsewhere
+        (a rewind that restored a snapshot of them)."""
+        self.apply()
+        self._zero_state()
+
     def attach(self, optimizers: Sequence[torch.optim.Optimizer], *, per_step: bool = False) -> None:
         """Mask gradients from now on, and keep pruned entries at zero through ``optimizers``' steps.
 

@@ -561,3 +561,15 @@ def test_a_rewind_keeps_another_callbacks_pruned_weights_at_zero(tmp_path: Path)
         assert probe.nonzero[3:] == [0] * 6, masking  # the event after epoch 0 prunes 20 of fc2's 39 entries
         final[masking] = effective_weights(model)
     assert_tensors_equal(final["in_place"], final["reparametrize"])
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_a_rewind_leaves_another_callbacks_unpruned_targets_plain(tmp_path: Path, masking: str) -> None:
+    rewinding = PruningCallback(
+        targets=["fc1.weight"], schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    other = PruningCallback(targets=["fc2.weight"], schedule=Explicit({5: 0.5}), masking=masking, make_permanent=False)
+    model = make_model()
+    make_trainer(tmp_path, callbacks=[rewinding, other], max_epochs=3).fit(model, make_loader())
+    assert [k for k in model.state_dict() if k.startswith("fc2.")] == ["fc2.weight", "fc2.bias"]
+    assert other.state_dict()["masks"] == {}  # before its first event
