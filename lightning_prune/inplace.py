@@ -30,7 +30,10 @@ the pruned weights still stay at zero). ``torch.autograd.grad`` without ``create
 returns the full gradient of a masked weight, pruned entries included: it writes no ``.grad``,
 and nothing tells its hooks apart from an ordinary backward's at no cost. In an ordinary
 backward a hook registered with ``weight.register_hook`` sees the gradient before it is
-masked, as a hook on the reparametrization's recomputed ``weight`` does.
+masked, as a hook on the reparametrization's recomputed ``weight`` does. With ``create_graph``
+the gradient is masked as ``<name>_orig``'s is, also where the reparametrization would give the
+recomputed ``weight``'s full one (``torch.autograd.grad(loss, layer.weight, create_graph=True)``,
+a gradient penalty): the one plain tensor stands for both.
 
 An optimizer that reads the weights themselves (``Adafactor`` scales its step by their RMS) sees
 zeros at pruned entries here, where the reparametrization shows it the stale ``<name>_orig``.
