@@ -34,6 +34,7 @@ from lightning_prune.targets import Target
 __all__ = [
     "Counts",
     "SparsityStats",
+    "all_true",
     "commit_masks",
     "compute_masks",
     "current_masks",
@@ -43,9 +44,25 @@ __all__ = [
 
 
 def current_masks(targets: Sequence[Target], held: Sequence[Tensor | None] | None = None) -> list[Tensor]:
-    """Each target's bool mask (``held``, default its own); all ``True`` (a new tensor) where there is none."""
+    """Each target's bool mask (``held``, default its own); all ``True`` where there is none.
+
+    An all-``True`` mask is one ``True`` expanded to the target's shape: it takes no memory (a
+    first event over 50M parameters would otherwise allocate 50 MB to read them), it reads like
+    any mask, and writing into it raises; :func:`commit_masks` stores a copy.
+    """
     held = [t.mask for t in targets] if held is None else held
-    return [torch.ones_like(t.parameter, dtype=torch.bool) if m is None else m for t, m in zip(targets, held)]
+    return [all_true(t.parameter) if m is None else m for t, m in zip(targets, held)]
+
+
+def all_true(like: Tensor) -> Tensor:
+    """A read-only all-``True`` bool mask shaped like ``like``, on its device, that takes no memory.
+
+    Example:
+        >>> mask = all_true(torch.empty(2, 3))
+        >>> mask.shape, bool(mask.all()), mask.stride()
+        (torch.Size([2, 3]), True, (0, 0))
+    """
+    return torch.ones((), dtype=torch.bool, device=like.device).expand(like.shape)
 
 
 @torch.no_grad()

@@ -155,7 +155,7 @@ class InPlaceMasks:
         """
         for target, mask in zip(targets, masks):
             param = target.parameter
-            new = mask.to(param.device, torch.bool)
+            new = mask.to(param.device, torch.bool).contiguous()  # not an expanded all-True view
             old = self.masks.get(target.qualname)
             self.masks[target.qualname] = new if old is None or replace else old & new
         by_name = {t.qualname: t.parameter for t in targets}

@@ -166,10 +166,13 @@ def refresh(module: nn.Module, name: str) -> None:
     orig, mask = module._parameters[name + "_orig"], module._buffers[name + "_mask"]
     assert orig is not None and mask is not None
     weight = torch.empty(orig.shape, dtype=orig.dtype, device=orig.device)
-    # in chunks: multiplying by a bool tensor makes a float copy of it, as large as the chunk
+    # The mask is cast into the weight's own memory and multiplied there: `orig * mask` would cast
+    # the bool mask into a float temporary as large as the tensor, and in pieces each piece's
+    # temporary is memory the allocator keeps. Chunks keep the two passes within the cache.
     flat_w, flat_o, flat_m = weight.view(-1), orig.reshape(-1), mask.reshape(-1)
     for start in range(0, flat_w.numel(), _CHUNK):
-        torch.mul(flat_o[start : start + _CHUNK], flat_m[start : start + _CHUNK], out=flat_w[start : start + _CHUNK])
+        piece = flat_w[start : start + _CHUNK]
+        piece.copy_(flat_m[start : start + _CHUNK]).mul_(flat_o[start : start + _CHUNK])
     setattr(module, name, weight)
 
 
@@ -219,6 +222,7 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: 
         if mask is not None and mask.shape != param.shape:
             raise ValueError(f"Expected a mask of shape {tuple(param.shape)} for `{name}`, got {tuple(mask.shape)}")
         initial = torch.ones_like(param, dtype=torch.bool) if mask is None else mask.to(param.device, torch.bool)
+        initial = initial.contiguous()  # an expanded all-True view (see `core.all_true`) becomes a buffer
         rename_parameter(module, name, name + "_orig")
         try:
             module.register_buffer(name + "_mask", initial)

@@ -81,3 +81,16 @@ def test_global_equals_layer_for_a_single_target(shape, name, sparsities, seed) 
         g = torch.Generator().manual_seed(seed + step)
         global_ = method.masks([weight], [global_], sparsity, scope="global", generator=g)[0]
         assert torch.equal(layer, global_)
+
+
+def test_an_unpruned_target_reads_as_an_all_true_mask_that_takes_no_memory() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 10))
+    targets = resolve_targets(model)
+    masks = core.current_masks(targets)
+    assert [m.shape for m in masks] == [(200, 300), (10, 200)]
+    assert all(bool(m.all()) and m.stride() == (0, 0) and m.untyped_storage().nbytes() == 1 for m in masks)
+    new = core.compute_masks(targets, resolve_method("l1_unstructured"), 0.5, scope="global")
+    assert all(m.is_contiguous() for m in new)
+    core.commit_masks(targets, new)
+    assert [t.mask.is_contiguous() for t in targets] == [True, True]
+    assert sum(int((~t.mask).sum()) for t in targets) == round(0.5 * (200 * 300 + 10 * 200))

@@ -11,7 +11,7 @@ from lightning import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.utils import prune
 
-from lightning_prune import PruningCallback, Rewind
+from lightning_prune import PruningCallback, Rewind, core
 from lightning_prune.inplace import ZERO_PRESERVING, InPlaceMasks
 from lightning_prune.schedules import Explicit
 from lightning_prune.targets import resolve_targets
@@ -632,3 +632,14 @@ def test_weights_written_at_train_end_are_masked(tmp_path) -> None:
     assert sum(int((w == 0).sum()) for w in results["in_place"].values()) == round(0.6 * total)
     for name in WEIGHTS:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+
+
+def test_an_expanded_all_true_mask_is_stored_as_a_mask_of_its_own() -> None:
+    layer = torch.nn.Linear(3, 2, bias=False)
+    targets = resolve_targets(layer)
+    masks = InPlaceMasks()
+    masks.commit(targets, core.current_masks(targets))  # unpruned: one True expanded to (2, 3)
+    assert masks.masks["weight"].is_contiguous() and bool(masks.masks["weight"].all())
+    masks.commit(targets, [torch.tensor([[True, False, True], [False, True, True]])])
+    assert masks.masks["weight"].tolist() == [[True, False, True], [False, True, True]]
+    assert int((layer.weight == 0).sum()) == 2

@@ -183,3 +183,29 @@ def test_tied_parameter_both_holders_see_mask() -> None:
     x = torch.randn(2, 4)
     assert torch.equal(first(x), second(x))
     assert torch.equal(first(x), x @ (first.weight_orig * mask).T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_masked_weight_is_orig_times_mask_bit_for_bit(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """The masked weight is written in pieces (7 entries here) and equals torch's ``orig * mask``
+    in every bit: ``-0.0`` for a pruned negative entry, NaN for a pruned infinite or NaN one."""
+    monkeypatch.setattr(reparam, "_CHUNK", 7)
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 6).to(dtype)
+    with torch.no_grad():
+        layer.weight[0, :3] = torch.tensor([float("inf"), float("-inf"), float("nan")])
+    mask = torch.rand(6, 5) > 0.5
+    mask[0, :3] = False
+    reparam.apply(layer, "weight", mask)
+    expected = layer.weight_orig.detach() * mask.to(dtype)
+    bits = torch.int16 if dtype == torch.bfloat16 else {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    assert torch.equal(layer.weight.view(bits), expected.view(bits))
+
+
+def test_an_expanded_all_true_mask_becomes_a_buffer_of_its_own() -> None:
+    layer = nn.Linear(3, 2)
+    view = torch.ones((), dtype=torch.bool).expand(2, 3)  # what `core.current_masks` gives an unpruned tensor
+    reparam.apply(layer, "weight", view)
+    assert layer.weight_mask.is_contiguous() and layer.weight_mask.untyped_storage().nbytes() == 6
+    reparam.update(layer, "weight", torch.tensor([[True, False, True], [True, True, False]]))
+    assert layer.weight_mask.tolist() == [[True, False, True], [True, True, False]]
