@@ -84,17 +84,33 @@ def count_pruned(model: Any) -> int:
     return sum(buf.numel() - int(torch.count_nonzero(buf).item()) for buf in masks)
 
 
+def warm_up(variant: str, device: str) -> None:
+    """Not measured: imports and first-call setup of every kernel the event uses (above 131,072
+    weights: small selections take another path)."""
+    (prune_ours if variant == "ours" else prune_torch)(build_model(1 << 18, width=512).to(device))
+
+
 def child(variant: str, size_m: float, device: str = "cpu", after: float = 0.0) -> dict[str, Any]:
+    """Warm up, then :func:`measure` one event."""
+    warm_up(variant, device)
+    return measure(variant, size_m, device, after)
+
+
+def same_process(order: list[str], size_m: float, device: str = "cpu", after: float = 0.0) -> dict[str, Any]:
+    """Both variants' events one after the other in this process, each on a model of its own (freed
+    before the next is built), as a comparison within one script runs them."""
+    for variant in order:
+        warm_up(variant, device)
+    return {"runs": [measure(variant, size_m, device, after) for variant in order]}
+
+
+def measure(variant: str, size_m: float, device: str = "cpu", after: float = 0.0) -> dict[str, Any]:
     """Build the model, prune it to ``after`` unmeasured, then measure time and peak memory of the event to 50%."""
     import torch
 
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     prune = prune_ours if variant == "ours" else prune_torch
-    # warm-up, not measured: imports and first-call setup of every kernel the event uses (above
-    # 131,072 weights: small selections take another path)
-    prune(build_model(1 << 18, width=512).to(device))
-
     model = build_model(round(size_m * 1e6)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     if after:
@@ -140,6 +156,12 @@ def run_child(variant: str, size_m: float, device: str = "cpu", after: float = 0
     )
 
 
+def run_same_process(order: list[str], size_m: float, device: str = "cpu", after: float = 0.0) -> list[dict[str, Any]]:
+    """Run both variants in ``order`` in one fresh interpreter and parse their results."""
+    args = ["--same-process-child", ",".join(order), "--size", str(size_m), "--device", device, "--after", str(after)]
+    return memory.run_child(__file__, *args)["runs"]
+
+
 def format_size(size_m: float) -> str:
     return f"{size_m:g}M"
 
@@ -163,12 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--after", type=float, default=0.0, help="first prune this fraction unmeasured, then measure the event to 50%%"
     )
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="run both variants in one process per repeat (order alternating), instead of one process per event",
+    )
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--same-process-child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
         memory.report(child(args.child, args.size, args.device, args.after))
+        return 0
+    if args.same_process_child:
+        memory.report(same_process(args.same_process_child.split(","), args.size, args.device, args.after))
         return 0
     if not 0 <= args.after < SPARSITY:
         parser.error(f"--after must be in [0, {SPARSITY}), got {args.after}")
@@ -180,6 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     for size_m in sizes:
         for r in range(repeats):
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # alternate which variant goes first
+            if args.same_process:
+                for res in run_same_process(list(order), size_m, args.device, args.after):
+                    print(
+                        f"# {format_size(size_m)} {res['variant']:5s} run {r + 1}/{repeats} (one process, "
+                        f"{' then '.join(order)}): {res['seconds']:.3f} s, "
+                        f"{res['extra_bytes_per_param']:.2f} B/param extra peak, "
+                        f"other processes {res['foreign_cores']:.2f} cores",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    results[size_m, res["variant"]].append(res)
+                continue
             for variant in order:
                 tries: list[dict[str, Any]] = []
                 for attempt in range(retries + 1):
@@ -204,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
 
     first = results[sizes[0], "ours"][0]
     start = f"from {args.after:.0%} " if args.after else ""
+    where = (
+        f"{repeats} process(es) running both, in alternating order"
+        if args.same_process
+        else f"{repeats} fresh process(es) per cell"
+    )
     print(
-        f"Global L1 pruning {start}to {SPARSITY:.0%} sparsity, median of {repeats} fresh process(es) per cell, "
+        f"Global L1 pruning {start}to {SPARSITY:.0%} sparsity, median of {where}, "
         f"torch threads = {first['threads']}, device = {args.device}"
     )
     print()

@@ -27,7 +27,11 @@ def _run_quick(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after", [[], ["--after", "0.3"]], ids=["first-event", "later-event"])
+@pytest.mark.parametrize(
+    "after",
+    [[], ["--after", "0.3"], ["--same-process"]],
+    ids=["first-event", "later-event", "same-process"],
+)
 def test_bench_global_quick(after: list[str]) -> None:
     proc = _run_quick("bench_global.py", *after)
     assert proc.returncode == 0, proc.stderr
