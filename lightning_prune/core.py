@@ -93,6 +93,7 @@ def commit_masks(targets: Sequence[Target], masks: Sequence[Tensor], *, replace:
     They are combined with the masks the holders have, unless ``replace`` (restoring saved masks).
     """
     for target, mask in zip(targets, masks):
+        mask = mask.contiguous()  # an expanded all-True view: one buffer for all holders of a tied tensor
         for module, name in target.holders:
             reparam.apply(module, name, mask, replace=replace)
 

@@ -94,3 +94,12 @@ def test_an_unpruned_target_reads_as_an_all_true_mask_that_takes_no_memory() -> 
     core.commit_masks(targets, new)
     assert [t.mask.is_contiguous() for t in targets] == [True, True]
     assert sum(int((~t.mask).sum()) for t in targets) == round(0.5 * (200 * 300 + 10 * 200))
+
+
+def test_an_all_true_mask_committed_to_a_tied_tensor_is_one_buffer() -> None:
+    first, second = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+    second.weight = first.weight
+    targets = resolve_targets(nn.Sequential(first, second))
+    assert [len(t.holders) for t in targets] == [2]
+    core.commit_masks(targets, core.current_masks(targets))
+    assert first.weight_mask is second.weight_mask and first.weight_mask.is_contiguous()
