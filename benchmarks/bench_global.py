@@ -166,6 +166,17 @@ def format_size(size_m: float) -> str:
     return f"{size_m:g}M"
 
 
+def log_run(res: dict[str, Any], run: str, disturbed: bool) -> None:
+    """One measurement's line on stderr."""
+    print(
+        f"# {format_size(res['size_m'])} {res['variant']:5s} run {run}: {res['seconds']:.3f} s, "
+        f"{res['extra_bytes_per_param']:.2f} B/param extra peak, "
+        f"other processes {res['foreign_cores']:.2f} cores" + (" (disturbed)" if disturbed else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,50,200", help="comma-separated model sizes in millions of parameters")
@@ -213,14 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # alternate which variant goes first
             if args.same_process:
                 for res in run_same_process(list(order), size_m, args.device, args.after):
-                    print(
-                        f"# {format_size(size_m)} {res['variant']:5s} run {r + 1}/{repeats} (one process, "
-                        f"{' then '.join(order)}): {res['seconds']:.3f} s, "
-                        f"{res['extra_bytes_per_param']:.2f} B/param extra peak, "
-                        f"other processes {res['foreign_cores']:.2f} cores",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    run = f"{r + 1}/{repeats} (one process, {' then '.join(order)})"
+                    log_run(res, run, res["foreign_cores"] > args.max_other_load)
                     results[size_m, res["variant"]].append(res)
                 continue
             for variant in order:
@@ -229,13 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_child(variant, size_m, args.device, args.after)
                     tries.append(res)
                     disturbed = res["foreign_cores"] > args.max_other_load
-                    print(
-                        f"# {format_size(size_m)} {variant:5s} run {r + 1}/{repeats}: {res['seconds']:.3f} s, "
-                        f"{res['extra_bytes_per_param']:.2f} B/param extra peak, "
-                        f"other processes {res['foreign_cores']:.2f} cores" + (" (disturbed)" if disturbed else ""),
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    log_run(res, f"{r + 1}/{repeats}", disturbed)
                     if not disturbed or attempt == retries:
                         break
                     time.sleep(args.retry_wait)

@@ -96,7 +96,7 @@ class _CheckpointMasks:
         hooked = [[] if callback._inplace is not None else t for callback, t in zip(callbacks, targets)]
         earlier = [[mask.clone() for mask in core.current_masks(t)] for t in hooked]
         for t in hooked:
-            core.commit_masks(t, [torch.ones_like(x.parameter, dtype=torch.bool) for x in t], replace=True)
+            core.commit_masks(t, [core.all_true(x.parameter) for x in t], replace=True)
         try:
             type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
         except BaseException:
@@ -634,8 +634,7 @@ class PruningCallback(Callback):
         masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in state.get("masks", {}).items()}
         weights = checkpoint.get("state_dict", {})
         unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
-        ones = [torch.ones_like(t.parameter, dtype=torch.bool) for t in unloaded]
-        new = [masks.get(t.qualname, one) for t, one in zip(unloaded, ones)]
+        new = core.current_masks(unloaded, [masks.get(t.qualname) for t in unloaded])  # all True where unsaved
         if self._inplace is not None:
             self._inplace.commit(unloaded, new, replace=True)
         else:
