@@ -337,7 +337,9 @@ def peak_table(names: list[str], device: str) -> dict[str, dict[str, float | Non
     for name in names:
         out[name] = {}
         for variant in VARIANTS:
+            start = time.perf_counter()
             out[name][variant] = run_child(__file__, "--peak-child", name, variant, "--device", device)["extra"]
+            print(f"# peak of {name} {variant}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return out
 
 

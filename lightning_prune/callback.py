@@ -425,8 +425,10 @@ class PruningCallback(Callback):
         if self._inplace is not None:
             # Another callback may have written the weights at the end of training (the averages of
             # StochasticWeightAveraging, which the reparametrization's forward would have masked).
-            self._inplace.apply()
+            # Lightning has moved the model off the accelerator by now; the masks follow it first.
             self._inplace.detach()
+            self._inplace.to(pl_module.device)
+            self._inplace.apply()
         if self.make_permanent:
             self._pending_masks = self._held_masks()
             core.make_permanent(self._targets)

@@ -59,3 +59,43 @@ def test_bench_fit_quick() -> None:
     assert "| variant | median s |" in proc.stdout
     assert "| PruningCallback |" in proc.stdout and "| ModelPruning |" in proc.stdout
     assert "| variant | extra peak MiB | / ModelPruning |" in proc.stdout
+
+
+def test_gpu_script_runs_every_part_and_counts_failures(tmp_path: Path) -> None:
+    """`benchmarks/gpu.sh` with a stand-in interpreter: each part runs in order under its cap, its
+    output lands in the folder given, and the exit status counts the parts that failed."""
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {calls}\n'
+        'case "$*" in *"-c import xdist"*) exit 1 ;; *bench_fit.py*) echo fit broke; exit 3 ;; esac\n'
+        "echo ran\n"
+    )
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(stub), "PARTS": "tests global step fit"}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = calls.read_text().splitlines()
+    runs = [line for line in lines if "-c " not in line]
+    assert [r.split()[0] for r in runs] == [
+        "-m",
+        "benchmarks/bench_global.py",
+        "benchmarks/bench_step.py",
+        "benchmarks/bench_fit.py",
+    ]
+    assert "--device cuda" in runs[1] and "--accelerator gpu" in runs[3]
+    assert (out / "fit.txt").read_text() == "fit broke\n" and (out / "step.txt").read_text() == "ran\n"
+    assert "== fit: exit 3" in proc.stdout
+
+    bad = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        env={**env, "PARTS": "tests nonsense"},
+        timeout=60,
+    )
+    assert bad.returncode == 64 and "unknown part nonsense" in bad.stdout

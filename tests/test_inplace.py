@@ -643,3 +643,36 @@ def test_an_expanded_all_true_mask_is_stored_as_a_mask_of_its_own() -> None:
     masks.commit(targets, [torch.tensor([[True, False, True], [False, True, True]])])
     assert masks.masks["weight"].tolist() == [[True, False, True], [False, True, True]]
     assert int((layer.weight == 0).sum()) == 2
+
+
+class _DevicesAtFitEnd(Callback):
+    """Where the weights and the in-place masks of ``pruning`` are once it has run its `on_fit_end`."""
+
+    def __init__(self, pruning: PruningCallback) -> None:
+        self.pruning = pruning
+        self.seen: set[str] = set()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        inplace = self.pruning._inplace
+        assert inplace is not None
+        tensors = [*pl_module.parameters(), *inplace.masks.values(), *inplace._factors]
+        self.seen = {t.device.type for t in tensors}
+
+
+def test_masks_follow_a_model_moved_before_fit_end(tmp_path, monkeypatch) -> None:
+    """Lightning moves the model off the accelerator before `on_fit_end` (a GPU fit ends on the CPU),
+    where `in_place` zeroes the pruned weights once more: its masks must be where the weights are.
+    A move to the meta device stands in for the GPU-to-CPU one on any machine."""
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
+    probe = _DevicesAtFitEnd(callback)
+    trainer = make_lenet_trainer(tmp_path, [callback, probe], epochs=1)
+    teardown = trainer.strategy.teardown
+
+    def teardown_to_meta() -> None:
+        teardown()
+        trainer.lightning_module.to("meta")
+
+    monkeypatch.setattr(trainer.strategy, "teardown", teardown_to_meta)
+    torch.manual_seed(0)
+    trainer.fit(LitLeNet(), lenet_data())
+    assert probe.seen == {"meta"}
