@@ -423,11 +423,13 @@ class PruningCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitting = False
         if self._inplace is not None:
+            self._inplace.detach()  # before the move: re-hooking would zero optimizer state on another device
+        # Lightning has moved the model and the optimizer state off the accelerator before this hook; what
+        # this callback keeps between fits (rewind snapshot, masks) follows it, and the next fit moves it back.
+        self._move_state(pl_module.device)
+        if self._inplace is not None:
             # Another callback may have written the weights at the end of training (the averages of
             # StochasticWeightAveraging, which the reparametrization's forward would have masked).
-            # Lightning has moved the model off the accelerator by now; the masks follow it first.
-            self._inplace.detach()
-            self._inplace.to(pl_module.device)
             self._inplace.apply()
         if self.make_permanent:
             self._pending_masks = self._held_masks()
@@ -440,12 +442,8 @@ class PruningCallback(Callback):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self._fitting = False
-        # Lightning has moved the model and the optimizer state off the accelerator; what this callback
-        # keeps between fits (rewind snapshot, held masks) follows it, and the next fit moves it back.
-        self._move_state(pl_module.device)
+        if stage == "fit":  # also a fit that the Tuner ended early, without `on_fit_end` or `on_exception`
+            self._fitting = False
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

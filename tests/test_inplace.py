@@ -653,19 +653,23 @@ class _DevicesAtFitEnd(Callback):
         self.seen: set[str] = set()
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        inplace = self.pruning._inplace
-        assert inplace is not None
-        tensors = [*pl_module.parameters(), *inplace.masks.values(), *inplace._factors]
+        inplace, snapshot = self.pruning._inplace, self.pruning._snapshot
+        assert snapshot is not None
+        tensors = [*pl_module.parameters(), *snapshot.tensors.values()]
+        if inplace is not None:
+            tensors += [*inplace.masks.values(), *inplace._factors]
         self.seen = {t.device.type for t in tensors}
 
 
-def test_masks_follow_a_model_moved_before_fit_end(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_masks_follow_a_model_moved_before_fit_end(tmp_path, monkeypatch, masking: str) -> None:
     """Lightning moves the model off the accelerator before `on_fit_end` (a GPU fit ends on the CPU),
-    where `in_place` zeroes the pruned weights once more: its masks must be where the weights are.
-    A move to the meta device stands in for the GPU-to-CPU one on any machine."""
-    callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
+    where `in_place` zeroes the pruned weights once more: its masks must be where the weights are,
+    and so must the rewind snapshot. A move to the meta device stands in for the GPU-to-CPU one on
+    any machine."""
+    callback = PruningCallback(schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=1), masking=masking)
     probe = _DevicesAtFitEnd(callback)
-    trainer = make_lenet_trainer(tmp_path, [callback, probe], epochs=1)
+    trainer = make_lenet_trainer(tmp_path, [callback, probe], epochs=2)
     teardown = trainer.strategy.teardown
 
     def teardown_to_meta() -> None:
