@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -331,16 +332,23 @@ def peak_child(name: str, variant: str, device: str, steps: int = 5) -> dict[str
     return {"extra": peak.extra, "weights": weights}
 
 
-def peak_table(names: list[str], device: str) -> dict[str, dict[str, float | None]]:
-    """Extra peak bytes of every variant of every model, each in a fresh process."""
-    out: dict[str, dict[str, float | None]] = {}
-    for name in names:
-        out[name] = {}
-        for variant in VARIANTS:
-            start = time.perf_counter()
-            out[name][variant] = run_child(__file__, "--peak-child", name, variant, "--device", device)["extra"]
-            print(f"# peak of {name} {variant}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    return out
+def peak_table(names: list[str], device: str, jobs: int) -> dict[str, dict[str, float | None]]:
+    """Extra peak bytes of every variant of every model, each in a fresh process, ``jobs`` at a time.
+
+    A process's peak is its own (its resident set, or its CUDA allocator's), so processes that run
+    side by side do not change each other's figures; on a GPU each one's start (a CUDA context)
+    takes seconds, and run one after another they took longer than the rest of the benchmark.
+    """
+
+    def child(name: str, variant: str) -> float | None:
+        start = time.perf_counter()
+        extra = run_child(__file__, "--peak-child", name, variant, "--device", device)["extra"]
+        print(f"# peak of {name} {variant}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        return extra
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {(n, v): pool.submit(child, n, v) for n in names for v in VARIANTS}
+        return {n: {v: futures[n, v].result() for v in VARIANTS} for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step (a smoke test)")
     parser.add_argument("--device", default="cpu", help="where models and batches live: cpu (default) or cuda")
+    parser.add_argument("--peak-jobs", type=int, default=4, help="fresh processes of the peak-memory table at a time")
     parser.add_argument("--peak-child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_child:
@@ -412,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in VARIANTS:
         print(f"| {v} | {memory[v] / 2**20:.1f} | {memory[v] / memory['dense']:.2f} |")
     print()
-    peaks = peak_table(list(MODELS)[:1] if args.quick else list(MODELS), args.device)
+    peaks = peak_table(list(MODELS)[:1] if args.quick else list(MODELS), args.device, args.peak_jobs)
     print("Peak memory of pruning and 5 training steps, each variant in a fresh process, over the dense")
     print("weights (" + ("CUDA allocator peak" if args.device.startswith("cuda") else "peak resident memory") + "):")
     print()
