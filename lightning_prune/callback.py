@@ -131,8 +131,10 @@ class PruningCallback(Callback):
         make_permanent: at the end of ``fit``, remove every reparametrization (plain
             parameters with zeros where pruned).
         log_per_layer: log ``sparsity/<name>`` for every target besides ``sparsity/global``.
-        seed: seed of the random methods and of ``Rewind(reinit=True)``; ``None`` draws one
-            on rank 0 (from torch's global RNG) and shares it with every rank.
+        seed: seed of the random methods and of ``Rewind(reinit=True)``, an int in
+            ``[-2**63, 2**64)``; ``None`` takes one from torch's global RNG on rank 0, without
+            advancing it (a fit's dropout and batch order stay as without the callback), and
+            shares it with every rank.
         masking: ``"reparametrize"``: the layout of ``torch.nn.utils.prune`` (``<name>_orig``,
             a bool ``<name>_mask`` buffer, a forward pre-hook); ``"in_place"``: weights stay
             plain parameters, the callback keeps the masks, zeroes pruned entries' gradients as
@@ -183,9 +185,11 @@ class PruningCallback(Callback):
             if not isinstance(flag, bool):
                 raise ValueError(f"Expected `{arg}` to be True or False, got {flag!r}")
         self.make_permanent, self.log_per_layer = make_permanent, log_per_layer
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"Expected `seed` to be an int or None, got {seed!r}")
-        self.seed = seed
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64
+        ):
+            raise ValueError(f"Expected `seed` to be None or an int in [-2**63, 2**64) (torch's seeds), got {seed!r}")
+        self.seed: int | None = None if seed is None else int(seed)
         if masking not in ("reparametrize", "in_place"):
             raise ValueError(f"Expected `masking` to be 'reparametrize' or 'in_place', got {masking!r}")
         self.masking = masking
@@ -268,7 +272,18 @@ class PruningCallback(Callback):
         self._trainer, self._model = weakref.ref(trainer), weakref.ref(pl_module)
         self._targets = []  # resolved in `on_fit_start`, after `LightningModule.setup` and `configure_model`
         if self.seed is None:
-            self.seed = int(trainer.strategy.broadcast(int(torch.randint(0, 2**31 - 1, ()).item()), src=0))
+            self.seed = int(trainer.strategy.broadcast(self._draw_seed(trainer), src=0))
+
+    def _draw_seed(self, trainer: Trainer) -> int:
+        """A seed from torch's global RNG that leaves it where it was, one of its own for each callback.
+
+        Drawing would shift every later draw: the dropout masks and batch order of a fit would
+        change with the callback added, before any pruning.
+        """
+        callbacks = [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
+        index = next((i for i, c in enumerate(callbacks) if c is self), 0)
+        with torch.random.fork_rng(devices=[]):
+            return int(torch.randint(0, 2**31 - 1, (index + 1,))[index])
 
     def _resolve_targets(self, pl_module: LightningModule) -> list[Target]:
         targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
@@ -546,7 +561,7 @@ class PruningCallback(Callback):
         self._snapshot.restore(pl_module, trainer.optimizers, self._schedulers(trainer))
         if self.rewind.reinit:
             assert self.seed is not None
-            reinitialize(pl_module, self.seed + self._round)
+            reinitialize(pl_module, (self.seed + self._round) % 2**64)  # as torch maps a negative seed
         self._commit(self._current_masks())
         for other in trainer.callbacks:  # type: ignore[attr-defined]  # set in Trainer.__init__
             # the rewind wrote every weight and the optimizers' state, the targets another callback

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,8 +57,9 @@ class Rewind:
     reinit: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.epoch, bool) or not isinstance(self.epoch, int) or self.epoch < 0:
+        if isinstance(self.epoch, bool) or not isinstance(self.epoch, numbers.Integral) or self.epoch < 0:
             raise ValueError(f"Expected `Rewind.epoch` to be an int >= 0, got {self.epoch!r}")
+        self.epoch = int(self.epoch)
         if not isinstance(self.reinit, bool):
             raise ValueError(f"Expected `Rewind.reinit` to be a bool, got {self.reinit!r}")
 

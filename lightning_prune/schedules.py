@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 
 __all__ = ["Constant", "Explicit", "Geometric", "Linear", "Polynomial", "Schedule"]
@@ -22,23 +23,17 @@ __all__ = ["Constant", "Explicit", "Geometric", "Linear", "Polynomial", "Schedul
 
 def _check_fraction(name: str, value: object, *, open_low: bool = False, open_high: bool = False) -> float:
     low, high = "(" if open_low else "[", ")" if open_high else "]"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or math.isnan(value)
-        or value < 0
-        or value > 1
-        or (open_low and value == 0)
-        or (open_high and value == 1)
-    ):
+    # any real number, NumPy's scalars too; anything else reads as NaN, which fails the range
+    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    if not 0 <= number <= 1 or (open_low and number == 0) or (open_high and number == 1):
         raise ValueError(f"Expected `{name}` in {low}0, 1{high}, got {value!r}")
-    return float(value)
+    return number
 
 
 def _check_epoch(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise ValueError(f"Expected `{name}` to be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 class Schedule(ABC):
@@ -139,9 +134,9 @@ class Polynomial(_Ramp):
         every_n_epochs: int = 1,
     ) -> None:
         super().__init__(final_sparsity, start_epoch, end_epoch, initial_sparsity, every_n_epochs)
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+        if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
             raise ValueError(f"Expected `power` > 0, got {power!r}")
-        self.power = power
+        self.power: float = int(power) if isinstance(power, numbers.Integral) else float(power)
 
     def _progress(self, fraction: float) -> float:
         return 1.0 - (1.0 - fraction) ** self.power
@@ -227,7 +222,7 @@ def as_schedule(schedule: Schedule | float) -> Schedule:
     """
     if isinstance(schedule, Schedule):
         return schedule
-    if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
+    if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
         try:
             return Constant(float(schedule))
         except ValueError as err:

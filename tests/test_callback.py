@@ -7,12 +7,14 @@ import csv
 
 import pytest
 import torch
-from lightning import Callback, Trainer
+from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.nn.utils import prune
+from torch.utils.data import DataLoader
 
 from lightning_prune import PruningCallback
 from lightning_prune.schedules import Explicit, Linear, Polynomial
+from tests.helpers import TinyNet, make_loader, make_model, make_trainer
 from tests.tutorial import LitLeNet, lenet_data
 
 WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -252,3 +254,33 @@ def test_no_work_without_event(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(core, "compute_masks", lambda *a, **k: calls.append(1))
     _fit(PruningCallback(schedule=Explicit({5: 0.5})), tmp_path, epochs=2)
     assert calls == []
+
+
+class _Dropout(TinyNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.nn.functional.dropout(torch.relu(self.fc1(x)), 0.3, self.training))
+
+
+def _fit_drawing(tmp_path, callbacks: list[Callback]) -> dict[str, torch.Tensor]:
+    """Two epochs of a model with dropout on shuffled batches: both draw from torch's global RNG."""
+    seed_everything(0, verbose=False)
+    model = make_model(cls=_Dropout)
+    loader = make_loader()
+    shuffled = DataLoader(loader.dataset, batch_size=16, shuffle=True)
+    make_trainer(tmp_path, callbacks=callbacks, max_epochs=2).fit(model, shuffled)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_a_drawn_seed_leaves_training_as_without_the_callback(tmp_path) -> None:
+    """`seed=None` takes a seed from the global RNG without advancing it: until the first event, the
+    dropout masks and the batch order are those of a fit without the callback."""
+    without = _fit_drawing(tmp_path, [])
+    callbacks = [PruningCallback(schedule=Explicit({5: 0.5}), targets=[name]) for name in ("fc1.weight", "fc2.weight")]
+    with_callbacks = _fit_drawing(tmp_path, callbacks)
+    for name, value in without.items():
+        assert torch.equal(with_callbacks[name], value), name
+    seeds = [c.seed for c in callbacks]
+    assert None not in seeds and seeds[0] != seeds[1], "each callback draws its own seed"
+    again = [PruningCallback(schedule=Explicit({5: 0.5}), targets=[name]) for name in ("fc1.weight", "fc2.weight")]
+    _fit_drawing(tmp_path, again)
+    assert [c.seed for c in again] == seeds, "and the same ones from the same global state"

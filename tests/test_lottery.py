@@ -573,3 +573,17 @@ def test_a_rewind_leaves_another_callbacks_unpruned_targets_plain(tmp_path: Path
     make_trainer(tmp_path, callbacks=[rewinding, other], max_epochs=3).fit(model, make_loader())
     assert [k for k in model.state_dict() if k.startswith("fc2.")] == ["fc2.weight", "fc2.bias"]
     assert other.state_dict()["masks"] == {}  # before its first event
+
+
+def test_reinit_takes_the_largest_seed(tmp_path) -> None:
+    """`seed + round` wraps modulo 2**64, as torch maps a negative seed: 2**64 - 1 re-samples as -1 does."""
+    _, largest = _control(tmp_path, seed=2**64 - 1)
+    _, minus_one = _control(tmp_path, seed=-1)
+    for name in WEIGHTS:
+        assert torch.equal(largest["tensors"][name], minus_one["tensors"][name])
+
+
+def test_rewind_epoch_takes_a_numpy_integer() -> None:
+    np = pytest.importorskip("numpy")
+    rewind = Rewind(epoch=np.int64(2))
+    assert rewind == Rewind(epoch=2) and type(rewind.epoch) is int
