@@ -110,6 +110,11 @@ class _CheckpointMasks:
             callback._set_checkpoint_masks(module, t, checkpoint)
 
 
+def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
+    """The Trainer's pruning callbacks, in its order."""
+    return [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
+
+
 class PruningCallback(Callback):
     """Prune a LightningModule while it trains.
 
@@ -130,7 +135,9 @@ class PruningCallback(Callback):
         rewind: a :class:`~lightning_prune.Rewind` for lottery-ticket experiments.
         make_permanent: at the end of ``fit``, remove every reparametrization (plain
             parameters with zeros where pruned).
-        log_per_layer: log ``sparsity/<name>`` for every target besides ``sparsity/global``.
+        log_per_layer: log ``sparsity/<name>`` for every target besides ``sparsity/global``
+            (``sparsity/<method>/...`` when the Trainer has several pruning callbacks, numbered
+            ``<method>_1``, ``<method>_2`` in its order where two share a method).
         seed: seed of the random methods and of ``Rewind(reinit=True)``, an int in
             ``[-2**63, 2**64)``; ``None`` takes one from torch's global RNG on rank 0, without
             advancing it (a fit's dropout and batch order stay as without the callback), and
@@ -280,7 +287,7 @@ class PruningCallback(Callback):
         Drawing would shift every later draw: the dropout masks and batch order of a fit would
         change with the callback added, before any pruning.
         """
-        callbacks = [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
+        callbacks = _pruning_callbacks(trainer)
         index = next((i for i, c in enumerate(callbacks) if c is self), 0)
         with torch.random.fork_rng(devices=[]):
             return int(torch.randint(0, 2**31 - 1, (index + 1,))[index])
@@ -574,21 +581,35 @@ class PruningCallback(Callback):
     ) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = reporting.scalars(after, per_layer=self.log_per_layer)
+        namespace = self._namespace(trainer)
+        metrics = reporting.scalars(after, per_layer=self.log_per_layer, namespace=namespace)
         if self.rewind is not None:
-            metrics["lottery/round"] = float(self._round)
+            lottery = f"lottery/{namespace}/" if namespace else "lottery/"
+            metrics[f"{lottery}round"] = float(self._round)
             if getattr(self, "_validated_epoch", -1) == epoch:  # else the values are an earlier round's
                 metrics.update(
                     {
-                        f"lottery/round_end/{k}": float(v)
+                        f"{lottery}round_end/{k}": float(v)
                         for k, v in trainer.callback_metrics.items()
                         if k.startswith("val")
                     }
                 )
-        reporting.log_event(trainer.loggers, metrics, after, self._surviving, trainer.global_step)
+        reporting.log_event(trainer.loggers, metrics, after, self._surviving, trainer.global_step, namespace)
         shapes = {t.qualname: tuple(t.parameter.shape) for t in self._targets}
         if log.isEnabledFor(logging.INFO):  # the table costs statistics no one reads otherwise
             log.info(reporting.table(before, after, shapes, epoch=epoch, target=target))
+
+    def _namespace(self, trainer: Trainer) -> str:
+        """Where this callback's tags go when the Trainer has several: its method's name, numbered
+        from 1 in the order of the Trainer's callbacks if another one prunes by the same method;
+        ``""`` (the plain tags) when it is the only one."""
+        callbacks = _pruning_callbacks(trainer)
+        if len(callbacks) < 2:
+            return ""
+        same = [c for c in callbacks if c.method_name == self.method_name]
+        if len(same) < 2:
+            return self.method_name
+        return f"{self.method_name}_{next(i for i, c in enumerate(same, 1) if c is self)}"
 
     def _surviving(self) -> Iterator[tuple[str, Tensor]]:
         for t, mask in zip(self._targets, self._current_masks()):

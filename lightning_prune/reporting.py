@@ -26,11 +26,16 @@ from lightning_prune.core import SparsityStats
 __all__ = ["log_event", "scalars", "table"]
 
 
-def scalars(stats: SparsityStats, *, per_layer: bool) -> dict[str, float]:
-    """``sparsity/global`` and, with ``per_layer``, ``sparsity/<qualified name>``."""
-    out = {"sparsity/global": stats.overall}
+def scalars(stats: SparsityStats, *, per_layer: bool, namespace: str = "") -> dict[str, float]:
+    """``sparsity/global`` and, with ``per_layer``, ``sparsity/<qualified name>``.
+
+    A ``namespace`` (one callback's among several) goes after ``sparsity/``:
+    ``sparsity/<namespace>/global``.
+    """
+    prefix = f"sparsity/{namespace}/" if namespace else "sparsity/"
+    out = {f"{prefix}global": stats.overall}
     if per_layer:
-        out.update({f"sparsity/{name}": c.sparsity for name, c in stats.per_target.items()})
+        out.update({f"{prefix}{name}": c.sparsity for name, c in stats.per_target.items()})
     return out
 
 
@@ -82,23 +87,26 @@ def log_event(
     stats: SparsityStats,
     surviving: Callable[[], Iterator[tuple[str, Tensor]]],
     step: int,
+    namespace: str = "",
 ) -> None:
     """Send ``metrics`` to every logger at ``step``; histograms and a bar chart to those that take them.
 
     ``surviving()`` yields each target's surviving weights, one at a time; a logger whose ``experiment`` has
     ``add_histogram``/``add_figure`` (TensorBoard) gets ``weights/<name>`` histograms of their
-    magnitudes and a ``sparsity/per_layer`` bar chart.
+    magnitudes and a ``sparsity/per_layer`` bar chart (``weights/<namespace>/<name>`` and
+    ``sparsity/<namespace>/per_layer`` with a ``namespace``).
     """
+    ns = f"{namespace}/" if namespace else ""
     for logger in loggers:
         logger.log_metrics(dict(metrics), step=step)
         experiment: Any = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_histogram"):
             for name, values in surviving():
                 if values.numel():
-                    experiment.add_histogram(f"weights/{name}", values.abs().to(torch.float32).cpu(), step)
+                    experiment.add_histogram(f"weights/{ns}{name}", values.abs().to(torch.float32).cpu(), step)
         if hasattr(experiment, "add_figure"):
             try:
                 figure = _bar_chart(stats)
             except ImportError:
                 continue
-            experiment.add_figure("sparsity/per_layer", figure, step, close=True)
+            experiment.add_figure(f"sparsity/{ns}per_layer", figure, step, close=True)

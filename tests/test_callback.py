@@ -240,6 +240,40 @@ def test_logs_schedule_values_to_every_logger(tmp_path) -> None:
     assert "sparsity/per_layer" in tags["images"]
 
 
+@pytest.mark.parametrize(
+    ("second_method", "names"),
+    [("l1_unstructured", ["l1_unstructured_1", "l1_unstructured_2"]), ("random_unstructured", None)],
+    ids=["same-method", "other-method"],
+)
+def test_several_callbacks_log_under_their_own_names(tmp_path, second_method: str, names) -> None:
+    """Each callback's `sparsity/global`, per-layer scalars, histograms and bar chart, under its method's name
+    (numbered when two share a method): one tag each, with that callback's own sparsity."""
+    names = names or ["l1_unstructured", "random_unstructured"]
+    convs = PruningCallback(scope="global", schedule=Explicit({0: 0.3}), targets=["conv*.weight"])
+    fcs = PruningCallback(method=second_method, schedule=Explicit({0: 0.5}), targets=["fc*.weight"], seed=0)
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    _fit(convs, tmp_path, epochs=1, logger=loggers, extra=[fcs])
+    loggers[0].save()
+    with open(loggers[0].log_dir + "/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if any(r.get(f"sparsity/{n}/global") for n in names)]
+    values = {n: [float(r[f"sparsity/{n}/global"]) for r in rows if r.get(f"sparsity/{n}/global")] for n in names}
+    assert values == {names[0]: [pytest.approx(0.3, abs=1e-3)], names[1]: [pytest.approx(0.5, abs=1e-3)]}
+    assert all("sparsity/global" not in r or not r["sparsity/global"] for r in rows), "no shared tag"
+    assert any(r.get(f"sparsity/{names[0]}/conv1.weight") for r in rows)
+    assert any(r.get(f"sparsity/{names[1]}/fc3.weight") for r in rows)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(loggers[1].log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for name in names:
+        assert len(events.Scalars(f"sparsity/{name}/global")) == 1
+        assert f"sparsity/{name}/per_layer" in tags["images"]
+    assert "sparsity/global" not in tags["scalars"] and "sparsity/per_layer" not in tags["images"]
+    assert {f"weights/{names[0]}/conv1.weight", f"weights/{names[1]}/fc1.weight"} <= set(tags["histograms"])
+
+
 def test_console_table(tmp_path, caplog) -> None:
     with caplog.at_level("INFO", logger="lightning.pytorch.callbacks.pruning"):
         _fit(PruningCallback(schedule=0.5), tmp_path, epochs=1)

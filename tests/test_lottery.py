@@ -338,6 +338,22 @@ def test_round_end_metrics_come_from_the_rounds_own_validation(tmp_path) -> None
     assert rows[1]["lottery/round_end/val_loss"] == ""
 
 
+def test_round_tags_of_one_callback_among_several_carry_its_name(tmp_path) -> None:
+    logger = CSVLogger(tmp_path, name="csv")
+    rewinding = PruningCallback(
+        targets=["fc1.weight"], schedule=Explicit({1: 0.3}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    other = PruningCallback(method="random_unstructured", targets=["fc2.weight"], schedule=Explicit({1: 0.5}), seed=0)
+    trainer = _trainer(2, [rewinding, other], tmp_path, logger=logger)
+    trainer.fit(_model(cls=TinyVal), _data(), _data())
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lottery/l1_unstructured/round")]
+    assert [float(r["lottery/l1_unstructured/round"]) for r in rows] == [1.0]
+    assert rows[0]["lottery/l1_unstructured/round_end/val_loss"] != ""
+    assert "lottery/round" not in rows[0]
+
+
 # ---------------------------------------------------------------------------- bad schedules
 
 
