@@ -78,8 +78,9 @@ class MaskHook(torch_prune.BasePruningMethod):
     def remove(self, module: nn.Module) -> None:
         """Make the pruning permanent in place, the parameter in its place (``prune.remove`` calls this).
 
-        ``torch.nn.utils.prune.remove`` deletes the forward pre-hook itself; :func:`remove` also
-        deletes the ``load_state_dict`` hook.
+        The ``load_state_dict`` hook goes here too; ``torch.nn.utils.prune.remove`` deletes the
+        forward pre-hook itself, while it walks the module's forward pre-hooks, and :func:`remove`
+        deletes it after this.
         """
         name = self._tensor_name
         orig, mask = module._parameters[name + "_orig"], module._buffers.pop(name + "_mask")
@@ -88,6 +89,8 @@ class MaskHook(torch_prune.BasePruningMethod):
             orig.mul_(mask)
         module.__dict__.pop(name, None)
         rename_parameter(module, name + "_orig", name)
+        for handle in self._handles[1:]:  # [forward pre-hook, load_state_dict pre-hook]
+            handle.remove()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> MaskHook:
         # The module's recomputed tensor is part of an autograd graph after a forward pass, and
@@ -176,6 +179,11 @@ def refresh(module: nn.Module, name: str) -> None:
     setattr(module, name, weight)
 
 
+def _check_shape(name: str, mask: Tensor | None, shape: torch.Size) -> None:
+    if mask is not None and mask.shape != shape:
+        raise ValueError(f"Expected a mask of shape {tuple(shape)} for `{name}`, got {tuple(mask.shape)}")
+
+
 def _adopt(module: nn.Module, name: str, hook: torch_prune.BasePruningMethod) -> None:
     """Replace ``torch.nn.utils.prune``'s hook and float mask by ours, keeping the mask."""
     mask = module._buffers[name + "_mask"]
@@ -211,6 +219,9 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: 
     """
     hook = find_hook(module, name)
     if hook is not None and not isinstance(hook, MaskHook):
+        torch_mask = module._buffers[name + "_mask"]
+        assert torch_mask is not None
+        _check_shape(name, mask, torch_mask.shape)  # before anything changes
         _adopt(module, name, hook)
     elif hook is None:
         param = module._parameters.get(name)
@@ -219,8 +230,7 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: 
                 f"Expected `{name}` of {type(module).__name__} to be a floating-point nn.Parameter, "
                 f"got {type(param).__name__ if param is None else param.dtype}"
             )
-        if mask is not None and mask.shape != param.shape:
-            raise ValueError(f"Expected a mask of shape {tuple(param.shape)} for `{name}`, got {tuple(mask.shape)}")
+        _check_shape(name, mask, param.shape)
         initial = torch.ones_like(param, dtype=torch.bool) if mask is None else mask.to(param.device, torch.bool)
         initial = initial.contiguous()  # an expanded all-True view (see `core.all_true`) becomes a buffer
         rename_parameter(module, name, name + "_orig")
@@ -242,8 +252,7 @@ def update(module: nn.Module, name: str, mask: Tensor, *, replace: bool = False)
     """Write ``mask`` (combined with the current one, unless ``replace``) into ``<name>_mask`` in place."""
     current = module._buffers[name + "_mask"]
     assert current is not None
-    if mask.shape != current.shape:
-        raise ValueError(f"Expected a mask of shape {tuple(current.shape)} for `{name}`, got {tuple(mask.shape)}")
+    _check_shape(name, mask, current.shape)
     new = mask.to(device=current.device, dtype=torch.bool)
     if replace:
         current.copy_(new)

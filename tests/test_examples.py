@@ -68,3 +68,22 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     module = namespace["trainer"].lightning_module
     weights = [module.fc1.weight, module.fc2.weight]  # plain again after fit, 90% zero together
     assert sum(int((w == 0).sum()) for w in weights) == round(0.9 * sum(w.numel() for w in weights))
+
+
+def test_readme_lottery_table_is_the_committed_results() -> None:
+    """The README's lottery-ticket table, cell by cell, from `examples/results/lottery_results.csv`."""
+    import csv
+    import statistics
+
+    with open(ROOT / "examples" / "results" / "lottery_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    cells: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        cells.setdefault((row["arm"], row["remaining"]), []).append(100 * float(row["test_acc"]))
+    readme = (ROOT / "README.md").read_text()
+    for arm, label in (("ticket", "rewound ticket"), ("control", "random re-init")):
+        line = next(line for line in readme.splitlines() if line.startswith(f"| {label} |"))
+        written = [cell.strip() for cell in line.strip("|").split("|")[1:]]
+        remaining = sorted({r for a, r in cells if a == arm}, key=float, reverse=True)
+        expected = [f"{statistics.mean(cells[arm, r]):.1f}±{statistics.stdev(cells[arm, r]):.1f}" for r in remaining]
+        assert written == expected, label

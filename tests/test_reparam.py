@@ -60,7 +60,11 @@ def test_remove_makes_permanent(remover) -> None:
     assert layer.weight is param and torch.equal(layer.weight.detach(), expected)
     assert list(layer.state_dict()) == ["weight", "bias"]
     assert not prune.is_pruned(layer)
+    assert not layer._forward_pre_hooks and not layer._load_state_dict_pre_hooks, "no hook left behind"
     layer.load_state_dict(nn.Linear(3, 4).state_dict())  # plain loading works again
+    prune.l1_unstructured(layer, "weight", amount=0.5)  # torch on its own again: a plain state_dict is refused
+    with pytest.raises(RuntimeError, match="weight_orig"):
+        layer.load_state_dict(nn.Linear(3, 4).state_dict())
 
 
 def test_remove_unpruned_is_an_error() -> None:
@@ -82,6 +86,16 @@ def test_apply_rolls_back_on_bad_mask() -> None:
     with pytest.raises(ValueError, match="shape"):
         reparam.apply(layer, "weight", torch.ones(2, 2, dtype=torch.bool))
     assert list(layer.state_dict()) == list(before) and not prune.is_pruned(layer)
+
+
+def test_apply_with_a_bad_mask_leaves_a_torch_pruned_tensor_as_it_was() -> None:
+    layer = nn.Linear(3, 4)
+    prune.l1_unstructured(layer, "weight", amount=0.5)
+    hooks, mask = list(layer._forward_pre_hooks.values()), layer.weight_mask.clone()
+    with pytest.raises(ValueError, match=r"shape \(4, 3\) for `weight`, got \(5, 5\)"):
+        reparam.apply(layer, "weight", torch.ones(5, 5, dtype=torch.bool))
+    assert list(layer._forward_pre_hooks.values()) == hooks and not layer._load_state_dict_pre_hooks
+    assert layer.weight_mask.dtype == torch.float32 and torch.equal(layer.weight_mask, mask)
 
 
 def test_parameters_keep_their_places(monkeypatch: pytest.MonkeyPatch) -> None:
