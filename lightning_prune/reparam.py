@@ -37,6 +37,7 @@ from torch.nn.utils import prune as torch_prune
 __all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "refresh", "remove", "rename_parameter", "update"]
 
 _CHUNK = 1 << 20
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
 
 
 class MaskHook(torch_prune.BasePruningMethod):
@@ -56,6 +57,11 @@ class MaskHook(torch_prune.BasePruningMethod):
     def apply_mask(self, module: nn.Module) -> Tensor:
         orig, mask = module._parameters[self._tensor_name + "_orig"], module._buffers[self._tensor_name + "_mask"]
         assert orig is not None and mask is not None
+        if _is_compiling():
+            # In a graph `torch.compile` traces, the cast fuses with the multiply, and the cache's
+            # check of the mask's version could not be traced (nor guarded without recompiling at
+            # every event).
+            return orig * mask.to(orig.dtype)
         return orig * self._multiplier(mask, orig.dtype)
 
     def _multiplier(self, mask: Tensor, dtype: torch.dtype) -> Tensor:

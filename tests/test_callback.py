@@ -318,3 +318,16 @@ def test_a_drawn_seed_leaves_training_as_without_the_callback(tmp_path) -> None:
     again = [PruningCallback(schedule=Explicit({5: 0.5}), targets=[name]) for name in ("fc1.weight", "fc2.weight")]
     _fit_drawing(tmp_path, again)
     assert [c.seed for c in again] == seeds, "and the same ones from the same global state"
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_a_compiled_module_trains_pruned(tmp_path, masking: str) -> None:
+    """`trainer.fit(torch.compile(model, fullgraph=True))`: no graph break, the schedule's sparsity, zeros seen."""
+    torch._dynamo.reset()
+    model = make_model()
+    callback = PruningCallback(schedule=Explicit({0: 0.5, 1: 0.75}), masking=masking)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=3).fit(compiled, make_loader())
+    for name in ("fc1", "fc2"):
+        weight = getattr(model, name).weight
+        assert int((weight == 0).sum()) == round(0.75 * weight.numel()), name

@@ -226,3 +226,25 @@ def test_an_expanded_all_true_mask_becomes_a_buffer_of_its_own() -> None:
     assert layer.weight_mask.is_contiguous() and layer.weight_mask.untyped_storage().nbytes() == 6
     reparam.update(layer, "weight", torch.tensor([[True, False, True], [True, True, False]]))
     assert layer.weight_mask.tolist() == [[True, False, True], [True, True, False]]
+
+
+@pytest.mark.parametrize("first", ["eager forward", "compiled forward, then a new mask"])
+def test_a_pruned_module_compiles_into_one_graph(first: str) -> None:
+    """`torch.compile(fullgraph=True)`, as for `torch.nn.utils.prune`'s hook: no graph break, no recompilation
+    when a mask changes in place, masked outputs and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer, x = nn.Linear(7, 5), torch.randn(3, 7)
+    reparam.apply(layer, "weight", _mask((5, 7), 0))
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    if first == "eager forward":
+        layer(x)  # fills the hook's cache of the mask in the weight's dtype
+    else:
+        compiled(x)
+        reparam.update(layer, "weight", _mask((5, 7), 1))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = compiled(x)
+    mask = layer.weight_mask
+    assert torch.equal(out, torch.nn.functional.linear(x, layer.weight_orig * mask, layer.bias))
+    out.sum().backward()
+    assert layer.weight_orig.grad is not None and not layer.weight_orig.grad[~mask].any()
