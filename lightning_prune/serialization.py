@@ -40,17 +40,26 @@ def unpack_mask(packed: Tensor, shape: Iterable[int]) -> Tensor:
 def plain_state_dict(state_dict: MutableMapping[str, Tensor], keys: Iterable[str]) -> None:
     """Replace ``<key>_orig`` and ``<key>_mask`` by ``<key> = orig * mask``, in place, for each key.
 
+    ``<key>`` takes ``<key>_orig``'s place: the keys come in the order of the plain module's.
+
     Example:
         >>> import torch
-        >>> sd = {"w_orig": torch.tensor([1.0, 2.0]), "w_mask": torch.tensor([True, False])}
+        >>> sd = {"w_orig": torch.tensor([1.0, 2.0]), "b": torch.zeros(1), "w_mask": torch.tensor([True, False])}
         >>> plain_state_dict(sd, ["w"])
         >>> sd
-        {'w': tensor([1., 0.])}
+        {'w': tensor([1., 0.]), 'b': tensor([0.])}
     """
-    for key in keys:
-        if key + "_orig" in state_dict and key + "_mask" in state_dict:
-            orig, mask = state_dict.pop(key + "_orig"), state_dict.pop(key + "_mask")
-            state_dict[key] = orig * mask.to(orig.dtype)
+    plain = {key + "_orig": key for key in keys if key + "_orig" in state_dict and key + "_mask" in state_dict}
+    if not plain:
+        return
+    masks = {key + "_mask": state_dict[key + "_mask"] for key in plain.values()}
+    items = list(state_dict.items())
+    state_dict.clear()  # an OrderedDict keeps its `_metadata`
+    for name, value in items:
+        if name in plain:
+            state_dict[plain[name]] = value * masks[plain[name] + "_mask"].to(value.dtype)
+        elif name not in masks:
+            state_dict[name] = value
 
 
 _CHUNK = 1 << 22
