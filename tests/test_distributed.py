@@ -8,6 +8,9 @@ their masks to files; the parent compares them.
 from __future__ import annotations
 
 import atexit
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +116,11 @@ def _destroy_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _ddp_trainer(root: Path, callbacks: list[Callback], epochs: int) -> Trainer:
+def _ddp_trainer(root: Path, callbacks: list[Callback], epochs: int, strategy: str = "ddp_spawn") -> Trainer:
     return Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp_spawn",
+        strategy=strategy,
         max_epochs=epochs,
         limit_train_batches=2,
         logger=False,
@@ -231,3 +234,46 @@ def test_ddp_in_place_masking_agrees_across_ranks(tmp_path: Path) -> None:
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.6 * total)
     for name, mask in masks.items():
         assert ranks[0]["weights"][name][~mask].eq(0).all()
+
+
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+
+from lightning_prune import PruningCallback
+from lightning_prune.schedules import Explicit
+from tests.helpers import make_loader
+from tests.test_distributed import FourLayers, MaskDumper, RankSeeder, _ddp_trainer
+
+out = Path(sys.argv[1])
+pruning = PruningCallback(method="random_unstructured", schedule=Explicit({0: 0.3, 1: 0.6}), targets=["fc1.weight"])
+torch.manual_seed(0)
+trainer = _ddp_trainer(out, [RankSeeder(), pruning, MaskDumper(out)], epochs=2, strategy="ddp")
+trainer.fit(FourLayers(), make_loader(n=64, batch_size=8))
+trainer.save_checkpoint(out / "after_fit.ckpt")
+if trainer.global_rank == 0:
+    torch.save(pruning.state_dict(), out / "callback_state.pt")
+"""
+
+
+def test_ddp_launched_by_lightning_keeps_the_callback_state_in_the_main_process(tmp_path: Path) -> None:
+    """`strategy="ddp"`: the script runs again for rank 1; the process that started it is rank 0 and keeps
+    the masks (for a checkpoint or a second `fit` there), equal to rank 1's."""
+    script = tmp_path / "fit_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "MASTER_PORT": str(free_port())}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert_tensors_equal(ranks[1]["masks"], ranks[0]["masks"])
+    assert int((~ranks[0]["masks"]["fc1.weight"]).sum()) == round(0.6 * 16 * IN_FEATURES)
+    state = torch.load(tmp_path / "callback_state.pt", weights_only=False)
+    assert sorted(state["masks"]) == ["fc1.weight"]
+    checkpoint = torch.load(tmp_path / "after_fit.ckpt", weights_only=False)
+    saved = [v for k, v in checkpoint["callbacks"].items() if k.startswith("PruningCallback")]
+    assert len(saved) == 1 and sorted(saved[0]["masks"]) == ["fc1.weight"]
