@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     def median(size_m: float, variant: str, key: str) -> float:
         return statistics.median(r[key] for r in results[size_m, variant])
 
+    def disturbed(size_m: float) -> bool:
+        """Whether a run kept for this size (the retries used up) shared the CPU with other processes."""
+        return any(r["foreign_cores"] > args.max_other_load for v in VARIANTS for r in results[size_m, v])
+
     first = results[sizes[0], "ours"][0]
     start = f"from {args.after:.0%} " if args.after else ""
     where = (
@@ -261,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in sizes:
         t_torch, t_ours = median(s, "torch", "seconds"), median(s, "ours", "seconds")
         b_torch, b_ours = median(s, "torch", "extra_bytes_per_param"), median(s, "ours", "extra_bytes_per_param")
-        cells = [format_size(s), f"{t_torch:.3f}", f"{t_ours:.3f}", f"{t_torch / t_ours:.2f}", f"{b_torch:.2f}"]
+        size = format_size(s) + (" *" if disturbed(s) else "")
+        cells = [size, f"{t_torch:.3f}", f"{t_ours:.3f}", f"{t_torch / t_ours:.2f}", f"{b_torch:.2f}"]
         print("| " + " | ".join([*cells, f"{b_ours:.2f}"]) + " |")
     print()
     print("| size | parameters | pruned (ours) | round(0.5 N) | exact | ours ms per M params |")
@@ -287,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Other processes used at most {foreign:.2f} CPU cores during any kept event; "
         f"{discarded} run(s) disturbed by more than {args.max_other_load} cores were rerun."
     )
+    if any(disturbed(s) for s in sizes):
+        print(
+            f"* A run kept for this size, its retries used up, shared the CPU with other processes (more than "
+            f"{args.max_other_load} cores): its times are not comparable, and the two variants slow down unequally."
+        )
     if not all(r["peak_reset"] for rs in results.values() for r in rs):
         print("Note: the peak-RSS mark could not be reset before the event; B/param is an upper bound.")
     return 0 if ok else 1

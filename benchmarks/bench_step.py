@@ -351,6 +351,28 @@ def peak_table(names: list[str], device: str, jobs: int) -> dict[str, dict[str, 
         return {n: {v: futures[n, v].result() for v in VARIANTS} for n in names}
 
 
+# glibc's malloc, fixed for the timing: blocks up to 32 MiB (the most it allows) come from the heap,
+# and the heap is never trimmed. Otherwise its thresholds move as blocks are freed, and where each
+# variant's freed blocks land (kept, or handed back to the system and faulted in again, zeroed)
+# differs between variants that share the one process: thousands of page faults per step for one
+# and none for another, as large as the differences measured.
+FIXED_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def run_with_fixed_heap(argv: list[str]) -> None:
+    """Run this script again with :data:`FIXED_HEAP` in its environment, unless it is there.
+
+    glibc reads the variables when the process starts; they are taken out of the environment
+    again at once, so the fresh processes of the peak-memory table run with the defaults.
+    """
+    if all(os.environ.get(k) == v for k, v in FIXED_HEAP.items()):
+        for key in FIXED_HEAP:
+            del os.environ[key]
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], {**os.environ, **FIXED_HEAP})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=11, help="rounds in which every variant takes a turn")
@@ -365,11 +387,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step (a smoke test)")
     parser.add_argument("--device", default="cpu", help="where models and batches live: cpu (default) or cuda")
     parser.add_argument("--peak-jobs", type=int, default=4, help="fresh processes of the peak-memory table at a time")
+    parser.add_argument(
+        "--allocator-defaults",
+        action="store_true",
+        help="time with glibc's malloc as it comes, instead of fixed thresholds (see FIXED_HEAP)",
+    )
     parser.add_argument("--peak-child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_child:
         report(peak_child(*args.peak_child, args.device))
         return 0
+    fixed_heap = not args.allocator_defaults and sys.platform.startswith("linux")
+    if fixed_heap:
+        run_with_fixed_heap(sys.argv[1:] if argv is None else argv)
     if args.quick:
         rounds, round_seconds, min_steps, warmup, max_load = 2, 0.0, 1, 1, math.inf
     else:
@@ -379,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Training step (forward + backward + SGD momentum 0.9) at {SPARSITY:.0%} sparsity, "
         f"{rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"device {args.device}" + (f" ({torch.cuda.get_device_name(args.device)})" if args.device != "cpu" else "")
+        f"device {args.device}"
+        + (f" ({torch.cuda.get_device_name(args.device)})" if args.device != "cpu" else "")
+        + (", malloc thresholds fixed" if fixed_heap else ", malloc as it comes")
     )
     print()
     results = {}
@@ -435,8 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [f"{peak[v] / peak['torch']:.2f}" for v in ("ours", "in_place")]  # type: ignore[operator]
         print(f"| {name} | " + " | ".join([*mib, *ratios]) + " |")
     print()
-    print("Minor page faults per step (fresh pages the kernel maps and zeroes; all variants share one heap,")
-    print("so where the C allocator hands freed blocks back to the system moves them between variants):")
+    print("Minor page faults per step (fresh pages the kernel maps and zeroes; all variants share one heap:")
+    print("with malloc's thresholds fixed there should be none, and with its defaults where it hands freed")
+    print("blocks back to the system moves them between variants):")
     print()
     print("| model | " + " | ".join(VARIANTS) + " |")
     print("|---|" + "---:|" * len(VARIANTS))

@@ -41,9 +41,19 @@ def test_bench_global_quick(after: list[str]) -> None:
 
 
 @pytest.mark.slow
+def test_bench_global_marks_a_size_whose_kept_run_was_disturbed() -> None:
+    proc = _run_quick("bench_global.py", "--max-other-load", "-1")  # every run counts as disturbed
+    assert proc.returncode == 0, proc.stderr
+    assert "| 1M * |" in proc.stdout
+    assert "* A run kept for this size, its retries used up, shared the CPU" in proc.stdout
+
+
+@pytest.mark.slow
 def test_bench_step_quick() -> None:
     proc = _run_quick("bench_step.py")
     assert proc.returncode == 0, proc.stderr
+    if sys.platform.startswith("linux"):
+        assert ", malloc thresholds fixed" in proc.stdout.splitlines()[0], "timed in the fixed heap"
     assert "| model | batch | dense ms | torch ms | ours ms | in_place ms | torch / dense |" in proc.stdout
     assert "| in_place |" in proc.stdout
     assert "| variant | MiB | vs dense |" in proc.stdout
