@@ -290,7 +290,7 @@ class PruningCallback(Callback):
         callbacks = _pruning_callbacks(trainer)
         index = next((i for i, c in enumerate(callbacks) if c is self), 0)
         with torch.random.fork_rng(devices=[]):
-            return int(torch.randint(0, 2**31 - 1, (index + 1,))[index])
+            return int(torch.randint(0, 2**31 - 1, (index + 1,), device="cpu")[index])  # whatever the default device
 
     def _resolve_targets(self, pl_module: LightningModule) -> list[Target]:
         targets = resolve_targets(pl_module, self.target_patterns, self.exclude)

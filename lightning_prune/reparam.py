@@ -27,7 +27,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import importlib
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,7 +39,20 @@ from torch.nn.utils import prune as torch_prune
 __all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "refresh", "remove", "rename_parameter", "update"]
 
 _CHUNK = 1 << 20
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
+
+
+def _compile_check() -> Callable[[], bool]:
+    """``torch.compiler.is_compiling`` (torch >= 2.3), else torch 2.1-2.2's ``torch._dynamo.is_compiling``.
+
+    Both read as constant ``True`` where ``torch.compile`` traces.
+    """
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:
+        check = getattr(importlib.import_module("torch._dynamo"), "is_compiling", None)
+    return check if check is not None else lambda: False
+
+
+_is_compiling = _compile_check()
 
 
 class MaskHook(torch_prune.BasePruningMethod):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import types
 
 import pytest
 import torch
@@ -331,3 +332,14 @@ def test_a_compiled_module_trains_pruned(tmp_path, masking: str) -> None:
     for name in ("fc1", "fc2"):
         weight = getattr(model, name).weight
         assert int((weight == 0).sum()) == round(0.75 * weight.numel()), name
+
+
+def test_the_seed_is_drawn_on_the_cpu_whatever_the_default_device() -> None:
+    """Under `torch.set_default_device(...)` the draw stays with the CPU generator, the one it leaves as it was."""
+    callback = PruningCallback()
+    trainer = types.SimpleNamespace(callbacks=[callback])
+    state = torch.get_rng_state()
+    with torch.device("meta"):  # a default device that holds no values
+        seed = callback._draw_seed(trainer)  # type: ignore[arg-type]
+    assert isinstance(seed, int) and torch.equal(torch.get_rng_state(), state)
+    assert seed == callback._draw_seed(trainer)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import types
 
 import pytest
 import torch
@@ -228,10 +229,19 @@ def test_an_expanded_all_true_mask_becomes_a_buffer_of_its_own() -> None:
     assert layer.weight_mask.tolist() == [[True, False, True], [True, True, False]]
 
 
+@pytest.mark.parametrize("check", ["torch.compiler", "torch._dynamo"])
 @pytest.mark.parametrize("first", ["eager forward", "compiled forward, then a new mask"])
-def test_a_pruned_module_compiles_into_one_graph(first: str) -> None:
+def test_a_pruned_module_compiles_into_one_graph(first: str, check: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`torch.compile(fullgraph=True)`, as for `torch.nn.utils.prune`'s hook: no graph break, no recompilation
-    when a mask changes in place, masked outputs and gradients."""
+    when a mask changes in place, masked outputs and gradients; with torch 2.1-2.2's compile check too."""
+    if check == "torch._dynamo":
+        if not hasattr(torch._dynamo, "is_compiling"):
+            pytest.skip("this torch has no torch._dynamo.is_compiling")
+        with monkeypatch.context() as before_2_3:  # a torch.compiler without is_compiling
+            before_2_3.setattr(torch, "compiler", types.SimpleNamespace())
+            fallback = reparam._compile_check()
+        assert fallback is torch._dynamo.is_compiling
+        monkeypatch.setattr(reparam, "_is_compiling", fallback)
     torch._dynamo.reset()
     torch.manual_seed(0)
     layer, x = nn.Linear(7, 5), torch.randn(3, 7)
