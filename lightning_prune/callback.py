@@ -570,10 +570,10 @@ class PruningCallback(Callback):
             assert self.seed is not None
             reinitialize(pl_module, (self.seed + self._round) % 2**64)  # as torch maps a negative seed
         self._commit(self._current_masks())
-        for other in trainer.callbacks:  # type: ignore[attr-defined]  # set in Trainer.__init__
+        for other in _pruning_callbacks(trainer):
             # the rewind wrote every weight and the optimizers' state, the targets another callback
             # masks in place too (reparametrized ones keep their masks: the snapshot leaves masks out)
-            if isinstance(other, PruningCallback) and other is not self and other._inplace is not None:
+            if other is not self and other._inplace is not None:
                 other._inplace.reapply()
 
     def _report(
@@ -584,12 +584,11 @@ class PruningCallback(Callback):
         namespace = self._namespace(trainer)
         metrics = reporting.scalars(after, per_layer=self.log_per_layer, namespace=namespace)
         if self.rewind is not None:
-            lottery = f"lottery/{namespace}/" if namespace else "lottery/"
-            metrics[f"{lottery}round"] = float(self._round)
+            metrics[reporting.tag("lottery", namespace, "round")] = float(self._round)
             if getattr(self, "_validated_epoch", -1) == epoch:  # else the values are an earlier round's
                 metrics.update(
                     {
-                        f"{lottery}round_end/{k}": float(v)
+                        reporting.tag("lottery", namespace, f"round_end/{k}"): float(v)
                         for k, v in trainer.callback_metrics.items()
                         if k.startswith("val")
                     }

@@ -23,19 +23,24 @@ from torch import Tensor
 
 from lightning_prune.core import SparsityStats
 
-__all__ = ["log_event", "scalars", "table"]
+__all__ = ["log_event", "scalars", "table", "tag"]
+
+
+def tag(group: str, namespace: str, name: str) -> str:
+    """``<group>/<name>``, or ``<group>/<namespace>/<name>`` with a namespace (one callback's among several).
+
+    Example:
+        >>> tag("sparsity", "", "global"), tag("sparsity", "l1_unstructured_2", "global")
+        ('sparsity/global', 'sparsity/l1_unstructured_2/global')
+    """
+    return f"{group}/{namespace}/{name}" if namespace else f"{group}/{name}"
 
 
 def scalars(stats: SparsityStats, *, per_layer: bool, namespace: str = "") -> dict[str, float]:
-    """``sparsity/global`` and, with ``per_layer``, ``sparsity/<qualified name>``.
-
-    A ``namespace`` (one callback's among several) goes after ``sparsity/``:
-    ``sparsity/<namespace>/global``.
-    """
-    prefix = f"sparsity/{namespace}/" if namespace else "sparsity/"
-    out = {f"{prefix}global": stats.overall}
+    """``sparsity/global`` and, with ``per_layer``, ``sparsity/<qualified name>`` (see :func:`tag`)."""
+    out = {tag("sparsity", namespace, "global"): stats.overall}
     if per_layer:
-        out.update({f"{prefix}{name}": c.sparsity for name, c in stats.per_target.items()})
+        out.update({tag("sparsity", namespace, name): c.sparsity for name, c in stats.per_target.items()})
     return out
 
 
@@ -93,20 +98,19 @@ def log_event(
 
     ``surviving()`` yields each target's surviving weights, one at a time; a logger whose ``experiment`` has
     ``add_histogram``/``add_figure`` (TensorBoard) gets ``weights/<name>`` histograms of their
-    magnitudes and a ``sparsity/per_layer`` bar chart (``weights/<namespace>/<name>`` and
-    ``sparsity/<namespace>/per_layer`` with a ``namespace``).
+    magnitudes and a ``sparsity/per_layer`` bar chart (with a ``namespace`` as :func:`tag` puts it).
     """
-    ns = f"{namespace}/" if namespace else ""
     for logger in loggers:
         logger.log_metrics(dict(metrics), step=step)
         experiment: Any = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_histogram"):
             for name, values in surviving():
                 if values.numel():
-                    experiment.add_histogram(f"weights/{ns}{name}", values.abs().to(torch.float32).cpu(), step)
+                    magnitudes = values.abs().to(torch.float32).cpu()
+                    experiment.add_histogram(tag("weights", namespace, name), magnitudes, step)
         if hasattr(experiment, "add_figure"):
             try:
                 figure = _bar_chart(stats)
             except ImportError:
                 continue
-            experiment.add_figure(f"sparsity/{ns}per_layer", figure, step, close=True)
+            experiment.add_figure(tag("sparsity", namespace, "per_layer"), figure, step, close=True)
