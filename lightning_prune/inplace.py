@@ -17,13 +17,15 @@ reparametrization would produce:
   its state is zeroed at pruned entries whenever a weight gets its gradient hook (on
   ``attach``, on ``commit``, once an unfrozen weight is seen), and nothing else runs per step;
 - the pruned weights are zeroed again after every ``step()`` (one fused ``torch._foreach_mul_``
-  over all masked weights) while any attached optimizer is not zero-preserving, while a masked
-  weight has no gradient hook yet (it was frozen; :meth:`InPlaceMasks.sync`, called before
-  each backward and each step, hooks it once it requires gradients), or when asked to
-  (``attach(per_step=True)``: gradients that do not come from backward alone, such as a DDP
-  communication hook that changes their values); in that case also before each further
-  evaluation of the step's closure (``LBFGS`` moves the weights between the evaluations of one
-  step, and its forward passes must see the pruned entries at zero).
+  over the masked weights that optimizer steps, and no other: an in-place write would invalidate
+  graphs that saved them, such as a loss built before another optimizer's step) while any
+  attached optimizer is not zero-preserving, while a masked weight has no gradient hook yet (it
+  was frozen; :meth:`InPlaceMasks.sync`, called before each backward and each step, hooks it
+  once it requires gradients), or when asked to (``attach(per_step=True)``: gradients that do
+  not come from backward alone, such as a DDP communication hook that changes their values); in
+  that case also before each further evaluation of the step's closure (``LBFGS`` moves the
+  weights between the evaluations of one step, and its forward passes must see the pruned
+  entries at zero).
 
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
 the pruned weights still stay at zero). ``torch.autograd.grad`` without ``create_graph``
@@ -134,12 +136,15 @@ class InPlaceMasks:
 
     def __init__(self) -> None:
         self.masks: dict[str, Tensor] = {}
+        self._params: dict[str, Tensor] = {}  # the masked weights by qualified name
         self._weights: list[Tensor] = []
         self._factors: list[Tensor] = []
         self._optimizers: list[torch.optim.Optimizer] = []
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
         self._grad_handles: dict[int, tuple[Any, Any]] = {}  # id(weight) -> its two gradient hooks
+        # id(optimizer) -> (sizes of its parameter groups, the masked weights it steps and their factors)
+        self._owned: dict[int, tuple[tuple[int, ...], list[Tensor], list[Tensor]]] = {}
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
         """Each target's mask, ``None`` where it has none yet."""
@@ -158,11 +163,12 @@ class InPlaceMasks:
             new = mask.to(param.device, torch.bool).contiguous()  # not an expanded all-True view
             old = self.masks.get(target.qualname)
             self.masks[target.qualname] = new if old is None or replace else old & new
-        by_name = {t.qualname: t.parameter for t in targets}
+        self._params.update((t.qualname, t.parameter) for t in targets)
         previous = dict(zip(map(id, self._weights), self._factors))
-        self._weights = [by_name[name] for name in self.masks if name in by_name]
-        masks = [self.masks[name] for name in self.masks if name in by_name]
+        self._weights = [self._params[name] for name in self.masks]
+        masks = list(self.masks.values())
         self._factors = [_factor(m, w.dtype, previous.get(id(w))) for m, w in zip(masks, self._weights)]
+        self._owned = {}
         self.apply()
         if self._optimizers:
             self._unhook_gradients()
@@ -173,6 +179,22 @@ class InPlaceMasks:
         """Zero every pruned weight (a fused multiply by the cached float masks)."""
         if self._weights:
             torch._foreach_mul_(self._weights, self._factors)
+
+    @torch.no_grad()
+    def _apply_stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the pruned entries of the masked weights that ``optimizer`` steps, and of no other.
+
+        Writing a weight in place invalidates the graphs that saved it (``manual_backward`` of a loss
+        built before another optimizer's step, as GANs do), so the weights of other optimizers stay untouched.
+        """
+        sizes = tuple(len(group["params"]) for group in optimizer.param_groups)
+        owned = self._owned.get(id(optimizer))
+        if owned is None or owned[0] != sizes:
+            stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            pairs = [(w, f) for w, f in zip(self._weights, self._factors) if id(w) in stepped]
+            owned = self._owned[id(optimizer)] = (sizes, [w for w, _ in pairs], [f for _, f in pairs])
+        if owned[1]:
+            torch._foreach_mul_(owned[1], owned[2])
 
     def reapply(self) -> None:
         """Zero the pruned weights and their optimizer state again, after both were written from elsewhere
@@ -189,9 +211,23 @@ class InPlaceMasks:
                 keep them at zero: for gradients that do not come from backward alone (a DDP
                 communication hook that changes their values, a ``.grad`` written by other code).
         """
+        # An optimizer replaced while it steps (rebuilt in the closure of its own `step`) finishes that step
+        # after this: zero what it moved then, once, as its per-step hook would have.
+        replaced = [o for o in self._optimizers if all(o is not n for n in optimizers)] if self._step_handles else []
         self.detach()
         self._optimizers, self._per_step = list(optimizers), per_step
         self.refresh_hooks()  # no weight is written here: `sync` may run between forward and backward
+        for optimizer in replaced:
+            self._zero_after_next_step(optimizer)
+
+    def _zero_after_next_step(self, optimizer: torch.optim.Optimizer) -> None:
+        handle: Any = None
+
+        def once(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            handle.remove()
+            self._apply_stepped(opt)
+
+        handle = optimizer.register_step_post_hook(once)
 
     def sync(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Catch up with changes since :meth:`attach`; call it before each backward and optimizer step.
@@ -273,7 +309,7 @@ class InPlaceMasks:
         def masked_closure() -> Any:
             nonlocal evaluations
             if evaluations:
-                self.apply()
+                self._apply_stepped(optimizer)
             evaluations += 1
             return closure()
 
@@ -282,7 +318,7 @@ class InPlaceMasks:
         return (args[0], masked_closure, *args[2:]), kwargs
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.apply()
+        self._apply_stepped(optimizer)
 
     def _unhook_gradients(self) -> None:
         for handles in self._grad_handles.values():
@@ -308,13 +344,14 @@ class InPlaceMasks:
         """Move the masks and their float factors to ``device``."""
         self.masks = {name: mask.to(device) for name, mask in self.masks.items()}
         self._factors = [factor.to(device) for factor in self._factors]
+        self._owned = {}
         if self._grad_handles:
             self._unhook_gradients()
             self.refresh_hooks()
 
     def clear(self) -> None:
         self.detach()
-        self.masks, self._weights, self._factors = {}, [], []
+        self.masks, self._params, self._weights, self._factors, self._owned = {}, {}, [], [], {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}}
+        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}, "_owned": {}}

@@ -680,3 +680,90 @@ def test_masks_follow_a_model_moved_before_fit_end(tmp_path, monkeypatch, maskin
     torch.manual_seed(0)
     trainer.fit(LitLeNet(), lenet_data())
     assert probe.seen == {"meta"}
+
+
+def test_masks_committed_one_target_at_a_time_all_hold() -> None:
+    """A commit for some targets keeps enforcing the masks committed earlier for others."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    targets = resolve_targets(model)
+    mask = torch.tensor([[True, False] * 2] * 4)
+    held = InPlaceMasks()
+    for target in targets:
+        held.commit([target], [mask])
+    opt = SubclassedSGD(model.parameters(), lr=0.5, momentum=0.9)  # zeroed after each step, too
+    held.attach([opt])
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).pow(2).sum().backward()
+        for target in targets:
+            assert target.parameter.grad[~mask].eq(0).all(), target.qualname
+        opt.step()
+    for target in targets:
+        assert target.parameter[~mask].eq(0).all() and target.parameter[mask].ne(0).all(), target.qualname
+
+
+class _Gan(LitLeNet):
+    """Manual optimization: both losses from one forward, the convolutions stepped before the backward of
+    the linear layers' loss, whose graph saved the linear weights (valid without pruning)."""
+
+    def __init__(self, convs: type[torch.optim.Optimizer]) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.convs = convs
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        conv_opt, linear_opt = self.optimizers()
+        features = torch.flatten(F.max_pool2d(F.relu(self.conv2(F.max_pool2d(F.relu(self.conv1(x)), 2))), 2), 1)
+        logits = self.fc3(F.relu(self.fc2(F.relu(self.fc1(features)))))
+        head = self.fc3(F.relu(self.fc2(F.relu(self.fc1(features.detach())))))
+        conv_opt.zero_grad()
+        self.manual_backward(F.cross_entropy(logits, y), inputs=[p for n, p in self.named_parameters() if "conv" in n])
+        conv_opt.step()
+        linear_opt.zero_grad()
+        self.manual_backward(F.cross_entropy(head, y))
+        linear_opt.step()
+
+    def configure_optimizers(self):
+        convs = [p for n, p in self.named_parameters() if n.startswith("conv")]
+        linears = [p for n, p in self.named_parameters() if n.startswith("fc")]
+        return self.convs(convs, lr=0.05), torch.optim.Adam(linears, lr=0.01)
+
+
+def test_the_per_step_pass_leaves_other_optimizers_weights_alone(tmp_path) -> None:
+    """With an optimizer that needs the pass after its steps, the pass writes only the weights that optimizer
+    steps: writing the others would break the backward of a graph that saved them."""
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
+        check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
+        torch.manual_seed(0)
+        model = _fit(callback, tmp_path / masking, extra=[check], model=_Gan(SubclassedSGD))
+        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
+    for name in WEIGHTS:
+        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+
+
+class _RebuiltInStep(LitLeNet):
+    """Rebuilds its (not zero-preserving) optimizer inside the closure of the optimizer's own step."""
+
+    def training_step(self, batch, batch_idx):
+        if (self.current_epoch, batch_idx) == (1, 2):
+            self.trainer.strategy.setup_optimizers(self.trainer)
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return SubclassedSGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def test_an_optimizer_rebuilt_within_its_step_has_that_step_masked(tmp_path) -> None:
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
+        check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
+        torch.manual_seed(0)
+        model = _fit(callback, tmp_path / masking, extra=[check], model=_RebuiltInStep())
+        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
+    for name in WEIGHTS:
+        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
