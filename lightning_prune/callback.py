@@ -19,7 +19,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.optim import Optimizer
@@ -108,6 +108,17 @@ class _CheckpointMasks:
             raise
         for callback, t in zip(callbacks, targets):
             callback._set_checkpoint_masks(module, t, checkpoint)
+
+
+def _pruned_names(module: torch.nn.Module) -> list[str]:
+    return [name[: -len("_orig")] for name in module._parameters if name.endswith("_orig")]
+
+
+def _epoch_complete(trainer: Trainer) -> bool:
+    """Whether the training epoch that is ending ran all its batches (as Lightning decides whether to step
+    its epoch-interval LR schedulers)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
 
 
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
@@ -204,6 +215,7 @@ class PruningCallback(Callback):
 
         self._targets: list[Target] = []
         self._done_epoch = -1  # the last epoch whose end was handled
+        self._cut_epochs = 0  # epochs that ended cut short, each resumed under the next epoch number
         self._round = 0  # pruning events that changed a mask
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
         self._fitting = False  # from `on_fit_start` to the end of the fit
@@ -271,7 +283,7 @@ class PruningCallback(Callback):
         if not same_model:
             self._pending_masks, self._snapshot = None, None  # any masks belong to another model
         if self._trainer is None or self._trainer() is not trainer:
-            self._done_epoch, self._round, self._snapshot = -1, 0, None
+            self._done_epoch, self._cut_epochs, self._round, self._snapshot = -1, 0, 0, None
         if same_model and self._pending_masks is None:
             self._pending_masks = self._held_masks()
         if self._inplace is not None:
@@ -354,7 +366,7 @@ class PruningCallback(Callback):
         # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
-        self._fitting = True
+        self._fitting, self._trained = True, False
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
         self._restore_pending()
@@ -395,13 +407,15 @@ class PruningCallback(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._trained = True
         if self._inplace is not None:
             # a DDP communication hook may change gradient values after backward has masked them
             comm_hooks = bool(getattr(trainer.strategy.model, "_comm_hooks", None))
             self._inplace.attach(trainer.optimizers, per_step=comm_hooks)
+        self._check_snapshot_fits(trainer, pl_module)
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
-        missed = range(self._done_epoch + 1, trainer.current_epoch)
+        missed = range(self._done_epoch + 1, self._epoch(trainer))
         for epoch in missed:
             self._end_of_epoch(trainer, pl_module, epoch)
         # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
@@ -411,12 +425,27 @@ class PruningCallback(Callback):
         if missed and batches >= trainer.num_training_batches:
             self._take_snapshot(trainer, pl_module)
 
+    def _check_snapshot_fits(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Refuse, before training, a rewind snapshot (restored from a checkpoint) that a later event could not
+        restore: one written with other optimizers or schedulers, say."""
+        if self.rewind is None or self._snapshot is None:
+            return
+        if not any(self._target(e) is not None for e in self._fit_epochs(trainer) if e > self._done_epoch):
+            return  # no event left to rewind after
+        try:
+            self._snapshot.check(pl_module, trainer.optimizers, self._schedulers(trainer))
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"`rewind=Rewind(epoch={self.rewind.epoch})`: the snapshot restored from the checkpoint does not "
+                f"fit this run. {err}"
+            ) from err
+
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._take_snapshot(trainer, pl_module)
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
+        if self.rewind is not None and self._snapshot is None and self._epoch(trainer) == self.rewind.epoch:
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
 
     @override
@@ -435,15 +464,45 @@ class PruningCallback(Callback):
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._validated_epoch = trainer.current_epoch
+            self._validated_epoch = self._epoch(trainer)
+
+    def _epoch(self, trainer: Trainer) -> int:
+        """The epoch the schedule and the rewind count: Lightning's, less the epochs cut short before it.
+
+        A fit resumed after an epoch was cut short (by `max_steps`, or a stop requested mid-epoch) finishes
+        that epoch's batches under the next epoch number; for this callback they still belong to the epoch
+        cut short, whose end (and event) comes when they are done, as an uninterrupted fit has it.
+        """
+        return trainer.current_epoch - self._cut_epochs
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
+        epoch = self._epoch(trainer)
+        if self._fitting and not _epoch_complete(trainer):
+            # cut short: the epoch has not ended; as Lightning's epoch-interval LR schedulers, the event waits
+            # for its end, which a fit resumed from here reaches under the next epoch number
+            self._cut_epochs += 1
+            sparsity = self._target(epoch) if epoch > self._done_epoch else None
+            if sparsity is not None:
+                batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+                rank_zero_info(
+                    f"Training stopped after {batches} of {trainer.num_training_batches} batches of epoch {epoch}: its "
+                    f"pruning event (to sparsity {sparsity:g}) runs at the end of that epoch, if a fit resumes it"
+                )
+            return
+        self._end_of_epoch(trainer, pl_module, epoch)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitting = False
+        missed = [e for e in range(self._done_epoch + 1, self._epoch(trainer)) if self._target(e) is not None]
+        if not getattr(self, "_trained", True) and missed:
+            rank_zero_warn(
+                f"The checkpoint resumed from was written at the end of epoch {missed[-1]}, before this callback's "
+                f"pruning event for epoch(s) {missed} ran (by a callback listed before PruningCallback, saving in "
+                f"`on_train_epoch_end`), and this fit had no epoch left to train, so the event(s) did not run. "
+                f"Resume with a larger `max_epochs` to run them, or list PruningCallback before that callback"
+            )
         if self._inplace is not None:
             self._inplace.detach()  # before the move: re-hooking would zero optimizer state on another device
         # Lightning has moved the model and the optimizer state off the accelerator before this hook; what
@@ -456,6 +515,8 @@ class PruningCallback(Callback):
         if self.make_permanent:
             self._pending_masks = self._held_masks()
             core.make_permanent(self._targets)
+            if not any(reparam.is_reparametrized(m, n) for m in pl_module.modules() for n in _pruned_names(m)):
+                reparam.unhook_parents(pl_module)  # unless another callback's tensors are still pruned
         elif isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
             # ddp_spawn/ddp_fork hand rank 0's `state_dict()` to the main process, whose model is not
             # reparametrized and loads it with strict=False: `<name>_orig`/`_mask` would be dropped silently.
@@ -503,6 +564,9 @@ class PruningCallback(Callback):
             self._inplace.commit(self._targets, masks, replace=replace)
         else:
             core.commit_masks(self._targets, masks, replace=replace)
+            model = self._model() if self._model is not None else None
+            if model is not None:
+                reparam.hook_parents(model)  # attention reads `out_proj.weight` without calling `out_proj`
 
     # ------------------------------------------------------------------ events
     @staticmethod
@@ -539,6 +603,15 @@ class PruningCallback(Callback):
                 f"to, since epoch {self.rewind.epoch} did not start in this run and the checkpoint resumed from holds "
                 f"none (was it written without this callback?); the model was left unchanged"
             )
+        if changed and self.rewind is not None:
+            assert self._snapshot is not None
+            try:
+                self._snapshot.check(pl_module, trainer.optimizers, self._schedulers(trainer))
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"`rewind=Rewind(epoch={self.rewind.epoch})`, event after epoch {epoch}: {err}; the model was "
+                    f"left unchanged"
+                ) from err
         if changed:
             self._commit(masks)
         del masks
@@ -623,6 +696,7 @@ class PruningCallback(Callback):
         return {
             "version": 1,
             "done_epoch": self._done_epoch,
+            "cut_epochs": self._cut_epochs,
             "round": self._round,
             "seed": self.seed,
             "masks": masks,
@@ -632,6 +706,7 @@ class PruningCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._done_epoch = state_dict.get("done_epoch", -1)
+        self._cut_epochs = state_dict.get("cut_epochs", 0)
         self._round = state_dict.get("round", 0)
         self.seed = state_dict.get("seed", self.seed)
         masks = state_dict.get("masks", {})
@@ -674,6 +749,7 @@ class PruningCallback(Callback):
             self._inplace.commit(unloaded, new, replace=True)
         else:
             core.commit_masks(unloaded, new, replace=True)
+            reparam.hook_parents(pl_module)
 
     def _plain_keys(self, pl_module: LightningModule, targets: Sequence[Target] | None = None) -> list[str]:
         """The state-dict keys of ``targets`` (default: this callback's) in ``pl_module``, under every prefix."""

@@ -99,19 +99,45 @@ class Snapshot:
             [copy.deepcopy(s.state_dict()) for s in schedulers],
         )
 
-    @torch.no_grad()
-    def restore(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
+    def check(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
+        """Raise a ``RuntimeError`` if :meth:`restore` could not restore the snapshot into these objects.
+
+        The module must hold the same tensors (names and shapes), and there must be as many optimizers
+        and schedulers, each optimizer with the same parameter groups (as many, of the same sizes).
+        Nothing is written.
+        """
         live = logical_tensors(module)
         if live.keys() != self.tensors.keys():
             missing, extra = sorted(self.tensors.keys() - live.keys()), sorted(live.keys() - self.tensors.keys())
             raise RuntimeError(
                 f"Cannot rewind: the module's tensors changed since the snapshot (missing {missing}, new {extra})"
             )
+        resized = [
+            f"{name}: {tuple(self.tensors[name].shape)} -> {tuple(t.shape)}"
+            for name, t in live.items()
+            if t.shape != self.tensors[name].shape
+        ]
+        if resized:
+            raise RuntimeError(f"Cannot rewind: tensors changed shape since the snapshot ({', '.join(resized)})")
         if len(optimizers) != len(self.optimizers) or len(schedulers) != len(self.schedulers):
             raise RuntimeError(
                 f"Cannot rewind: the snapshot holds {len(self.optimizers)} optimizers and {len(self.schedulers)} "
                 f"schedulers, the trainer has {len(optimizers)} and {len(schedulers)}"
             )
+        for i, (opt, state) in enumerate(zip(optimizers, self.optimizers)):
+            saved = [len(g["params"]) for g in state["param_groups"]]
+            now = [len(g["params"]) for g in opt.param_groups]
+            if saved != now:
+                raise RuntimeError(
+                    f"Cannot rewind: optimizer {i} has parameter groups of sizes {now}, the snapshot's had {saved} "
+                    f"(were parameters added to it after the snapshot, as BackboneFinetuning does?)"
+                )
+
+    @torch.no_grad()
+    def restore(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
+        """Copy the snapshot back into ``module``, ``optimizers`` and ``schedulers`` (after :meth:`check`)."""
+        self.check(module, optimizers, schedulers)
+        live = logical_tensors(module)
         for name, tensor in live.items():
             tensor.copy_(self.tensors[name])
         for opt, state in zip(optimizers, self.optimizers):

@@ -36,7 +36,20 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["MaskHook", "apply", "find_hook", "is_reparametrized", "refresh", "remove", "rename_parameter", "update"]
+__all__ = [
+    "READ_DIRECTLY",
+    "MaskHook",
+    "RefreshChildren",
+    "apply",
+    "find_hook",
+    "hook_parents",
+    "is_reparametrized",
+    "refresh",
+    "remove",
+    "rename_parameter",
+    "unhook_parents",
+    "update",
+]
 
 _CHUNK = 1 << 20
 
@@ -298,3 +311,60 @@ def remove(module: nn.Module, name: str) -> None:
     hook.remove(module)
     for handle in hook._handles:
         handle.remove()
+
+
+class RefreshChildren:
+    """Forward pre-hook on a module whose forward reads its submodules' tensors without calling them.
+
+    ``nn.MultiheadAttention`` passes ``out_proj.weight`` to its attention function and never calls
+    ``out_proj``, so ``out_proj``'s own :class:`MaskHook` would never run: the weight would keep the
+    value of the last event, cut off from ``weight_orig``'s gradient. This hook runs the
+    :class:`MaskHook` of each named submodule first.
+    """
+
+    def __init__(self, children: tuple[str, ...]) -> None:
+        self.children = children
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        for name in self.children:
+            child = getattr(module, name)
+            for hook in list(child._forward_pre_hooks.values()):
+                if isinstance(hook, MaskHook):
+                    hook(child, inputs)
+
+
+#: Modules of torch whose forward reads these submodules' tensors without calling the submodules.
+#: (``nn.TransformerEncoderLayer``'s inference fast path does too, but it is not taken while any of
+#: its submodules has a forward pre-hook, which a pruned one has.)
+READ_DIRECTLY: dict[type[nn.Module], tuple[str, ...]] = {nn.MultiheadAttention: ("out_proj",)}
+
+
+def hook_parents(model: nn.Module) -> None:
+    """Give :class:`RefreshChildren` hooks (once) to the modules of ``model`` listed in :data:`READ_DIRECTLY`
+    whose listed submodules have a tensor reparametrized here.
+
+    Example:
+        >>> import torch
+        >>> attention = torch.nn.MultiheadAttention(4, 2)
+        >>> apply(attention.out_proj, "weight", torch.rand(4, 4) > 0.5)
+        >>> hook_parents(attention)
+        >>> _ = attention(*[torch.randn(3, 1, 4)] * 3)[0].sum().backward()
+        >>> attention.out_proj.weight_orig.grad is not None
+        True
+    """
+    for module in model.modules():
+        children = next((c for cls, c in READ_DIRECTLY.items() if isinstance(module, cls)), ())
+        pruned = any(
+            isinstance(hook, MaskHook)
+            for name in children
+            for hook in getattr(module, name)._forward_pre_hooks.values()
+        )
+        if pruned and not any(isinstance(h, RefreshChildren) for h in module._forward_pre_hooks.values()):
+            module.register_forward_pre_hook(RefreshChildren(children))
+
+
+def unhook_parents(model: nn.Module) -> None:
+    """Remove the hooks :func:`hook_parents` gave ``model``'s modules."""
+    for module in model.modules():
+        for key in [k for k, h in module._forward_pre_hooks.items() if isinstance(h, RefreshChildren)]:
+            del module._forward_pre_hooks[key]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_prune import PruningCallback
 from lightning_prune.schedules import Explicit, Linear, Polynomial
-from tests.helpers import TinyNet, make_loader, make_model, make_trainer
+from tests.helpers import TinyNet, effective_weights, make_loader, make_model, make_trainer
 from tests.tutorial import LitLeNet, lenet_data
 
 WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -343,3 +343,56 @@ def test_the_seed_is_drawn_on_the_cpu_whatever_the_default_device() -> None:
         seed = callback._draw_seed(trainer)  # type: ignore[arg-type]
     assert isinstance(seed, int) and torch.equal(torch.get_rng_state(), state)
     assert seed == callback._draw_seed(trainer)  # type: ignore[arg-type]
+
+
+class _Encoder(TinyNet):
+    """A transformer encoder layer: its attention reads ``out_proj.weight`` without calling ``out_proj``,
+    and in evaluation its fast path reads every layer's weight without calling the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.fc1 = torch.nn.Linear(7, 8)
+        self.fc2 = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.encoder(self.fc1(x).view(-1, 1, 8).expand(-1, 3, 8)).mean(1))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _AfterFirstEvent(Callback):
+    """The attention's output projection as the event after epoch 0 left it (place it after the pruning)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:
+            self.weight = effective_weights(pl_module)["encoder.self_attn.out_proj.weight"]
+
+
+def test_attention_output_projection_trains_while_pruned(tmp_path) -> None:
+    """The default targets include attention's ``out_proj``: it keeps training with its mask, evaluation
+    uses the current weights, and the maskings agree."""
+    models = {}
+    for masking in ("reparametrize", "in_place"):
+        model, after = make_model(cls=_Encoder), _AfterFirstEvent()
+        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking, make_permanent=False)
+        make_trainer(tmp_path, callbacks=[callback, after], max_epochs=3).fit(model, make_loader())
+        models[masking] = model
+        final = effective_weights(model)["encoder.self_attn.out_proj.weight"]
+        assert int((final == 0).sum()) == 32
+        assert (final != after.weight)[final != 0].all(), f"{masking}: every kept entry trained after the event"
+    reparametrized, in_place = models["reparametrize"], models["in_place"]
+    torch.testing.assert_close(effective_weights(in_place), effective_weights(reparametrized), rtol=0, atol=1e-6)
+    x = torch.randn(4, 7)
+    with torch.no_grad():  # the encoder layer's fast path
+        torch.testing.assert_close(reparametrized.eval()(x), in_place.eval()(x), rtol=0, atol=1e-6)
+
+
+def test_attention_hooks_go_with_the_reparametrization(tmp_path) -> None:
+    model = make_model(cls=_Encoder)
+    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=Explicit({0: 0.5}))], max_epochs=1).fit(
+        model, make_loader()
+    )
+    assert not prune.is_pruned(model)
+    assert all(not m._forward_pre_hooks for m in model.modules())

@@ -822,3 +822,141 @@ def test_a_fit_after_one_that_ended_without_cleanup_resumes(tmp_path: Path) -> N
         model, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt"
     )
     assert [int((~m).sum()) for m in masks_of(model).values()] == [round(0.5 * 91), round(0.5 * 39)]
+
+
+class _StatefulLoader:
+    """:func:`make_loader`'s batches, resumable mid-epoch: Lightning saves and loads its position."""
+
+    def __init__(self) -> None:
+        self.batches = list(make_loader())
+        self.position, self._resume_at = 0, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Any:
+        self.position, self._resume_at = self._resume_at, 0
+        for batch in self.batches[self.position :]:
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = state["position"] % len(self.batches)
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_an_epoch_cut_short_by_max_steps_prunes_at_its_end_when_resumed(tmp_path: Path, masking: str) -> None:
+    """A fit stopped by `max_steps` after one batch of epoch 1 has not reached that epoch's end: no event
+    there. Resumed, Lightning runs the epoch's other batches as epoch 2, whose end is epoch 1's for the
+    schedule, and the run ends exactly as an uninterrupted one."""
+
+    def callback() -> PruningCallback:
+        return PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5, 2: 0.7}), masking=masking, seed=1)
+
+    uninterrupted = make_model()
+    make_trainer(tmp_path, callbacks=[callback()], max_epochs=-1, max_steps=9).fit(uninterrupted, _StatefulLoader())
+    cut = make_model()
+    trainer = make_trainer(tmp_path, callbacks=[callback()], max_epochs=-1, max_steps=4)
+    trainer.fit(cut, _StatefulLoader())
+    assert [int((m == 0).sum()) for m in effective_weights(cut).values() if m.dim() == 2] == [
+        round(0.3 * 91),
+        round(0.3 * 39),
+    ], "the event of epoch 1, cut short, has not run"
+    trainer.save_checkpoint(tmp_path / "cut.ckpt")
+    resumed = make_model(seed=5)
+    make_trainer(tmp_path, callbacks=[callback()], max_epochs=-1, max_steps=9).fit(
+        resumed, _StatefulLoader(), ckpt_path=tmp_path / "cut.ckpt"
+    )
+    assert_tensors_equal(effective_weights(resumed), effective_weights(uninterrupted))
+
+
+class _OptimizerOnly(TinyNet):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_a_rewind_snapshot_that_does_not_fit_fails_at_train_start(tmp_path: Path) -> None:
+    """A snapshot saved without a scheduler, resumed in a run that has one: refused before training
+    resumes, not at the next event an epoch later."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", every_n_epochs=1, save_top_k=-1)
+
+    def callback() -> PruningCallback:
+        return PruningCallback(schedule=Explicit({0: 0.3, 3: 0.5}), rewind=Rewind(epoch=0), make_permanent=False)
+
+    make_trainer(tmp_path, callbacks=[callback(), ckpt], max_epochs=1, enable_checkpointing=True).fit(
+        make_model(cls=_OptimizerOnly), make_loader()
+    )
+    model = make_model(seed=3)  # SGD and StepLR
+    steps = EpochRecorder()
+    with pytest.raises(RuntimeError, match=r"snapshot restored from the checkpoint does not fit.*1 optimizers and 0"):
+        make_trainer(tmp_path, callbacks=[callback(), steps], max_epochs=4).fit(
+            model, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt"
+        )
+    assert steps.masks == {}, "no epoch was trained"
+
+
+class _GrowingOptimizer(Callback):
+    """Adds the second layer to the optimizer as a new parameter group at the start of epoch 1."""
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            trainer.optimizers[0].add_param_group({"params": list(pl_module.fc2.parameters())})
+
+
+class _FirstLayerOptimizer(TinyNet):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.fc1.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_a_rewind_that_cannot_restore_the_optimizer_fails_before_the_masks_change(tmp_path: Path) -> None:
+    """A parameter group added after the snapshot (as BackboneFinetuning does): the event refuses to
+    rewind before it commits its masks or writes a weight."""
+    callback = PruningCallback(schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0), make_permanent=False)
+    model = make_model(cls=_FirstLayerOptimizer)
+    before: dict[str, torch.Tensor] = {}
+
+    class _Before(Callback):
+        def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+            before.update({k: v.clone() for k, v in effective_weights(pl_module).items()})
+
+    with pytest.raises(RuntimeError, match=r"event after epoch 1: .*groups of sizes \[2, 2\].*had \[2\].*unchanged"):
+        make_trainer(tmp_path, callbacks=[_Before(), callback, _GrowingOptimizer()], max_epochs=3).fit(
+            model, make_loader()
+        )
+    assert masks_of(model) == {}
+    assert_tensors_equal(effective_weights(model), before)
+
+
+class _SaveAtEpochEnd(Callback):
+    """Saves a checkpoint in `on_train_epoch_end`; listed before the PruningCallback, before its event."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        trainer.save_checkpoint(self.directory / f"e{trainer.current_epoch}.ckpt")
+
+
+def test_a_resume_with_no_epoch_left_warns_of_an_event_it_cannot_run(tmp_path: Path) -> None:
+    def callback() -> PruningCallback:
+        return PruningCallback(schedule=Explicit({0: 0.3, 2: 0.8}), make_permanent=False)
+
+    make_trainer(tmp_path, callbacks=[_SaveAtEpochEnd(tmp_path), callback()], max_epochs=3).fit(
+        make_model(), make_loader()
+    )
+    model = make_model(seed=1)
+    with pytest.warns(UserWarning, match=r"end of epoch 2, before this callback's pruning event for epoch\(s\) \[2\]"):
+        make_trainer(tmp_path, callbacks=[callback()], max_epochs=3).fit(
+            model, make_loader(), ckpt_path=tmp_path / "e2.ckpt"
+        )
+    longer = make_model(seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(ckpt_path|does not have many workers|exists and is not empty)")
+        make_trainer(tmp_path, callbacks=[callback()], max_epochs=4).fit(
+            longer, make_loader(), ckpt_path=tmp_path / "e2.ckpt"
+        )
+    assert [int((~m).sum()) for m in masks_of(longer).values()] == [round(0.8 * 91), round(0.8 * 39)]
