@@ -142,7 +142,8 @@ class PruningCallback(Callback):
             every ``Linear`` and ``Conv1d/2d/3d``.
         exclude: patterns taken out of ``targets`` (``None``: none).
         dim: the slice dimension of the structured methods.
-        norm: the Ln norm of ``ln_structured`` (a positive number or ``"inf"``).
+        norm: the Ln norm of ``ln_structured``: what torch's ``ln_structured`` takes as ``n`` (a real
+            number, ``"inf"``, ``"-inf"`` or ``"fro"``).
         rewind: a :class:`~lightning_prune.Rewind` for lottery-ticket experiments.
         make_permanent: at the end of ``fit``, remove every reparametrization (plain
             parameters with zeros where pruned).

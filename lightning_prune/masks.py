@@ -280,7 +280,8 @@ def slice_norms(t: Tensor, norm: float, dim: int, *, normalize: bool = False) ->
     With ``normalize=True`` each norm is divided by ``m ** (1 / norm)``, ``m`` the number of
     entries in a slice: the power mean of the slice's magnitudes, which is what global
     structured pruning compares across layers of different sizes (for ``norm=2`` the root
-    mean square, for ``norm=1`` the mean absolute value, for ``inf`` the maximum).
+    mean square, for ``norm=1`` the mean absolute value, for ``inf`` the maximum, for ``-inf``
+    the minimum); for ``norm=0`` (the count of nonzero entries) by ``m``: the fraction nonzero.
 
     Example:
         >>> import torch
@@ -291,7 +292,7 @@ def slice_norms(t: Tensor, norm: float, dim: int, *, normalize: bool = False) ->
     norms = torch.linalg.vector_norm(wide, ord=norm, dim=_other_dims(t, dim))
     if normalize and not math.isinf(norm):
         per_slice = t.numel() // max(t.shape[dim], 1)
-        norms = norms / per_slice ** (1.0 / norm)
+        norms = norms / (per_slice if norm == 0 else per_slice ** (1.0 / norm))
     return norms
 
 

@@ -312,16 +312,21 @@ BUILTIN_METHODS = ("l1_unstructured", "random_unstructured", "ln_structured", "r
 
 
 def validate_norm(norm: object) -> float:
-    """``norm`` as a float if it is a positive number or ``"inf"``; ``ValueError`` otherwise.
+    """``norm`` as a float: the ``n`` that ``torch.nn.utils.prune.ln_structured`` takes.
+
+    Any real number (``0`` counts the nonzero entries, a negative one or ``-inf`` is the vector
+    "norm" ``torch.linalg.vector_norm`` computes for it), ``"inf"``, ``"-inf"`` or ``"fro"`` (the
+    Frobenius norm of a slice, its 2-norm); ``ValueError`` otherwise.
 
     Example:
-        >>> validate_norm(2), validate_norm("inf")
-        (2.0, inf)
+        >>> validate_norm(2), validate_norm("inf"), validate_norm("fro")
+        (2.0, inf, 2.0)
     """
-    if isinstance(norm, str) and norm.lower() in ("inf", "infinity"):
-        return math.inf
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm > 0:
-        raise ValueError(f"Expected `norm` to be a positive number or 'inf', got {norm!r}")
+    named = {"inf": math.inf, "infinity": math.inf, "-inf": -math.inf, "-infinity": -math.inf, "fro": 2.0}
+    if isinstance(norm, str) and norm.lower() in named:
+        return named[norm.lower()]
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or math.isnan(norm):
+        raise ValueError(f"Expected `norm` to be a real number, 'inf', '-inf' or 'fro' (as for torch), got {norm!r}")
     return float(norm)
 
 

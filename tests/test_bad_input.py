@@ -176,9 +176,11 @@ INIT_CASES = [
     pytest.param(
         lambda: {"targets": "fc1.weight"}, r"`targets`.*list of name patterns.*'fc1\.weight'", id="str_targets"
     ),
-    pytest.param(lambda: {"norm": 0}, r"`norm`.*positive number or 'inf'.*got 0$", id="norm_0"),
-    pytest.param(lambda: {"norm": -1}, r"`norm`.*positive number or 'inf'.*got -1$", id="norm_negative"),
-    pytest.param(lambda: {"norm": "foo"}, r"`norm`.*positive number or 'inf'.*got 'foo'", id="norm_foo"),
+    pytest.param(
+        lambda: {"norm": float("nan")}, r"`norm`.*real number, 'inf', '-inf' or 'fro'.*got nan$", id="norm_nan"
+    ),
+    pytest.param(lambda: {"norm": "nuc"}, r"`norm`.*real number, 'inf', '-inf' or 'fro'.*got 'nuc'", id="norm_nuc"),
+    pytest.param(lambda: {"norm": "foo"}, r"`norm`.*real number, 'inf', '-inf' or 'fro'.*got 'foo'", id="norm_foo"),
     pytest.param(lambda: {"norm": float("nan")}, r"`norm`.*got nan", id="norm_nan"),
     pytest.param(lambda: {"dim": "1"}, r"`dim`.*int.*'1'", id="dim_string"),
     pytest.param(lambda: {"rewind": Rewind(epoch=-1)}, r"`Rewind\.epoch`.*-1", id="rewind_negative"),

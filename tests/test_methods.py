@@ -54,6 +54,16 @@ TORCH_FIRST_EVENT = [
         0.5,
         id="random-struct",
     ),
+    *(
+        pytest.param(
+            "ln_structured",
+            {"dim": 0, "norm": n},
+            lambda m, n=n: prune.ln_structured(m, "weight", 0.5, n=n, dim=0),
+            0.5,
+            id=f"ln-{n}",
+        )
+        for n in (float("-inf"), -1, 0.5)
+    ),
 ]
 
 
@@ -237,7 +247,7 @@ def test_bad_methods(method, error, match) -> None:
         resolve_method(method)
 
 
-@pytest.mark.parametrize("norm", [0, -1, "foo", True, None])
+@pytest.mark.parametrize("norm", [float("nan"), "nuc", "foo", True, None])
 def test_bad_norm(norm) -> None:
     with pytest.raises(ValueError, match="`norm`"):
         resolve_method("ln_structured", norm=norm)
@@ -306,3 +316,22 @@ def test_structured_checks_targets() -> None:
         method.check_target("fc.weight", torch.Size([3, 4]))
     with pytest.raises(ValueError, match="at least 2 dimensions.*'fc.bias'"):
         method.check_target("fc.bias", torch.Size([3]))
+
+
+def test_global_structured_normalises_the_count_of_nonzeros_by_the_slice_size() -> None:
+    """``norm=0`` counts a slice's nonzero entries; across layers it is compared as the fraction nonzero."""
+    small = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # rows: 1/2 and 2/2 nonzero
+    large = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # rows: 3/4 and 1/4 nonzero
+    method = resolve_method("ln_structured", dim=0, norm=0)
+    masks = method.masks([small, large], [_ones(small), _ones(large)], 0.5, scope="global")
+    assert [m.all(dim=1).tolist() for m in masks] == [[False, True], [True, False]]
+
+
+def test_frobenius_norm_is_the_slices_2_norm_as_in_torch() -> None:
+    """torch takes ``n="fro"`` for a matrix (its matrix norm refuses more dimensions); here it is the 2-norm."""
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 8)
+    weight = layer.weight.detach().clone()
+    prune.ln_structured(layer, "weight", 0.5, n="fro", dim=0)
+    ours = resolve_method("ln_structured", dim=0, norm="fro").masks([weight], [_ones(weight)], 0.5, scope="layer")[0]
+    assert torch.equal(ours, layer.weight_mask.bool())
