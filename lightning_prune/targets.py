@@ -98,7 +98,8 @@ def resolve_targets(
     Raises:
         ValueError: a pattern matches no parameter (the message lists the candidates), a
             pattern without wildcards names a parameter that is not floating point, a selected
-            parameter is not initialized yet (a lazy module), or nothing is left to prune.
+            parameter is not initialized yet (a lazy module), nothing is left to prune, or
+            ``exclude`` takes out one name of a tied parameter that stays selected under another.
     """
     for arg, patterns in (("targets", targets or ()), ("exclude", exclude)):
         if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
@@ -151,4 +152,16 @@ def resolve_targets(
         target = by_param.get(id(param))
         if target is not None and not any(m is module and n == name for m, n in target.holders):
             target.holders.append((module, name))
+    tied = sorted(
+        {
+            f"{q!r} (the same Parameter as {by_param[id(p)].qualname!r})"
+            for q, _, _, p in slots
+            if id(p) in by_param and q not in chosen and any(fnmatch.fnmatchcase(q, pat) for pat in exclude)
+        }
+    )
+    if tied:
+        raise ValueError(
+            f"`exclude` takes out {', '.join(tied)}, but the tensor is selected under its other name: a tied "
+            f"parameter is one tensor, pruned under all its names or none; exclude every name or none"
+        )
     return list(by_param.values())

@@ -82,3 +82,11 @@ def test_tied_weights_are_one_target_with_two_holders() -> None:
     targets = resolve_targets(model)
     assert _names(targets) == ["0.weight"]
     assert [(id(m), n) for m, n in targets[0].holders] == [(id(model[0]), "weight"), (id(model[1]), "weight")]
+
+
+def test_excluding_one_name_of_a_tied_weight_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model[1].weight = model[0].weight
+    with pytest.raises(ValueError, match=r"`exclude` takes out '1.weight' \(the same Parameter as '0.weight'\)"):
+        resolve_targets(model, exclude=["1.weight"])
+    assert resolve_targets(model, exclude=["*.weight"], targets=["*"])[0].qualname == "0.bias"
