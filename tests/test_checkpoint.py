@@ -195,6 +195,26 @@ METHODS: dict[str, Callable[[], PruningCallback]] = {
 }
 
 
+class _SaverBeforePruning(Callback):
+    """Saves ``epoch={epoch}.ckpt`` at the end of each training epoch (or validation): placed before the
+    PruningCallback, before its event. Not a ``ModelCheckpoint``, which Lightning moves after every other
+    callback."""
+
+    def __init__(self, directory: Path, at_validation: bool) -> None:
+        self.directory, self.at_validation = directory, at_validation
+
+    def _save(self, trainer: Trainer) -> None:
+        trainer.save_checkpoint(self.directory / f"epoch={trainer.current_epoch}.ckpt")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        if not self.at_validation:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
+        if self.at_validation and not trainer.sanity_checking:
+            self._save(trainer)
+
+
 def _run(
     root: Path,
     callback: PruningCallback,
@@ -202,7 +222,7 @@ def _run(
     epochs: int,
     with_val: bool,
     model_seed: int = 0,
-    checkpoint: ModelCheckpoint | None = None,
+    checkpoint: Callback | None = None,
     checkpoint_first: bool = False,
     ckpt_path: Path | None = None,
 ) -> tuple[TinyNet, EpochRecorder]:
@@ -215,9 +235,11 @@ def _run(
         root,
         callbacks=callbacks,
         max_epochs=epochs,
-        enable_checkpointing=checkpoint is not None,
+        enable_checkpointing=isinstance(checkpoint, ModelCheckpoint),
         limit_val_batches=1 if with_val else 0,
     )
+    if checkpoint_first:
+        assert [type(c) for c in trainer.callbacks[:2]] == [_SaverBeforePruning, PruningCallback]
     trainer.fit(model, make_loader(), make_loader(seed=1) if with_val else None, ckpt_path=ckpt_path)
     return model, recorder
 
@@ -251,7 +273,9 @@ def test_resume_ends_with_the_masks_of_an_uninterrupted_run(
     masks_a, effective_a, recorder_a = _reference(tmp_path_factory, method, with_val)
     assert sorted(masks_a) == list(WEIGHTS)
 
-    def checkpoint() -> ModelCheckpoint:
+    def checkpoint() -> Callback:
+        if checkpoint_first:
+            return _SaverBeforePruning(tmp_path / "ckpt", at_validation=with_val)
         return ModelCheckpoint(
             dirpath=tmp_path / "ckpt",
             filename="{epoch}",
