@@ -359,8 +359,8 @@ def peak_table(names: list[str], device: str, jobs: int) -> dict[str, dict[str, 
 FIXED_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
-def run_with_fixed_heap(argv: list[str]) -> None:
-    """Run this script again with :data:`FIXED_HEAP` in its environment, unless it is there.
+def run_with_fixed_heap(argv: list[str], script: str = __file__) -> None:
+    """Run ``script`` (this one by default) again with :data:`FIXED_HEAP` in its environment, unless it is there.
 
     glibc reads the variables when the process starts; they are taken out of the environment
     again at once, so the fresh processes of the peak-memory table run with the defaults.
@@ -370,7 +370,7 @@ def run_with_fixed_heap(argv: list[str]) -> None:
             del os.environ[key]
         return
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], {**os.environ, **FIXED_HEAP})
+    os.execve(sys.executable, [sys.executable, os.path.abspath(script), *argv], {**os.environ, **FIXED_HEAP})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,22 @@ def test_bench_global_marks_a_size_whose_kept_run_was_disturbed() -> None:
 
 
 @pytest.mark.slow
+def test_bench_inplace_quick() -> None:
+    proc = _run_quick("bench_inplace.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "| variant | ms per step | / dense | quartiles | added us per step |" in proc.stdout
+    rows = [
+        line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert rows[1:] == [
+        *("dense", "dense_again", "in_place", "no_op_hooks", "mask_float32", "mask_uint8", "mask_bfloat16"),
+        *("same_bytes", "fused_after_backward"),
+    ]
+    masking = "in_place yes, mask_float32 yes, mask_uint8 yes, mask_bfloat16 yes, fused_after_backward yes"
+    assert f"Pruned weights still zero after the timed steps: {masking}." in proc.stdout
+
+
+@pytest.mark.slow
 def test_bench_step_quick() -> None:
     proc = _run_quick("bench_step.py")
     assert proc.returncode == 0, proc.stderr
