@@ -5,6 +5,7 @@ SGD (momentum 0.9) and is timed against a dense copy with the pruned weights zer
 in interleaved rounds. The variants other than ``in_place`` put plain hooks on such a copy:
 
 - ``dense_again``: a second dense copy, the noise floor;
+- ``unpruned``: the model before pruning (the baseline of ``bench_step.py``);
 - ``in_place``: ``InPlaceMasks`` as the callback uses it;
 - ``no_op_hooks``: a tensor hook and a post-accumulate hook per weight that do nothing;
 - ``mask_float32``: one post-accumulate hook per weight, ``grad.mul_(float mask)``;
@@ -88,7 +89,8 @@ def still_zero(stepper: Stepper, masks: dict[str, Tensor]) -> bool:
 def variants(name: str, warmup: int) -> tuple[dict[str, Stepper], dict[str, Tensor]]:
     """The steppers of model ``name`` (``dense``: pruned weights zeroed, no hooks; then the variants)
     and its bool masks."""
-    shipped = make_variants(MODELS[name][0])["in_place"]
+    built = make_variants(MODELS[name][0])
+    shipped = built["in_place"]
     masks = shipped.in_place_masks
     pruned = copy.deepcopy(shipped)
     del pruned.in_place_masks  # a plain model whose pruned weights are zero
@@ -106,6 +108,7 @@ def variants(name: str, warmup: int) -> tuple[dict[str, Stepper], dict[str, Tens
     models = {
         BASE: pruned,
         "dense_again": copy.deepcopy(pruned),
+        "unpruned": built["dense"],
         "in_place": shipped,
         "no_op_hooks": _no_op_hooks(pruned),
         "mask_float32": _hooked(pruned, floats, mask),

@@ -57,7 +57,8 @@ def test_bench_inplace_quick() -> None:
         line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
     ]
     assert rows[1:] == [
-        *("dense", "dense_again", "in_place", "no_op_hooks", "mask_float32", "mask_uint8", "mask_bfloat16"),
+        *("dense", "dense_again", "unpruned", "in_place", "no_op_hooks", "mask_float32", "mask_uint8"),
+        "mask_bfloat16",
         *("same_bytes", "fused_after_backward"),
     ]
     masking = "in_place yes, mask_float32 yes, mask_uint8 yes, mask_bfloat16 yes, fused_after_backward yes"
