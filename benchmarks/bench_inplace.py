@@ -17,7 +17,7 @@ in interleaved rounds. The variants other than ``in_place`` put plain hooks on s
   ``backward()``.
 
     python benchmarks/bench_inplace.py [--rounds 41] [--round-seconds 0.04]
-    python benchmarks/bench_inplace.py --quick
+    python benchmarks/bench_inplace.py --quick   # 2 rounds of 1 step, LeNet-300-100 only
 
 On Linux it runs itself again with glibc's malloc thresholds fixed, as ``bench_step.py`` does.
 """
@@ -34,7 +34,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_step import MODELS, Stepper, make_steppers, make_variants, run_with_fixed_heap, timed_rounds
+from bench_step import (
+    MODELS,
+    Stepper,
+    make_steppers,
+    make_variants,
+    run_with_fixed_heap,
+    timed_rounds,
+    timing,
+    timing_arguments,
+)
 from torch import Tensor, nn
 
 from lightning_prune.targets import resolve_targets
@@ -127,24 +136,11 @@ def variants(name: str, warmup: int) -> tuple[dict[str, Stepper], dict[str, Tens
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=41, help="rounds in which every variant takes a turn")
-    parser.add_argument("--round-seconds", type=float, default=0.04, help="approximate time per variant per round")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
-    parser.add_argument(
-        "--max-other-load",
-        type=float,
-        default=0.25,
-        help="discard and rerun a round during which other processes used more CPU cores than this",
-    )
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step, LeNet-300-100 only (a smoke test)")
+    timing_arguments(parser, rounds=41, round_seconds=0.04, warmup=5)
     args = parser.parse_args(argv)
     if sys.platform.startswith("linux"):
         run_with_fixed_heap(sys.argv[1:] if argv is None else argv, __file__)
-    if args.quick:
-        rounds, round_seconds, min_steps, warmup, max_load = 2, 0.0, 1, 1, math.inf
-    else:
-        rounds, round_seconds, min_steps, warmup = args.rounds, args.round_seconds, 3, args.warmup
-        max_load = args.max_other_load
+    rounds, round_seconds, min_steps, warmup, max_load = timing(args)
     print(
         f"Training step of a 50%-pruned model, masking variants against a dense copy with the pruned weights "
         f"zeroed; {rounds} interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads, cpu"

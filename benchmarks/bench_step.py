@@ -373,11 +373,13 @@ def run_with_fixed_heap(argv: list[str], script: str = __file__) -> None:
     os.execve(sys.executable, [sys.executable, os.path.abspath(script), *argv], {**os.environ, **FIXED_HEAP})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=11, help="rounds in which every variant takes a turn")
-    parser.add_argument("--round-seconds", type=float, default=0.5, help="approximate time per variant per round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+def timing_arguments(parser: argparse.ArgumentParser, rounds: int, round_seconds: float, warmup: int) -> None:
+    """The options of interleaved timing rounds, with these defaults, and ``--quick``."""
+    parser.add_argument("--rounds", type=int, default=rounds, help="rounds in which every variant takes a turn")
+    parser.add_argument(
+        "--round-seconds", type=float, default=round_seconds, help="approximate time per variant per round"
+    )
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps per variant first")
     parser.add_argument(
         "--max-other-load",
         type=float,
@@ -385,6 +387,18 @@ def main(argv: list[str] | None = None) -> int:
         help="discard and rerun a round during which other processes used more CPU cores than this",
     )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step (a smoke test)")
+
+
+def timing(args: argparse.Namespace) -> tuple[int, float, int, int, float]:
+    """Rounds, seconds per turn, least steps per turn, warm-up steps and the most other load allowed."""
+    if args.quick:
+        return 2, 0.0, 1, 1, math.inf
+    return args.rounds, args.round_seconds, 3, args.warmup, args.max_other_load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    timing_arguments(parser, rounds=11, round_seconds=0.5, warmup=3)
     parser.add_argument("--device", default="cpu", help="where models and batches live: cpu (default) or cuda")
     parser.add_argument("--peak-jobs", type=int, default=4, help="fresh processes of the peak-memory table at a time")
     parser.add_argument(
@@ -400,11 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed_heap = not args.allocator_defaults and sys.platform.startswith("linux")
     if fixed_heap:
         run_with_fixed_heap(sys.argv[1:] if argv is None else argv)
-    if args.quick:
-        rounds, round_seconds, min_steps, warmup, max_load = 2, 0.0, 1, 1, math.inf
-    else:
-        rounds, round_seconds, min_steps, warmup = args.rounds, args.round_seconds, 3, args.warmup
-        max_load = args.max_other_load
+    rounds, round_seconds, min_steps, warmup, max_load = timing(args)
 
     print(
         f"Training step (forward + backward + SGD momentum 0.9) at {SPARSITY:.0%} sparsity, "

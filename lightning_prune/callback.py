@@ -433,13 +433,15 @@ class PruningCallback(Callback):
             return
         if not any(self._target(e) is not None for e in self._fit_epochs(trainer) if e > self._done_epoch):
             return  # no event left to rewind after
+        self._check_snapshot(trainer, pl_module, ": the snapshot restored from the checkpoint does not fit this run. ")
+
+    def _check_snapshot(self, trainer: Trainer, pl_module: LightningModule, before: str, after: str = "") -> None:
+        """:meth:`Snapshot.check`, its error raised again as ``rewind=...<before><error><after>``."""
+        assert self.rewind is not None and self._snapshot is not None
         try:
             self._snapshot.check(pl_module, trainer.optimizers, self._schedulers(trainer))
         except RuntimeError as err:
-            raise RuntimeError(
-                f"`rewind=Rewind(epoch={self.rewind.epoch})`: the snapshot restored from the checkpoint does not "
-                f"fit this run. {err}"
-            ) from err
+            raise RuntimeError(f"`rewind=Rewind(epoch={self.rewind.epoch})`{before}{err}{after}") from err
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -605,14 +607,7 @@ class PruningCallback(Callback):
                 f"none (was it written without this callback?); the model was left unchanged"
             )
         if changed and self.rewind is not None:
-            assert self._snapshot is not None
-            try:
-                self._snapshot.check(pl_module, trainer.optimizers, self._schedulers(trainer))
-            except RuntimeError as err:
-                raise RuntimeError(
-                    f"`rewind=Rewind(epoch={self.rewind.epoch})`, event after epoch {epoch}: {err}; the model was "
-                    f"left unchanged"
-                ) from err
+            self._check_snapshot(trainer, pl_module, f", event after epoch {epoch}: ", "; the model was left unchanged")
         if changed:
             self._commit(masks)
         del masks

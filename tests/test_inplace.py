@@ -475,19 +475,26 @@ class TwoOptimizers(LitLeNet):
         return torch.optim.SGD(convs, lr=0.05, momentum=0.9), torch.optim.Adam(linears, lr=0.01)
 
 
-@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
-def test_manual_optimization_matches_reparametrization(tmp_path) -> None:
+def _both_maskings(tmp_path, build, schedule, scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Fit ``build()`` with either masking (checking the zeros after every ``in_place`` step); assert the
+    weights agree and return ``in_place``'s."""
     results = {}
     for masking in ("reparametrize", "in_place"):
-        callback = PruningCallback(scope="global", schedule=Explicit({0: 0.5, 2: 0.7}), masking=masking)
+        callback = PruningCallback(scope=scope, schedule=schedule, masking=masking)
         check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
         torch.manual_seed(0)
-        model = _fit(callback, tmp_path / masking, extra=[check], model=TwoOptimizers())
+        model = _fit(callback, tmp_path / masking, extra=[check], model=build())
         results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
     for name in WEIGHTS:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
-    total = sum(w.numel() for w in results["in_place"].values())
-    assert sum(int((w == 0).sum()) for w in results["in_place"].values()) == round(0.7 * total)
+    return results["in_place"]
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_manual_optimization_matches_reparametrization(tmp_path) -> None:
+    weights = _both_maskings(tmp_path, TwoOptimizers, Explicit({0: 0.5, 2: 0.7}), scope="global")
+    total = sum(w.numel() for w in weights.values())
+    assert sum(int((w == 0).sum()) for w in weights.values()) == round(0.7 * total)
 
 
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
@@ -734,15 +741,7 @@ class _Gan(LitLeNet):
 def test_the_per_step_pass_leaves_other_optimizers_weights_alone(tmp_path) -> None:
     """With an optimizer that needs the pass after its steps, the pass writes only the weights that optimizer
     steps: writing the others would break the backward of a graph that saved them."""
-    results = {}
-    for masking in ("reparametrize", "in_place"):
-        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
-        check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
-        torch.manual_seed(0)
-        model = _fit(callback, tmp_path / masking, extra=[check], model=_Gan(SubclassedSGD))
-        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
-    for name in WEIGHTS:
-        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+    _both_maskings(tmp_path, lambda: _Gan(SubclassedSGD), Explicit({0: 0.5}))
 
 
 class _RebuiltInStep(LitLeNet):
@@ -758,12 +757,4 @@ class _RebuiltInStep(LitLeNet):
 
 
 def test_an_optimizer_rebuilt_within_its_step_has_that_step_masked(tmp_path) -> None:
-    results = {}
-    for masking in ("reparametrize", "in_place"):
-        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking=masking)
-        check = ZerosAfterEveryStep(callback) if masking == "in_place" else Callback()
-        torch.manual_seed(0)
-        model = _fit(callback, tmp_path / masking, extra=[check], model=_RebuiltInStep())
-        results[masking] = {n: model.get_parameter(n).detach().clone() for n in WEIGHTS}
-    for name in WEIGHTS:
-        torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+    _both_maskings(tmp_path, _RebuiltInStep, Explicit({0: 0.5}))
