@@ -19,7 +19,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.optim import Optimizer
@@ -108,17 +108,6 @@ class _CheckpointMasks:
             raise
         for callback, t in zip(callbacks, targets):
             callback._set_checkpoint_masks(module, t, checkpoint)
-
-
-def _pruned_names(module: torch.nn.Module) -> list[str]:
-    return [name[: -len("_orig")] for name in module._parameters if name.endswith("_orig")]
-
-
-def _epoch_complete(trainer: Trainer) -> bool:
-    """Whether the training epoch that is ending ran all its batches (as Lightning decides whether to step
-    its epoch-interval LR schedulers)."""
-    progress = trainer.fit_loop.epoch_loop.batch_progress
-    return progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
 
 
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
@@ -216,7 +205,6 @@ class PruningCallback(Callback):
 
         self._targets: list[Target] = []
         self._done_epoch = -1  # the last epoch whose end was handled
-        self._cut_epochs = 0  # epochs that ended cut short, each resumed under the next epoch number
         self._round = 0  # pruning events that changed a mask
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
         self._fitting = False  # from `on_fit_start` to the end of the fit
@@ -284,7 +272,7 @@ class PruningCallback(Callback):
         if not same_model:
             self._pending_masks, self._snapshot = None, None  # any masks belong to another model
         if self._trainer is None or self._trainer() is not trainer:
-            self._done_epoch, self._cut_epochs, self._round, self._snapshot = -1, 0, 0, None
+            self._done_epoch, self._round, self._snapshot = -1, 0, None
         if same_model and self._pending_masks is None:
             self._pending_masks = self._held_masks()
         if self._inplace is not None:
@@ -416,7 +404,7 @@ class PruningCallback(Callback):
         self._check_snapshot_fits(trainer, pl_module)
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
-        missed = range(self._done_epoch + 1, self._epoch(trainer))
+        missed = range(self._done_epoch + 1, trainer.current_epoch)
         for epoch in missed:
             self._end_of_epoch(trainer, pl_module, epoch)
         # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
@@ -448,7 +436,7 @@ class PruningCallback(Callback):
         self._take_snapshot(trainer, pl_module)
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.rewind is not None and self._snapshot is None and self._epoch(trainer) == self.rewind.epoch:
+        if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
 
     @override
@@ -467,38 +455,16 @@ class PruningCallback(Callback):
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._validated_epoch = self._epoch(trainer)
-
-    def _epoch(self, trainer: Trainer) -> int:
-        """The epoch the schedule and the rewind count: Lightning's, less the epochs cut short before it.
-
-        A fit resumed after an epoch was cut short (by `max_steps`, or a stop requested mid-epoch) finishes
-        that epoch's batches under the next epoch number; for this callback they still belong to the epoch
-        cut short, whose end (and event) comes when they are done, as an uninterrupted fit has it.
-        """
-        return trainer.current_epoch - self._cut_epochs
+            self._validated_epoch = trainer.current_epoch
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        epoch = self._epoch(trainer)
-        if self._fitting and not _epoch_complete(trainer):
-            # cut short: the epoch has not ended; as Lightning's epoch-interval LR schedulers, the event waits
-            # for its end, which a fit resumed from here reaches under the next epoch number
-            self._cut_epochs += 1
-            sparsity = self._target(epoch) if epoch > self._done_epoch else None
-            if sparsity is not None:
-                batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-                rank_zero_info(
-                    f"Training stopped after {batches} of {trainer.num_training_batches} batches of epoch {epoch}: its "
-                    f"pruning event (to sparsity {sparsity:g}) runs at the end of that epoch, if a fit resumes it"
-                )
-            return
-        self._end_of_epoch(trainer, pl_module, epoch)
+        self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitting = False
-        missed = [e for e in range(self._done_epoch + 1, self._epoch(trainer)) if self._target(e) is not None]
+        missed = [e for e in range(self._done_epoch + 1, trainer.current_epoch) if self._target(e) is not None]
         if not getattr(self, "_trained", True) and missed:
             rank_zero_warn(
                 f"The checkpoint resumed from was written at the end of epoch {missed[-1]}, before this callback's "
@@ -518,8 +484,6 @@ class PruningCallback(Callback):
         if self.make_permanent:
             self._pending_masks = self._held_masks()
             core.make_permanent(self._targets)
-            if not any(reparam.is_reparametrized(m, n) for m in pl_module.modules() for n in _pruned_names(m)):
-                reparam.unhook_parents(pl_module)  # unless another callback's tensors are still pruned
         elif isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
             # ddp_spawn/ddp_fork hand rank 0's `state_dict()` to the main process, whose model is not
             # reparametrized and loads it with strict=False: `<name>_orig`/`_mask` would be dropped silently.
@@ -692,7 +656,6 @@ class PruningCallback(Callback):
         return {
             "version": 1,
             "done_epoch": self._done_epoch,
-            "cut_epochs": self._cut_epochs,
             "round": self._round,
             "seed": self.seed,
             "masks": masks,
@@ -702,7 +665,6 @@ class PruningCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._done_epoch = state_dict.get("done_epoch", -1)
-        self._cut_epochs = state_dict.get("cut_epochs", 0)
         self._round = state_dict.get("round", 0)
         self.seed = state_dict.get("seed", self.seed)
         masks = state_dict.get("masks", {})

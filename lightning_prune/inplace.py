@@ -17,15 +17,15 @@ reparametrization would produce:
   its state is zeroed at pruned entries whenever a weight gets its gradient hook (on
   ``attach``, on ``commit``, once an unfrozen weight is seen), and nothing else runs per step;
 - the pruned weights are zeroed again after every ``step()`` (one fused ``torch._foreach_mul_``
-  over the masked weights that optimizer steps, and no other: an in-place write would invalidate
-  graphs that saved them, such as a loss built before another optimizer's step) while any
-  attached optimizer is not zero-preserving, while a masked weight has no gradient hook yet (it
-  was frozen; :meth:`InPlaceMasks.sync`, called before each backward and each step, hooks it
-  once it requires gradients), or when asked to (``attach(per_step=True)``: gradients that do
-  not come from backward alone, such as a DDP communication hook that changes their values); in
-  that case also before each further evaluation of the step's closure (``LBFGS`` moves the
-  weights between the evaluations of one step, and its forward passes must see the pruned
-  entries at zero).
+  over the masked weights that optimizer steps or its step wrote, and no other: an in-place
+  write would invalidate graphs that saved them, such as a loss built before another optimizer's
+  step) while any attached optimizer is not zero-preserving, while a masked weight has no
+  gradient hook yet (it was frozen; :meth:`InPlaceMasks.sync`, called before each backward and
+  each step, hooks it once it requires gradients), or when asked to (``attach(per_step=True)``:
+  gradients that do not come from backward alone, such as a DDP communication hook that changes
+  their values); in that case also before each further evaluation of the step's closure
+  (``LBFGS`` moves the weights between the evaluations of one step, and its forward passes must
+  see the pruned entries at zero).
 
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
 the pruned weights still stay at zero). ``torch.autograd.grad`` without ``create_graph``
@@ -143,8 +143,9 @@ class InPlaceMasks:
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
         self._grad_handles: dict[int, tuple[Any, Any]] = {}  # id(weight) -> its two gradient hooks
-        # id(optimizer) -> (sizes of its parameter groups, the masked weights it steps and their factors)
-        self._owned: dict[int, tuple[tuple[int, ...], list[Tensor], list[Tensor]]] = {}
+        # id(optimizer) -> (sizes of its parameter groups, the indices of the masked weights it steps)
+        self._owned: dict[int, tuple[tuple[int, ...], set[int]]] = {}
+        self._versions: dict[int, list[int]] = {}  # id(optimizer) -> the masked weights' versions as its step began
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
         """Each target's mask, ``None`` where it has none yet."""
@@ -182,19 +183,25 @@ class InPlaceMasks:
 
     @torch.no_grad()
     def _apply_stepped(self, optimizer: torch.optim.Optimizer) -> None:
-        """Zero the pruned entries of the masked weights that ``optimizer`` steps, and of no other.
+        """Zero the pruned entries of the masked weights that ``optimizer``'s step may have moved, and no other.
 
-        Writing a weight in place invalidates the graphs that saved it (``manual_backward`` of a loss
-        built before another optimizer's step, as GANs do), so the weights of other optimizers stay untouched.
+        Those are the weights among its parameters, and any other masked weight written since its step
+        began (an optimizer that steps float32 master copies and copies them back). Writing a weight in
+        place invalidates the graphs that saved it (``manual_backward`` of a loss built before another
+        optimizer's step, as GANs do), so the weights of other optimizers stay untouched.
         """
         sizes = tuple(len(group["params"]) for group in optimizer.param_groups)
         owned = self._owned.get(id(optimizer))
         if owned is None or owned[0] != sizes:
             stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            pairs = [(w, f) for w, f in zip(self._weights, self._factors) if id(w) in stepped]
-            owned = self._owned[id(optimizer)] = (sizes, [w for w, _ in pairs], [f for _, f in pairs])
-        if owned[1]:
-            torch._foreach_mul_(owned[1], owned[2])
+            owned = self._owned[id(optimizer)] = (sizes, {i for i, w in enumerate(self._weights) if id(w) in stepped})
+        began = self._versions.get(id(optimizer))
+        if began is not None and len(began) == len(self._weights):
+            chosen = [i for i, w in enumerate(self._weights) if i in owned[1] or w._version != began[i]]
+        else:
+            chosen = sorted(owned[1])
+        if chosen:
+            torch._foreach_mul_([self._weights[i] for i in chosen], [self._factors[i] for i in chosen])
 
     def reapply(self) -> None:
         """Zero the pruned weights and their optimizer state again, after both were written from elsewhere
@@ -300,6 +307,7 @@ class InPlaceMasks:
         one step; the reparametrization's forward never sees its moves at pruned entries, so
         neither may this one's. The first evaluation starts from weights zeroed after the last step.
         """
+        self._versions[id(optimizer)] = [w._version for w in self._weights]
         # `args` starts with the optimizer itself: `step(self, closure=None)`
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
@@ -351,7 +359,10 @@ class InPlaceMasks:
 
     def clear(self) -> None:
         self.detach()
-        self.masks, self._params, self._weights, self._factors, self._owned = {}, {}, [], [], {}
+        self.masks, self._params, self._weights, self._factors, self._owned, self._versions = {}, {}, [], [], {}, {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}, "_owned": {}}
+        return {
+            **self.__dict__,
+            **{"_optimizers": [], "_step_handles": [], "_grad_handles": {}, "_owned": {}, "_versions": {}},
+        }

@@ -47,7 +47,6 @@ __all__ = [
     "refresh",
     "remove",
     "rename_parameter",
-    "unhook_parents",
     "update",
 ]
 
@@ -76,6 +75,7 @@ class MaskHook(torch_prune.BasePruningMethod):
     def __init__(self, name: str) -> None:
         self._tensor_name = name
         self._handles: list[Any] = []
+        self._parents: list[Any] = []  # the handles of the `RefreshChildren` hooks that run this hook
         self._last: weakref.ref[Tensor] | None = None
         self._cache: tuple[Tensor, int, Tensor] | None = None  # (mask, its version, mask in the weight's dtype)
 
@@ -125,6 +125,9 @@ class MaskHook(torch_prune.BasePruningMethod):
         rename_parameter(module, name + "_orig", name)
         for handle in self._handles[1:]:  # [forward pre-hook, load_state_dict pre-hook]
             handle.remove()
+        if not any(isinstance(h, MaskHook) and h is not self for h in module._forward_pre_hooks.values()):
+            for handle in getattr(self, "_parents", []):  # the module's last pruned tensor: no parent hook needed
+                handle.remove()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> MaskHook:
         # The module's recomputed tensor is part of an autograd graph after a forward pass, and
@@ -137,10 +140,14 @@ class MaskHook(torch_prune.BasePruningMethod):
         new = MaskHook(self._tensor_name)
         memo[id(self)] = new
         new._handles = copy.deepcopy(self._handles, memo)
+        new._parents = copy.deepcopy(getattr(self, "_parents", []), memo)
         return new
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_tensor_name": self._tensor_name, "_handles": self._handles, "_last": None, "_cache": None}
+        return {
+            **{"_tensor_name": self._tensor_name, "_handles": self._handles, "_parents": getattr(self, "_parents", [])},
+            **{"_last": None, "_cache": None},
+        }
 
 
 class _LoadPlain:
@@ -319,11 +326,13 @@ class RefreshChildren:
     ``nn.MultiheadAttention`` passes ``out_proj.weight`` to its attention function and never calls
     ``out_proj``, so ``out_proj``'s own :class:`MaskHook` would never run: the weight would keep the
     value of the last event, cut off from ``weight_orig``'s gradient. This hook runs the
-    :class:`MaskHook` of each named submodule first.
+    :class:`MaskHook` of each named submodule first. It goes with the submodule's last
+    :class:`MaskHook` (``torch.nn.utils.prune.remove`` or :func:`remove`).
     """
 
     def __init__(self, children: tuple[str, ...]) -> None:
         self.children = children
+        self.handle: Any = None
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         for name in self.children:
@@ -333,15 +342,15 @@ class RefreshChildren:
                     hook(child, inputs)
 
 
-#: Modules of torch whose forward reads these submodules' tensors without calling the submodules.
+#: Modules of torch whose forward reads this submodule's tensors without calling it.
 #: (``nn.TransformerEncoderLayer``'s inference fast path does too, but it is not taken while any of
 #: its submodules has a forward pre-hook, which a pruned one has.)
-READ_DIRECTLY: dict[type[nn.Module], tuple[str, ...]] = {nn.MultiheadAttention: ("out_proj",)}
+READ_DIRECTLY: dict[type[nn.Module], str] = {nn.MultiheadAttention: "out_proj"}
 
 
 def hook_parents(model: nn.Module) -> None:
-    """Give :class:`RefreshChildren` hooks (once) to the modules of ``model`` listed in :data:`READ_DIRECTLY`
-    whose listed submodules have a tensor reparametrized here.
+    """Give a :class:`RefreshChildren` hook (once) to every module of ``model`` listed in
+    :data:`READ_DIRECTLY` whose listed submodule has a tensor reparametrized here.
 
     Example:
         >>> import torch
@@ -351,20 +360,20 @@ def hook_parents(model: nn.Module) -> None:
         >>> _ = attention(*[torch.randn(3, 1, 4)] * 3)[0].sum().backward()
         >>> attention.out_proj.weight_orig.grad is not None
         True
+        >>> remove(attention.out_proj, "weight")
+        >>> len(attention._forward_pre_hooks)
+        0
     """
     for module in model.modules():
-        children = next((c for cls, c in READ_DIRECTLY.items() if isinstance(module, cls)), ())
-        pruned = any(
-            isinstance(hook, MaskHook)
-            for name in children
-            for hook in getattr(module, name)._forward_pre_hooks.values()
-        )
-        if pruned and not any(isinstance(h, RefreshChildren) for h in module._forward_pre_hooks.values()):
-            module.register_forward_pre_hook(RefreshChildren(children))
-
-
-def unhook_parents(model: nn.Module) -> None:
-    """Remove the hooks :func:`hook_parents` gave ``model``'s modules."""
-    for module in model.modules():
-        for key in [k for k, h in module._forward_pre_hooks.items() if isinstance(h, RefreshChildren)]:
-            del module._forward_pre_hooks[key]
+        name = next((c for cls, c in READ_DIRECTLY.items() if isinstance(module, cls)), "")
+        child = getattr(module, name, None) if name else None
+        hooks = [h for h in child._forward_pre_hooks.values() if isinstance(h, MaskHook)] if child is not None else []
+        if not hooks:
+            continue
+        refresh = next((h for h in module._forward_pre_hooks.values() if isinstance(h, RefreshChildren)), None)
+        if refresh is None:
+            refresh = RefreshChildren((name,))
+            refresh.handle = module.register_forward_pre_hook(refresh)
+        for hook in hooks:
+            if not any(h is refresh.handle for h in hook._parents):
+                hook._parents.append(refresh.handle)

@@ -389,10 +389,17 @@ def test_attention_output_projection_trains_while_pruned(tmp_path) -> None:
         torch.testing.assert_close(reparametrized.eval()(x), in_place.eval()(x), rtol=0, atol=1e-6)
 
 
-def test_attention_hooks_go_with_the_reparametrization(tmp_path) -> None:
+@pytest.mark.parametrize("remove", ["make_permanent", "prune.remove", "prune.remove on a copy"])
+def test_attention_hooks_go_with_the_reparametrization(tmp_path, remove: str) -> None:
     model = make_model(cls=_Encoder)
-    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=Explicit({0: 0.5}))], max_epochs=1).fit(
-        model, make_loader()
-    )
+    callback = PruningCallback(schedule=Explicit({0: 0.5}), make_permanent=remove == "make_permanent")
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(model, make_loader())
+    if remove != "make_permanent":
+        assert model.encoder.self_attn._forward_pre_hooks, "the attention module recomputes out_proj.weight"
+        model = copy.deepcopy(model) if remove.endswith("copy") else model
+        for module in model.modules():
+            if prune.is_pruned(module) and hasattr(module, "weight_orig"):
+                prune.remove(module, "weight")
     assert not prune.is_pruned(model)
     assert all(not m._forward_pre_hooks for m in model.modules())
+    torch.jit.script(model.encoder.self_attn)  # which refuses a module with hooks

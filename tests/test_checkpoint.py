@@ -848,55 +848,6 @@ def test_a_fit_after_one_that_ended_without_cleanup_resumes(tmp_path: Path) -> N
     assert [int((~m).sum()) for m in masks_of(model).values()] == [round(0.5 * 91), round(0.5 * 39)]
 
 
-class _StatefulLoader:
-    """:func:`make_loader`'s batches, resumable mid-epoch: Lightning saves and loads its position."""
-
-    def __init__(self) -> None:
-        self.batches = list(make_loader())
-        self.position, self._resume_at = 0, 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Any:
-        self.position, self._resume_at = self._resume_at, 0
-        for batch in self.batches[self.position :]:
-            self.position += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume_at = state["position"] % len(self.batches)
-
-
-@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
-def test_an_epoch_cut_short_by_max_steps_prunes_at_its_end_when_resumed(tmp_path: Path, masking: str) -> None:
-    """A fit stopped by `max_steps` after one batch of epoch 1 has not reached that epoch's end: no event
-    there. Resumed, Lightning runs the epoch's other batches as epoch 2, whose end is epoch 1's for the
-    schedule, and the run ends exactly as an uninterrupted one."""
-
-    def callback() -> PruningCallback:
-        return PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5, 2: 0.7}), masking=masking, seed=1)
-
-    uninterrupted = make_model()
-    make_trainer(tmp_path, callbacks=[callback()], max_epochs=-1, max_steps=9).fit(uninterrupted, _StatefulLoader())
-    cut = make_model()
-    trainer = make_trainer(tmp_path, callbacks=[callback()], max_epochs=-1, max_steps=4)
-    trainer.fit(cut, _StatefulLoader())
-    assert [int((m == 0).sum()) for m in effective_weights(cut).values() if m.dim() == 2] == [
-        round(0.3 * 91),
-        round(0.3 * 39),
-    ], "the event of epoch 1, cut short, has not run"
-    trainer.save_checkpoint(tmp_path / "cut.ckpt")
-    resumed = make_model(seed=5)
-    make_trainer(tmp_path, callbacks=[callback()], max_epochs=-1, max_steps=9).fit(
-        resumed, _StatefulLoader(), ckpt_path=tmp_path / "cut.ckpt"
-    )
-    assert_tensors_equal(effective_weights(resumed), effective_weights(uninterrupted))
-
-
 class _OptimizerOnly(TinyNet):
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)

@@ -758,3 +758,34 @@ class _RebuiltInStep(LitLeNet):
 
 def test_an_optimizer_rebuilt_within_its_step_has_that_step_masked(tmp_path) -> None:
     _both_maskings(tmp_path, _RebuiltInStep, Explicit({0: 0.5}))
+
+
+class _MasterSGD(torch.optim.Optimizer):
+    """SGD on copies of the model's weights, written back after each step (as mixed precision's master weights)."""
+
+    def __init__(self, params, lr: float) -> None:
+        self.model_params = list(params)
+        super().__init__([p.detach().clone().requires_grad_(True) for p in self.model_params], {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for master, p in zip(group["params"], self.model_params):
+                if p.grad is not None:
+                    master.add_(p.grad, alpha=-group["lr"])
+                    p.copy_(master)
+        return loss
+
+
+class _MasterWeights(LitLeNet):
+    def configure_optimizers(self):
+        return _MasterSGD(self.parameters(), lr=0.05)
+
+
+def test_weights_written_by_an_optimizer_that_does_not_hold_them_are_masked(tmp_path) -> None:
+    """The per-step pass also covers masked weights the step wrote without holding them."""
+    _both_maskings(tmp_path, _MasterWeights, Explicit({0: 0.5}))
