@@ -17,9 +17,9 @@ reparametrization would produce:
   its state is zeroed at pruned entries whenever a weight gets its gradient hook (on
   ``attach``, on ``commit``, once an unfrozen weight is seen), and nothing else runs per step;
 - the pruned weights are zeroed again after every ``step()`` (one fused ``torch._foreach_mul_``
-  over the masked weights that optimizer steps or its step wrote, and no other: an in-place
-  write would invalidate graphs that saved them, such as a loss built before another optimizer's
-  step) while any attached optimizer is not zero-preserving, while a masked weight has no
+  over all masked weights, through ``.data``: a weight the step left alone keeps its values and
+  its version, so a graph that saved it, such as a loss built before another optimizer's step,
+  stays valid) while any attached optimizer is not zero-preserving, while a masked weight has no
   gradient hook yet (it was frozen; :meth:`InPlaceMasks.sync`, called before each backward and
   each step, hooks it once it requires gradients), or when asked to (``attach(per_step=True)``:
   gradients that do not come from backward alone, such as a DDP communication hook that changes
@@ -143,9 +143,6 @@ class InPlaceMasks:
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
         self._grad_handles: dict[int, tuple[Any, Any]] = {}  # id(weight) -> its two gradient hooks
-        # id(optimizer) -> (sizes of its parameter groups, the indices of the masked weights it steps)
-        self._owned: dict[int, tuple[tuple[int, ...], set[int]]] = {}
-        self._versions: dict[int, list[int]] = {}  # id(optimizer) -> the masked weights' versions as its step began
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
         """Each target's mask, ``None`` where it has none yet."""
@@ -169,7 +166,6 @@ class InPlaceMasks:
         self._weights = [self._params[name] for name in self.masks]
         masks = list(self.masks.values())
         self._factors = [_factor(m, w.dtype, previous.get(id(w))) for m, w in zip(masks, self._weights)]
-        self._owned = {}
         self.apply()
         if self._optimizers:
             self._unhook_gradients()
@@ -182,26 +178,16 @@ class InPlaceMasks:
             torch._foreach_mul_(self._weights, self._factors)
 
     @torch.no_grad()
-    def _apply_stepped(self, optimizer: torch.optim.Optimizer) -> None:
-        """Zero the pruned entries of the masked weights that ``optimizer``'s step may have moved, and no other.
+    def _apply_quietly(self) -> None:
+        """Zero every pruned weight without bumping the weights' version counters (through ``.data``).
 
-        Those are the weights among its parameters, and any other masked weight written since its step
-        began (an optimizer that steps float32 master copies and copies them back). Writing a weight in
-        place invalidates the graphs that saved it (``manual_backward`` of a loss built before another
-        optimizer's step, as GANs do), so the weights of other optimizers stay untouched.
+        After an optimizer's step: the weights it did not write keep their values (their pruned entries
+        are zero already), so a graph that saved them, such as a loss built before another optimizer's
+        step that a GAN's ``manual_backward`` then runs, stays valid; and any weight the step wrote, held
+        or not (master weights copied back), fused kernel or ``.data`` write, is masked.
         """
-        sizes = tuple(len(group["params"]) for group in optimizer.param_groups)
-        owned = self._owned.get(id(optimizer))
-        if owned is None or owned[0] != sizes:
-            stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            owned = self._owned[id(optimizer)] = (sizes, {i for i, w in enumerate(self._weights) if id(w) in stepped})
-        began = self._versions.get(id(optimizer))
-        if began is not None and len(began) == len(self._weights):
-            chosen = [i for i, w in enumerate(self._weights) if i in owned[1] or w._version != began[i]]
-        else:
-            chosen = sorted(owned[1])
-        if chosen:
-            torch._foreach_mul_([self._weights[i] for i in chosen], [self._factors[i] for i in chosen])
+        if self._weights:
+            torch._foreach_mul_([w.data for w in self._weights], self._factors)
 
     def reapply(self) -> None:
         """Zero the pruned weights and their optimizer state again, after both were written from elsewhere
@@ -232,7 +218,7 @@ class InPlaceMasks:
 
         def once(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             handle.remove()
-            self._apply_stepped(opt)
+            self._apply_quietly()
 
         handle = optimizer.register_step_post_hook(once)
 
@@ -307,7 +293,6 @@ class InPlaceMasks:
         one step; the reparametrization's forward never sees its moves at pruned entries, so
         neither may this one's. The first evaluation starts from weights zeroed after the last step.
         """
-        self._versions[id(optimizer)] = [w._version for w in self._weights]
         # `args` starts with the optimizer itself: `step(self, closure=None)`
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
@@ -317,7 +302,7 @@ class InPlaceMasks:
         def masked_closure() -> Any:
             nonlocal evaluations
             if evaluations:
-                self._apply_stepped(optimizer)
+                self._apply_quietly()
             evaluations += 1
             return closure()
 
@@ -326,7 +311,7 @@ class InPlaceMasks:
         return (args[0], masked_closure, *args[2:]), kwargs
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._apply_stepped(optimizer)
+        self._apply_quietly()
 
     def _unhook_gradients(self) -> None:
         for handles in self._grad_handles.values():
@@ -352,17 +337,13 @@ class InPlaceMasks:
         """Move the masks and their float factors to ``device``."""
         self.masks = {name: mask.to(device) for name, mask in self.masks.items()}
         self._factors = [factor.to(device) for factor in self._factors]
-        self._owned = {}
         if self._grad_handles:
             self._unhook_gradients()
             self.refresh_hooks()
 
     def clear(self) -> None:
         self.detach()
-        self.masks, self._params, self._weights, self._factors, self._owned, self._versions = {}, {}, [], [], {}, {}
+        self.masks, self._params, self._weights, self._factors = {}, {}, [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            **self.__dict__,
-            **{"_optimizers": [], "_step_handles": [], "_grad_handles": {}, "_owned": {}, "_versions": {}},
-        }
+        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}}

@@ -325,9 +325,10 @@ class RefreshChildren:
 
     ``nn.MultiheadAttention`` passes ``out_proj.weight`` to its attention function and never calls
     ``out_proj``, so ``out_proj``'s own :class:`MaskHook` would never run: the weight would keep the
-    value of the last event, cut off from ``weight_orig``'s gradient. This hook runs the
-    :class:`MaskHook` of each named submodule first. It goes with the submodule's last
-    :class:`MaskHook` (``torch.nn.utils.prune.remove`` or :func:`remove`).
+    value of the last event, cut off from ``weight_orig``'s gradient. This hook runs the pruning
+    hooks of each named submodule first (:class:`MaskHook` or torch's own). It goes with the
+    submodule's last :class:`MaskHook` (:func:`remove`, ``torch.nn.utils.prune.remove``), or at the
+    first forward after torch's pruning hooks on it were removed.
     """
 
     def __init__(self, children: tuple[str, ...]) -> None:
@@ -335,11 +336,15 @@ class RefreshChildren:
         self.handle: Any = None
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
+        pruned = False
         for name in self.children:
             child = getattr(module, name)
             for hook in list(child._forward_pre_hooks.values()):
-                if isinstance(hook, MaskHook):
+                if isinstance(hook, torch_prune.BasePruningMethod):
                     hook(child, inputs)
+                    pruned = True
+        if not pruned and self.handle is not None:
+            self.handle.remove()  # the submodule's pruning was removed without this package's hook
 
 
 #: Modules of torch whose forward reads this submodule's tensors without calling it.
@@ -367,7 +372,9 @@ def hook_parents(model: nn.Module) -> None:
     for module in model.modules():
         name = next((c for cls, c in READ_DIRECTLY.items() if isinstance(module, cls)), "")
         child = getattr(module, name, None) if name else None
-        hooks = [h for h in child._forward_pre_hooks.values() if isinstance(h, MaskHook)] if child is not None else []
+        if child is None:
+            continue
+        hooks = [h for h in child._forward_pre_hooks.values() if isinstance(h, torch_prune.BasePruningMethod)]
         if not hooks:
             continue
         refresh = next((h for h in module._forward_pre_hooks.values() if isinstance(h, RefreshChildren)), None)
@@ -375,5 +382,5 @@ def hook_parents(model: nn.Module) -> None:
             refresh = RefreshChildren((name,))
             refresh.handle = module.register_forward_pre_hook(refresh)
         for hook in hooks:
-            if not any(h is refresh.handle for h in hook._parents):
+            if isinstance(hook, MaskHook) and not any(h is refresh.handle for h in hook._parents):
                 hook._parents.append(refresh.handle)

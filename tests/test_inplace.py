@@ -761,10 +761,11 @@ def test_an_optimizer_rebuilt_within_its_step_has_that_step_masked(tmp_path) -> 
 
 
 class _MasterSGD(torch.optim.Optimizer):
-    """SGD on copies of the model's weights, written back after each step (as mixed precision's master weights)."""
+    """SGD on copies of the model's weights, written back after each step (as mixed precision's master weights),
+    through ``.data`` if ``via_data`` (as apex does: the weights' version counters do not move)."""
 
-    def __init__(self, params, lr: float) -> None:
-        self.model_params = list(params)
+    def __init__(self, params, lr: float, via_data: bool) -> None:
+        self.model_params, self.via_data = list(params), via_data
         super().__init__([p.detach().clone().requires_grad_(True) for p in self.model_params], {"lr": lr})
 
     @torch.no_grad()
@@ -777,15 +778,20 @@ class _MasterSGD(torch.optim.Optimizer):
             for master, p in zip(group["params"], self.model_params):
                 if p.grad is not None:
                     master.add_(p.grad, alpha=-group["lr"])
-                    p.copy_(master)
+                    (p.data if self.via_data else p).copy_(master)
         return loss
 
 
 class _MasterWeights(LitLeNet):
+    def __init__(self, via_data: bool) -> None:
+        super().__init__()
+        self.via_data = via_data
+
     def configure_optimizers(self):
-        return _MasterSGD(self.parameters(), lr=0.05)
+        return _MasterSGD(self.parameters(), lr=0.05, via_data=self.via_data)
 
 
-def test_weights_written_by_an_optimizer_that_does_not_hold_them_are_masked(tmp_path) -> None:
+@pytest.mark.parametrize("via_data", [pytest.param(False, id="copy"), pytest.param(True, id="data-copy")])
+def test_weights_written_by_an_optimizer_that_does_not_hold_them_are_masked(tmp_path, via_data: bool) -> None:
     """The per-step pass also covers masked weights the step wrote without holding them."""
-    _both_maskings(tmp_path, _MasterWeights, Explicit({0: 0.5}))
+    _both_maskings(tmp_path, lambda: _MasterWeights(via_data), Explicit({0: 0.5}))

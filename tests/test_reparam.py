@@ -258,3 +258,41 @@ def test_a_pruned_module_compiles_into_one_graph(first: str, check: str, monkeyp
     assert torch.equal(out, torch.nn.functional.linear(x, layer.weight_orig * mask, layer.bias))
     out.sum().backward()
     assert layer.weight_orig.grad is not None and not layer.weight_orig.grad[~mask].any()
+
+
+def _attention_with_pruned_out_proj() -> nn.MultiheadAttention:
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, 2)
+    reparam.apply(attention.out_proj, "weight", torch.rand(4, 4) > 0.5)
+    reparam.hook_parents(attention)
+    return attention
+
+
+def _used_out_proj_weight(attention: nn.MultiheadAttention) -> torch.Tensor:
+    """The ``out_proj.weight`` that a forward of ``attention`` uses (it never calls ``out_proj``)."""
+    x = torch.randn(3, 1, 4)
+    attention(x, x, x)[0].sum().backward()
+    return attention.out_proj.weight
+
+
+def test_attention_uses_the_masked_out_proj_weight_and_trains_it() -> None:
+    attention = _attention_with_pruned_out_proj()
+    out_proj = attention.out_proj
+    with torch.no_grad():
+        out_proj.weight_orig.add_(1.0)  # as an optimizer step would
+    assert torch.equal(_used_out_proj_weight(attention), out_proj.weight_orig * out_proj.weight_mask)
+    assert torch.equal(out_proj.weight_orig.grad != 0, out_proj.weight_mask)
+
+
+def test_attention_hook_with_torch_pruning_stacked_on_out_proj() -> None:
+    """torch's `prune` on top wraps the hook in a PruningContainer: the attention still uses the masked
+    weight, and once torch's `prune.remove` took the pruning away the next forward drops the hook."""
+    attention = _attention_with_pruned_out_proj()
+    out_proj = attention.out_proj
+    prune.l1_unstructured(out_proj, "weight", amount=0.25)
+    with torch.no_grad():
+        out_proj.weight_orig.add_(1.0)
+    assert torch.equal(_used_out_proj_weight(attention), out_proj.weight_orig * out_proj.weight_mask)
+    prune.remove(out_proj, "weight")
+    _used_out_proj_weight(attention)
+    assert not attention._forward_pre_hooks
