@@ -17,15 +17,15 @@ reparametrization would produce:
   its state is zeroed at pruned entries whenever a weight gets its gradient hook (on
   ``attach``, on ``commit``, once an unfrozen weight is seen), and nothing else runs per step;
 - the pruned weights are zeroed again after every ``step()`` (one fused ``torch._foreach_mul_``
-  over all masked weights, through ``.data``: a weight the step left alone keeps its values and
-  its version, so a graph that saved it, such as a loss built before another optimizer's step,
-  stays valid) while any attached optimizer is not zero-preserving, while a masked weight has no
-  gradient hook yet (it was frozen; :meth:`InPlaceMasks.sync`, called before each backward and
-  each step, hooks it once it requires gradients), or when asked to (``attach(per_step=True)``:
-  gradients that do not come from backward alone, such as a DDP communication hook that changes
-  their values); in that case also before each further evaluation of the step's closure
-  (``LBFGS`` moves the weights between the evaluations of one step, and its forward passes must
-  see the pruned entries at zero).
+  over all masked weights: in place for those written since they were last masked, and through
+  ``.data`` for the others, whose values it leaves as they are, so a graph that saved one of
+  those, such as a loss built before another optimizer's step, stays valid) while any attached
+  optimizer is not zero-preserving, while a masked weight has no gradient hook yet (it was
+  frozen; :meth:`InPlaceMasks.sync`, called before each backward and each step, hooks it once it
+  requires gradients), or when asked to (``attach(per_step=True)``: gradients that do not come
+  from backward alone, such as a DDP communication hook that changes their values); in that case
+  also before each further evaluation of the step's closure (``LBFGS`` moves the weights between
+  the evaluations of one step, and its forward passes must see the pruned entries at zero).
 
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
 the pruned weights still stay at zero). ``torch.autograd.grad`` without ``create_graph``
@@ -143,6 +143,7 @@ class InPlaceMasks:
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
         self._grad_handles: dict[int, tuple[Any, Any]] = {}  # id(weight) -> its two gradient hooks
+        self._seen_versions: list[int] = []  # each weight's version when its pruned entries were last zeroed
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
         """Each target's mask, ``None`` where it has none yet."""
@@ -176,18 +177,31 @@ class InPlaceMasks:
         """Zero every pruned weight (a fused multiply by the cached float masks)."""
         if self._weights:
             torch._foreach_mul_(self._weights, self._factors)
+        self._seen_versions = [w._version for w in self._weights]
 
     @torch.no_grad()
-    def _apply_quietly(self) -> None:
-        """Zero every pruned weight without bumping the weights' version counters (through ``.data``).
+    def _apply_after_step(self) -> None:
+        """Zero every pruned weight after an optimizer's step, bumping the version only of weights written since.
 
-        After an optimizer's step: the weights it did not write keep their values (their pruned entries
-        are zero already), so a graph that saved them, such as a loss built before another optimizer's
-        step that a GAN's ``manual_backward`` then runs, stays valid; and any weight the step wrote, held
-        or not (master weights copied back), fused kernel or ``.data`` write, is masked.
+        A weight whose version has not moved since this pass last multiplied it has its pruned entries
+        at zero and keeps its values, so it is multiplied through ``.data``: a graph that saved it (a
+        loss built before another optimizer's step, whose ``manual_backward`` a GAN runs next) stays
+        valid. A weight written since (by the step, or by code between steps) is multiplied in place,
+        so a graph that saved the values it had is refused by autograd instead of used with others.
+        Writes that move no version counter (fused kernels, ``.data`` copies of master weights) are
+        masked all the same.
         """
-        if self._weights:
-            torch._foreach_mul_([w.data for w in self._weights], self._factors)
+        weights, seen = self._weights, self._seen_versions
+        if len(seen) != len(weights):
+            seen = [-1] * len(weights)
+        written = [w._version != v for w, v in zip(weights, seen)]
+        loud = [i for i, w in enumerate(written) if w]
+        quiet = [i for i, w in enumerate(written) if not w]
+        if loud:
+            torch._foreach_mul_([weights[i] for i in loud], [self._factors[i] for i in loud])
+        if quiet:
+            torch._foreach_mul_([weights[i].data for i in quiet], [self._factors[i] for i in quiet])
+        self._seen_versions = [w._version for w in weights]
 
     def reapply(self) -> None:
         """Zero the pruned weights and their optimizer state again, after both were written from elsewhere
@@ -218,7 +232,7 @@ class InPlaceMasks:
 
         def once(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             handle.remove()
-            self._apply_quietly()
+            self._apply_after_step()
 
         handle = optimizer.register_step_post_hook(once)
 
@@ -302,7 +316,7 @@ class InPlaceMasks:
         def masked_closure() -> Any:
             nonlocal evaluations
             if evaluations:
-                self._apply_quietly()
+                self._apply_after_step()
             evaluations += 1
             return closure()
 
@@ -311,7 +325,7 @@ class InPlaceMasks:
         return (args[0], masked_closure, *args[2:]), kwargs
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._apply_quietly()
+        self._apply_after_step()
 
     def _unhook_gradients(self) -> None:
         for handles in self._grad_handles.values():
@@ -343,7 +357,7 @@ class InPlaceMasks:
 
     def clear(self) -> None:
         self.detach()
-        self.masks, self._params, self._weights, self._factors = {}, {}, [], []
+        self.masks, self._params, self._weights, self._factors, self._seen_versions = {}, {}, [], [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}}
+        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}, "_seen_versions": []}

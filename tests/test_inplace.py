@@ -795,3 +795,23 @@ class _MasterWeights(LitLeNet):
 def test_weights_written_by_an_optimizer_that_does_not_hold_them_are_masked(tmp_path, via_data: bool) -> None:
     """The per-step pass also covers masked weights the step wrote without holding them."""
     _both_maskings(tmp_path, lambda: _MasterWeights(via_data), Explicit({0: 0.5}))
+
+
+def test_the_per_step_pass_refuses_a_pending_graph_of_a_weight_written_between_steps() -> None:
+    """A weight written outside any step (its pruned entries nonzero) and saved by a graph: the pass after
+    another optimizer's step zeroes it in place, so that graph's backward fails instead of using new values."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 1, bias=False))
+    held = InPlaceMasks()
+    held.commit(resolve_targets(model), [torch.tensor([[True, False, True]] * 3), torch.tensor([[True, False, True]])])
+    first, second = SubclassedSGD(model[0].parameters(), lr=0.1), torch.optim.SGD(model[1].parameters(), lr=0.1)
+    held.attach([first, second])
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    written = model[1](model[0](torch.randn(4, 3))).sum()  # saves model[1].weight with a pruned entry at 1
+    first.zero_grad()
+    model[0](torch.randn(2, 3)).sum().backward()
+    first.step()
+    assert model[1].weight[0, 1] == 0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        written.backward()
