@@ -207,6 +207,7 @@ class PruningCallback(Callback):
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
+        self._trained = False  # whether this fit reached `on_train_start`
         self._fitting = False  # from `on_fit_start` to the end of the fit
         self._snapshot: Snapshot | None = None
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
@@ -465,7 +466,7 @@ class PruningCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitting = False
         missed = [e for e in range(self._done_epoch + 1, trainer.current_epoch) if self._target(e) is not None]
-        if not getattr(self, "_trained", True) and missed:
+        if missed and not self._trained:
             rank_zero_warn(
                 f"The checkpoint resumed from was written at the end of epoch {missed[-1]}, before this callback's "
                 f"pruning event for epoch(s) {missed} ran (by a callback listed before PruningCallback, saving in "

@@ -191,12 +191,10 @@ class InPlaceMasks:
         Writes that move no version counter (fused kernels, ``.data`` copies of master weights) are
         masked all the same.
         """
-        weights, seen = self._weights, self._seen_versions
-        if len(seen) != len(weights):
-            seen = [-1] * len(weights)
-        written = [w._version != v for w, v in zip(weights, seen)]
-        loud = [i for i, w in enumerate(written) if w]
-        quiet = [i for i, w in enumerate(written) if not w]
+        weights = self._weights
+        seen = self._seen_versions if len(self._seen_versions) == len(weights) else [-1] * len(weights)
+        loud = [i for i, (w, v) in enumerate(zip(weights, seen)) if w._version != v]
+        quiet = sorted(set(range(len(weights))) - set(loud))
         if loud:
             torch._foreach_mul_([weights[i] for i in loud], [self._factors[i] for i in loud])
         if quiet:

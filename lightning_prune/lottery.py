@@ -106,6 +106,10 @@ class Snapshot:
         and schedulers, each optimizer with the same parameter groups (as many, of the same sizes).
         Nothing is written.
         """
+        self._checked(module, optimizers, schedulers)
+
+    def _checked(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> dict[str, Tensor]:
+        """:meth:`check`, returning the module's tensors by name."""
         live = logical_tensors(module)
         if live.keys() != self.tensors.keys():
             missing, extra = sorted(self.tensors.keys() - live.keys()), sorted(live.keys() - self.tensors.keys())
@@ -132,12 +136,12 @@ class Snapshot:
                     f"Cannot rewind: optimizer {i} has parameter groups of sizes {now}, the snapshot's had {saved} "
                     f"(were parameters added to it after the snapshot, as BackboneFinetuning does?)"
                 )
+        return live
 
     @torch.no_grad()
     def restore(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
         """Copy the snapshot back into ``module``, ``optimizers`` and ``schedulers`` (after :meth:`check`)."""
-        self.check(module, optimizers, schedulers)
-        live = logical_tensors(module)
+        live = self._checked(module, optimizers, schedulers)
         for name, tensor in live.items():
             tensor.copy_(self.tensors[name])
         for opt, state in zip(optimizers, self.optimizers):

@@ -326,23 +326,22 @@ class RefreshChildren:
     ``nn.MultiheadAttention`` passes ``out_proj.weight`` to its attention function and never calls
     ``out_proj``, so ``out_proj``'s own :class:`MaskHook` would never run: the weight would keep the
     value of the last event, cut off from ``weight_orig``'s gradient. This hook runs the pruning
-    hooks of each named submodule first (:class:`MaskHook` or torch's own). It goes with the
+    hooks of the named submodule first (:class:`MaskHook` or torch's own). It goes with the
     submodule's last :class:`MaskHook` (:func:`remove`, ``torch.nn.utils.prune.remove``), or at the
     first forward after torch's pruning hooks on it were removed.
     """
 
-    def __init__(self, children: tuple[str, ...]) -> None:
-        self.children = children
+    def __init__(self, child: str) -> None:
+        self.child = child
         self.handle: Any = None
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
+        child = getattr(module, self.child)
         pruned = False
-        for name in self.children:
-            child = getattr(module, name)
-            for hook in list(child._forward_pre_hooks.values()):
-                if isinstance(hook, torch_prune.BasePruningMethod):
-                    hook(child, inputs)
-                    pruned = True
+        for hook in list(child._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                hook(child, inputs)
+                pruned = True
         if not pruned and self.handle is not None:
             self.handle.remove()  # the submodule's pruning was removed without this package's hook
 
@@ -379,7 +378,7 @@ def hook_parents(model: nn.Module) -> None:
             continue
         refresh = next((h for h in module._forward_pre_hooks.values() if isinstance(h, RefreshChildren)), None)
         if refresh is None:
-            refresh = RefreshChildren((name,))
+            refresh = RefreshChildren(name)
             refresh.handle = module.register_forward_pre_hook(refresh)
         for hook in hooks:
             if isinstance(hook, MaskHook) and not any(h is refresh.handle for h in hook._parents):
