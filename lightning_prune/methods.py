@@ -103,7 +103,13 @@ class RandomUnstructured(_Unstructured):
 
     def _scores(self, weights, masks, generator):
         # in the weight's dtype, as torch's `rand_like(t)`: a float64 weight draws other numbers
-        return [random_scores(m, generator, w.dtype) for w, m in zip(weights, masks)]
+        return [random_scores(m, generator, _computable(w.dtype)) for w, m in zip(weights, masks)]
+
+
+def _computable(dtype: torch.dtype) -> torch.dtype:
+    """``dtype``, or float32 for an 8-bit float, which torch's random and arithmetic kernels refuse
+    (``torch.nn.utils.prune`` cannot prune such a weight at random or by slice norms)."""
+    return torch.float32 if dtype.is_floating_point and dtype.itemsize == 1 else dtype
 
 
 def _check_dim(dim: int, qualname: str, shape: torch.Size) -> None:
@@ -137,7 +143,7 @@ class _Structured(PruningMethod):
 
     def masks(self, weights, masks, sparsity, *, scope, generator=None):
         alive = [slice_alive(m, self.dim) for m in masks]
-        effective = [w * m for w, m in zip(weights, masks)]
+        effective = [w.to(_computable(w.dtype)) * m for w, m in zip(weights, masks)]
         if scope == "global":
             scores = self._scores(effective, alive, generator, normalize=True)
             keep = prune_smallest(scores, alive, count_for(sparsity, sum(a.numel() for a in alive)))

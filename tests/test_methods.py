@@ -97,6 +97,24 @@ def test_first_event_in_float64_equals_torch(name, kwargs, torch_fn, sparsity) -
     assert torch.equal(ours, conv.weight_mask.bool())
 
 
+@pytest.mark.parametrize(("name", "kwargs", "torch_fn", "sparsity"), TORCH_FIRST_EVENT)
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+def test_8_bit_float_weights_prune_as_their_float32_values(name, kwargs, torch_fn, sparsity, scope, dtype) -> None:
+    """torch's random and structured pruning refuse 8-bit floats; here they are scored in float32,
+    which holds their values exactly, so the masks are those of the same values in float32."""
+    torch.manual_seed(0)
+    low = nn.Conv2d(3, 8, 3).weight.detach().to(dtype)
+    method = resolve_method(name, **kwargs)
+    masks = []
+    for weight in (low, low.float()):
+        torch.manual_seed(1)
+        half = method.masks([weight], [_ones(weight)], sparsity / 2, scope=scope)[0]
+        masks.append(method.masks([weight], [half], sparsity, scope=scope)[0])  # a second event, as iterated
+    assert torch.equal(masks[0], masks[1])
+    assert method.units(masks[0])[0] == round(sparsity * method.units(masks[0])[1])
+
+
 @pytest.mark.parametrize(
     ("name", "torch_fn"),
     [
