@@ -1,16 +1,20 @@
 """Lottery tickets on the 8x8 digits: iterative magnitude pruning with rewinding, against a random re-initialisation.
 
-Each run is one ``Trainer.fit`` of ``T * rounds`` epochs with a single :class:`~lightning_prune.PruningCallback`:
-round ``r`` trains for ``T`` epochs at ``0.8 ** r`` of the weights; at the end of its last epoch,
-global L1 pruning removes 20% of the remaining weights of LeNet-300-100 and the network goes back
-to the start of epoch ``k`` (``--rewind-epoch``) for the next round:
+Each run is one ``Trainer.fit`` with a single :class:`~lightning_prune.PruningCallback`: round ``r``
+trains at ``0.8 ** r`` of the weights; at the end of its last epoch, global L1 pruning removes 20% of
+the remaining weights of LeNet-300-100 and the network goes back to the start of epoch ``k``
+(``--rewind-epoch``) for the next round. Round 0 trains ``T`` epochs (``--epochs-per-round``) from
+the initialisation; every later round starts from epoch ``k``'s state and trains the ``T - k``
+epochs left, so that each round ends ``T`` epochs of training after the initialisation, as in
+Frankle et al. (2020):
 
 - *ticket* (``Rewind(epoch=k, reinit=False)``): the surviving weights, the optimizer state and the
   LR-scheduler state return to their values at the start of epoch ``k`` (``k=0``: the initialisation);
 - *control* (``Rewind(epoch=k, reinit=True)``): the same, except that the surviving weights are
-  freshly re-sampled (each layer's ``reset_parameters``, seeded by ``--seeds``). The control prunes
-  its own trained weights each round, so its masks are found by the same procedure, not copied
-  from the ticket.
+  freshly re-sampled (each layer's ``reset_parameters``, under a seed hashed from ``--seeds`` and
+  the round). The control prunes its own trained weights each round, so its masks are found by the
+  same procedure, not copied from the ticket (Frankle & Carbin's control instead re-samples the
+  ticket's own mask at each sparsity, which takes one more fit per sparsity).
 
 For every round, a callback placed before the pruning callback records, at the end of the round's
 last epoch (so before the pruning event that ends the round), the fraction of weights remaining
@@ -61,20 +65,20 @@ class RoundEnd(Callback):
     """
 
     def __init__(
-        self, pruning: PruningCallback, datamodule: DigitsDataModule, epochs_per_round: int, test_batches: int | None
+        self, pruning: PruningCallback, datamodule: DigitsDataModule, first: int, every: int, test_batches: int | None
     ) -> None:
         self.pruning = pruning
         self.datamodule = datamodule
-        self.epochs_per_round = epochs_per_round
+        self.first, self.every = first, every  # the rounds end after epochs first, first + every, ...
         self.test_batches = test_batches
         self.rows: list[tuple[int, float, float]] = []  # (round, remaining, test_acc)
         self.test_images = 0
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.epochs_per_round:
+        if epoch < self.first or (epoch - self.first) % self.every:
             return
-        self.rows.append((epoch // self.epochs_per_round, self.remaining(), self.test_accuracy(pl_module)))
+        self.rows.append(((epoch - self.first) // self.every, self.remaining(), self.test_accuracy(pl_module)))
 
     def remaining(self) -> float:
         kept = total = 0
@@ -105,31 +109,34 @@ class RoundEnd(Callback):
 def run(
     arm: str, seed: int, *, rounds: int, epochs_per_round: int, rewind_epoch: int, out: Path, quick: bool
 ) -> RoundEnd:
-    """One ``fit``: ``rounds`` rounds of ``epochs_per_round`` epochs; the :class:`RoundEnd` that measured it."""
+    """One ``fit`` of ``rounds`` rounds, each ending ``epochs_per_round`` epochs of training after the
+    initialisation; the :class:`RoundEnd` that measured it."""
     seed_everything(seed, workers=True)
     datamodule = DigitsDataModule(batch_size=64, image_size=8, flatten=True, seed=0)  # same split for every seed
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.setup("test")
     model = ImageClassifier(model="lenet_300_100", in_features=64, **OPTIMIZER)
-    last = epochs_per_round * rounds - 1
+    # round 0 ends after epoch `first`; each later round, rewound to epoch k, ends `every` epochs after the last
+    first, every = epochs_per_round - 1, epochs_per_round - rewind_epoch
+    last = first + every * (rounds - 1)
     pruning = PruningCallback(
         method="l1_unstructured",
         scope="global",
         # Events at the end of each round's last epoch; none at the very end of the run.
         schedule=Geometric(
             rate=RATE,
-            start_epoch=epochs_per_round - 1,
-            every_n_epochs=epochs_per_round,
+            start_epoch=first,
+            every_n_epochs=every,
             final_sparsity=round(1 - (1 - RATE) ** (rounds - 1), 12),
         ),
         rewind=Rewind(epoch=rewind_epoch, reinit=ARMS[arm]),
         seed=seed,
         make_permanent=False,
     )
-    record = RoundEnd(pruning, datamodule, epochs_per_round, test_batches=2 if quick else None)
+    record = RoundEnd(pruning, datamodule, first, every, test_batches=2 if quick else None)
     trainer = Trainer(
-        max_epochs=epochs_per_round * rounds,
+        max_epochs=last + 1,
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
@@ -217,7 +224,12 @@ def plot(rows: Sequence[dict], path: Path, *, epochs_per_round: int, rewind_epoc
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=14, help="pruning rounds, round 0 dense (default: 14)")
-    parser.add_argument("--epochs-per-round", type=int, default=20, help="T, epochs trained per round (default: 20)")
+    parser.add_argument(
+        "--epochs-per-round",
+        type=int,
+        default=20,
+        help="T, epochs from the initialisation to each round's end (default: 20)",
+    )
     parser.add_argument("--rewind-epoch", type=int, default=0, help="k, the epoch to rewind to (default: 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")

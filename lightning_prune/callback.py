@@ -27,7 +27,7 @@ from typing_extensions import override
 
 from lightning_prune import core, reparam, reporting
 from lightning_prune.inplace import InPlaceMasks
-from lightning_prune.lottery import Rewind, Snapshot, reinitialize
+from lightning_prune.lottery import Rewind, Snapshot, reinit_seed, reinitialize, uncovered_by_reset
 from lightning_prune.methods import CustomMethod, MethodArg, resolve_method
 from lightning_prune.schedules import Schedule, as_schedule
 from lightning_prune.serialization import mask_checksum, pack_mask, plain_state_dict, unpack_mask
@@ -185,6 +185,9 @@ class PruningCallback(Callback):
         self.target_patterns = None if targets is None else list(targets)
         self.exclude = [] if exclude is None else list(exclude)
         if isinstance(rewind, dict):
+            unknown = sorted(set(rewind) - {"epoch", "reinit"})
+            if unknown:
+                raise ValueError(f"Expected `rewind` to have the keys 'epoch' and 'reinit', got unknown keys {unknown}")
             rewind = Rewind(**rewind)
         if rewind is not None and not isinstance(rewind, Rewind):
             raise ValueError(f"Expected `rewind` to be a Rewind(epoch=..., reinit=...) or None, got {rewind!r}")
@@ -206,6 +209,7 @@ class PruningCallback(Callback):
         self._targets: list[Target] = []
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
+        self._rewind_pending = False  # an event changed a mask; the rewind runs before the next epoch trains
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
         self._trained = False  # whether this fit reached `on_train_start`
         self._fitting = False  # from `on_fit_start` to the end of the fit
@@ -273,7 +277,7 @@ class PruningCallback(Callback):
         if not same_model:
             self._pending_masks, self._snapshot = None, None  # any masks belong to another model
         if self._trainer is None or self._trainer() is not trainer:
-            self._done_epoch, self._round, self._snapshot = -1, 0, None
+            self._done_epoch, self._round, self._snapshot, self._rewind_pending = -1, 0, None, False
         if same_model and self._pending_masks is None:
             self._pending_masks = self._held_masks()
         if self._inplace is not None:
@@ -343,7 +347,7 @@ class PruningCallback(Callback):
     def _check_rewind(self, trainer: Trainer) -> None:
         if self.rewind is None:
             return
-        early = [e for e in range(self.rewind.epoch) if self._target(e) is not None]
+        early = [e for e in range(self.rewind.epoch) if self._target(e)]  # one to sparsity 0 prunes nothing
         if early:
             raise ValueError(
                 f"`rewind=Rewind(epoch={self.rewind.epoch})` rewinds to the start of epoch {self.rewind.epoch}, but "
@@ -356,6 +360,15 @@ class PruningCallback(Callback):
         # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
+        if self.rewind is not None and self.rewind.reinit:
+            uncovered = uncovered_by_reset(pl_module, [t.qualname for t in self._targets])
+            if uncovered:
+                raise ValueError(
+                    f"`rewind={self.rewind}` re-samples the surviving weights with their modules' "
+                    f"`reset_parameters`, but no module that holds targets {uncovered} has one (a bare "
+                    f"`nn.Parameter`?): they would keep their values. Give their module a `reset_parameters` "
+                    f"or leave them out with `exclude`"
+                )
         self._fitting, self._trained = True, False
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
@@ -403,26 +416,71 @@ class PruningCallback(Callback):
             comm_hooks = bool(getattr(trainer.strategy.model, "_comm_hooks", None))
             self._inplace.attach(trainer.optimizers, per_step=comm_hooks)
         self._check_snapshot_fits(trainer, pl_module)
+        self._check_scheduler_frequency(trainer)
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
         missed = range(self._done_epoch + 1, trainer.current_epoch)
         for epoch in missed:
             self._end_of_epoch(trainer, pl_module, epoch)
+        self._rewind(trainer, pl_module)  # one the checkpoint's epoch end left pending, or a missed event's
         # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
         # without `on_train_epoch_start`: take a snapshot due there now. Not for a checkpoint written
         # within this epoch, which a snapshot due at its start would come from.
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if missed and batches >= trainer.num_training_batches:
             self._take_snapshot(trainer, pl_module)
+        self._check_snapshot_due(trainer)
 
     def _check_snapshot_fits(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Refuse, before training, a rewind snapshot (restored from a checkpoint) that a later event could not
         restore: one written with other optimizers or schedulers, say."""
         if self.rewind is None or self._snapshot is None:
             return
-        if not any(self._target(e) is not None for e in self._fit_epochs(trainer) if e > self._done_epoch):
-            return  # no event left to rewind after
+        if not self._rewind_pending and not any(
+            self._target(e) is not None for e in self._fit_epochs(trainer) if e > self._done_epoch
+        ):
+            return  # nothing left to rewind after
         self._check_snapshot(trainer, pl_module, ": the snapshot restored from the checkpoint does not fit this run. ")
+
+    def _check_snapshot_due(self, trainer: Trainer) -> None:
+        """Refuse, before training, a run resumed past the start of the rewind's epoch from a checkpoint without
+        a snapshot (written without rewinding), while an event would still prune: it would fail there."""
+        if self.rewind is None or self._snapshot is not None:
+            return
+        if trainer.current_epoch < self.rewind.epoch:
+            return
+        if trainer.current_epoch == self.rewind.epoch and trainer.fit_loop.epoch_loop.batch_progress.current.ready == 0:
+            return  # the epoch's start, where `on_train_epoch_start` takes it
+        reached = max((self._target(e) or 0.0 for e in range(self._done_epoch + 1)), default=0.0)
+        later = [e for e in self._fit_epochs(trainer) if e > self._done_epoch and (self._target(e) or 0.0) > reached]
+        if later:
+            raise RuntimeError(
+                f"`rewind={self.rewind}`: the checkpoint resumed from holds no snapshot (was it written without "
+                f"rewinding?) and this run resumes past the start of epoch {self.rewind.epoch}, so the event after "
+                f"epoch {later[0]} would have nothing to rewind to; resume from a checkpoint written with this "
+                f"`rewind`, or start the fit anew"
+            )
+
+    def _check_scheduler_frequency(self, trainer: Trainer) -> None:
+        """Warn where a round cannot replay an epoch-interval LR scheduler of ``frequency`` f > 1: Lightning steps
+        it after epoch ``j`` when ``(j + 1) % f == 0``, and a round that starts at epoch ``e + 1`` in place of
+        ``k`` keeps that pattern only when ``e + 1 - k`` is a multiple of f."""
+        if self.rewind is None:
+            return
+        k = self.rewind.epoch
+        events = [e for e in self._fit_epochs(trainer) if e >= max(k, self._done_epoch + 1) and self._target(e)]
+        for config in trainer.lr_scheduler_configs:
+            f = config.frequency
+            if config.interval != "epoch" or f <= 1:
+                continue
+            off = [e for e in events if (e + 1 - k) % f]
+            if off:
+                rank_zero_warn(
+                    f"`rewind={self.rewind}` restores the LR scheduler {type(config.scheduler).__name__}, which "
+                    f"Lightning steps every {f} epochs (after epochs j with (j + 1) % {f} == 0), so the rounds after "
+                    f"the events after epochs {off[:5]} step it at other points of the round than epoch {k}'s run "
+                    f"did; place the events so that (event + 1 - {k}) % {f} == 0 for each"
+                )
 
     def _check_snapshot(self, trainer: Trainer, pl_module: LightningModule, before: str, after: str = "") -> None:
         """:meth:`Snapshot.check`, its error raised again as ``rewind=...<before><error><after>``."""
@@ -434,6 +492,7 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._rewind(trainer, pl_module)
         self._take_snapshot(trainer, pl_module)
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -478,6 +537,7 @@ class PruningCallback(Callback):
         # Lightning has moved the model and the optimizer state off the accelerator before this hook; what
         # this callback keeps between fits (rewind snapshot, masks) follows it, and the next fit moves it back.
         self._move_state(pl_module.device)
+        self._rewind(trainer, pl_module)  # the last event's
         if self._inplace is not None:
             # Another callback may have written the weights at the end of training (the averages of
             # StochasticWeightAveraging, which the reparametrization's forward would have masked).
@@ -577,7 +637,10 @@ class PruningCallback(Callback):
             self._commit(masks)
         del masks
         if changed and self.rewind is not None:
-            self._rewind(trainer, pl_module)
+            # Rewound before the next epoch trains, not now: the events of other pruning callbacks at this
+            # epoch's end rank the trained weights, and checkpoints saved at it hold them.
+            self._round += 1
+            self._rewind_pending = True
         self._report(trainer, before, after, epoch, sparsity)
 
     def _check_ranks_agree(self, trainer: Trainer, masks: Sequence[Tensor], epoch: int) -> None:
@@ -595,20 +658,30 @@ class PruningCallback(Callback):
             )
 
     def _rewind(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Run the rewind an event left pending, if any: restore the snapshot, re-apply the masks."""
+        if not self._rewind_pending:
+            return
         assert self.rewind is not None
         if self._snapshot is None:
             raise RuntimeError(f"No snapshot to rewind to: epoch {self.rewind.epoch} has not started yet")
-        self._round += 1
         self._snapshot.restore(pl_module, trainer.optimizers, self._schedulers(trainer))
         if self.rewind.reinit:
             assert self.seed is not None
-            reinitialize(pl_module, (self.seed + self._round) % 2**64)  # as torch maps a negative seed
+            reinitialize(pl_module, reinit_seed(self.seed, self._round))
+        self._rewind_pending = False
         self._commit(self._current_masks())
         for other in _pruning_callbacks(trainer):
-            # the rewind wrote every weight and the optimizers' state, the targets another callback
-            # masks in place too (reparametrized ones keep their masks: the snapshot leaves masks out)
-            if other is not self and other._inplace is not None:
+            # the rewind wrote every weight and the optimizers' state, the targets another callback masks
+            # too (reparametrized ones keep their masks, which the snapshot leaves out: their masked weights
+            # show the rewound values now, not at the next forward)
+            if other is self:
+                continue
+            if other._inplace is not None:
                 other._inplace.reapply()
+            for target in other._targets if other._inplace is None else ():
+                for module, name in target.holders:
+                    if reparam.find_hook(module, name) is not None:
+                        reparam.refresh(module, name)
 
     def _report(
         self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float
@@ -658,15 +731,29 @@ class PruningCallback(Callback):
             "version": 1,
             "done_epoch": self._done_epoch,
             "round": self._round,
+            "rewind_pending": self._rewind_pending,
+            "rewind": self._rewind_state(),
             "seed": self.seed,
             "masks": masks,
             "snapshot": None if self._snapshot is None else self._snapshot.state_dict(),
         }
 
+    def _rewind_state(self) -> dict[str, Any] | None:
+        return None if self.rewind is None else {"epoch": self.rewind.epoch, "reinit": self.rewind.reinit}
+
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("rewind")  # absent from checkpoints of earlier versions
+        if saved is not None and self.rewind is not None and saved != self._rewind_state():
+            raise ValueError(
+                f"The checkpoint's pruning rounds rewound with Rewind(epoch={saved['epoch']}, "
+                f"reinit={saved['reinit']}), but this callback has `rewind={self.rewind}`: the rounds would mix "
+                f"two experiments. Resume with the checkpoint's `rewind`, or start the fit anew"
+            )
         self._done_epoch = state_dict.get("done_epoch", -1)
         self._round = state_dict.get("round", 0)
+        # without `rewind` now, the weights an event left pending stay as trained
+        self._rewind_pending = bool(state_dict.get("rewind_pending", False)) and self.rewind is not None
         self.seed = state_dict.get("seed", self.seed)
         masks = state_dict.get("masks", {})
         # an empty dict is restored too: the checkpoint predates the first event

@@ -21,8 +21,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from lightning_prune import reparam
 from lightning_prune.rng import seeded
 
-__all__ = ["Rewind", "Snapshot", "logical_tensors", "reinitialize"]
+__all__ = ["Rewind", "Snapshot", "logical_tensors", "reinit_seed", "reinitialize", "uncovered_by_reset"]
 
 
 @dataclass
@@ -45,8 +46,8 @@ class Rewind:
     Args:
         epoch: the epoch whose start is snapshotted (``0``: the initialisation, before any step).
         reinit: the random-reinitialisation control: instead of restoring the surviving
-            weights, re-sample them with each module's ``reset_parameters`` (optimizer and
-            LR-scheduler state are still restored).
+            weights, re-sample them with each module's ``reset_parameters`` (see
+            :func:`reinitialize`; optimizer and LR-scheduler state are still restored).
 
     Example:
         >>> Rewind(epoch=1)
@@ -185,14 +186,64 @@ def _plain(module: nn.Module) -> Iterator[None]:
             reparam.refresh(module, name)
 
 
+def _reset(module: nn.Module) -> Callable[[], None] | None:
+    """``module.reset_parameters``, or the private ``_reset_parameters`` that ``nn.MultiheadAttention`` and
+    ``nn.Transformer`` run at construction instead; ``None`` if it has neither."""
+    for name in ("reset_parameters", "_reset_parameters"):
+        reset = getattr(module, name, None)
+        if callable(reset):
+            return reset
+    return None
+
+
 def reinitialize(module: nn.Module, seed: int) -> None:
     """Re-sample every submodule's parameters with its ``reset_parameters``, under ``seed``.
 
-    The global RNG state is left as it was. Masks are kept.
+    Submodules are reset before the modules that hold them, as construction initialises them (a
+    ``nn.Transformer`` re-draws its layers' weights after they drew their own). The global RNG state
+    is left as it was. Masks are kept.
+
+    Example:
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> before = layer.weight.detach().clone()
+        >>> reinitialize(layer, seed=0)
+        >>> torch.equal(before, layer.weight)
+        False
     """
     with seeded(seed, module.parameters()):
-        for sub in module.modules():
-            reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
+        for sub in reversed(list(module.modules())):
+            reset = _reset(sub)
+            if reset is not None:
                 with _plain(sub):
                     reset()
+
+
+def uncovered_by_reset(module: nn.Module, names: Sequence[str]) -> list[str]:
+    """Which of the qualified parameter ``names`` no ``reset_parameters`` of their module, or of a module
+    above it, could re-sample: :func:`reinitialize` would leave them as they are.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> model.scale = torch.nn.Parameter(torch.ones(2))
+        >>> uncovered_by_reset(model, ["0.weight", "scale"])
+        ['scale']
+    """
+    owners = [prefix for prefix, sub in module.named_modules() if _reset(sub) is not None]
+    return [n for n in names if not any(o == "" or n.startswith(o + ".") for o in owners)]
+
+
+def reinit_seed(seed: int, rewinds: int) -> int:
+    """The seed of :func:`reinitialize` for the control's ``rewinds``-th rewind under the callback's ``seed``.
+
+    Hashed, so that it is no seed a run would pick to build its model: ``seed + round`` made a round of
+    the run seeded ``s`` draw the very initialisation of the run seeded ``s + round``.
+
+    Example:
+        >>> reinit_seed(0, 1) != reinit_seed(1, 0)
+        True
+    """
+    # `seed` modulo 2**64, as torch maps a negative seed: -1 re-samples as 2**64 - 1 does
+    digest = hashlib.blake2b(f"lightning_prune.reinit:{seed % 2**64}:{rewinds}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")

@@ -185,6 +185,9 @@ INIT_CASES = [
     pytest.param(lambda: {"dim": "1"}, r"`dim`.*int.*'1'", id="dim_string"),
     pytest.param(lambda: {"rewind": Rewind(epoch=-1)}, r"`Rewind\.epoch`.*-1", id="rewind_negative"),
     pytest.param(lambda: {"rewind": 3}, r"`rewind`.*got 3", id="rewind_int"),
+    pytest.param(
+        lambda: {"rewind": {"epochs": 1}}, r"`rewind`.*'epoch' and 'reinit'.*\['epochs'\]", id="rewind_unknown_key"
+    ),
     pytest.param(lambda: {"seed": "abc"}, r"`seed`.*'abc'", id="seed_string"),
     pytest.param(lambda: {"seed": 2**64}, r"`seed`.*\[-2\*\*63, 2\*\*64\).*18446744073709551616", id="seed_high"),
     pytest.param(lambda: {"seed": -(2**63) - 1}, r"`seed`.*-9223372036854775809", id="seed_low"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import PruningCallback, Rewind
-from lightning_prune.schedules import Constant, Explicit, Geometric
+from lightning_prune.schedules import Constant, Explicit, Geometric, Polynomial
 from tests.helpers import assert_tensors_equal, effective_weights, make_loader, make_model, make_trainer
 
 LR = 0.1
@@ -98,7 +99,8 @@ def _capture(trainer: Trainer, module: nn.Module) -> dict:
 
 
 class Probe(Callback):
-    """Records state at every epoch start, or at every epoch end (before or after the callbacks after it)."""
+    """Records state at every epoch start, at every epoch end, or once an epoch's event is through: at the
+    next epoch's start or the fit's end (after the callbacks before it)."""
 
     def __init__(self, hook: str) -> None:
         self.hook = hook
@@ -107,10 +109,16 @@ class Probe(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.hook == "start":
             self.seen[trainer.current_epoch] = _capture(trainer, pl_module)
+        if self.hook == "through" and trainer.current_epoch > 0:
+            self.seen[trainer.current_epoch - 1] = _capture(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.hook == "end":
             self.seen[trainer.current_epoch] = _capture(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.hook == "through":
+            self.seen[trainer.current_epoch - 1] = _capture(trainer, pl_module)
 
 
 def _trainer(epochs: int, callbacks: list, root: Path, **kwargs) -> Trainer:
@@ -130,8 +138,8 @@ def _trainer(epochs: int, callbacks: list, root: Path, **kwargs) -> Trainer:
 
 def _fit(callback: PruningCallback, tmp_path: Path, *, epochs: int, model: Tiny | None = None, **kwargs):
     model = model or _model()
-    start, before, after = Probe("start"), Probe("end"), Probe("end")
-    trainer = _trainer(epochs, [start, before, callback, after], tmp_path, **kwargs)
+    start, before, after = Probe("start"), Probe("end"), Probe("through")
+    trainer = _trainer(epochs, [before, callback, start, after], tmp_path, **kwargs)
     trainer.fit(model, _data())
     return model, start, before, after
 
@@ -277,6 +285,106 @@ def test_reinitialize_keeps_parameters_in_place() -> None:
     assert torch.equal(model[0].weight == 0, ~mask | (model[0].weight_orig == 0))
 
 
+def test_reinitialize_runs_the_attention_reset_and_submodules_first() -> None:
+    """``nn.MultiheadAttention`` resets its ``in_proj_weight`` in ``_reset_parameters`` and zeroes
+    ``out_proj.bias`` after ``out_proj`` drew it: construction's order, which a re-sampling keeps."""
+    from lightning_prune.lottery import reinitialize
+
+    attention = nn.MultiheadAttention(8, 2)
+    before = attention.in_proj_weight.detach().clone()
+    with torch.no_grad():
+        attention.out_proj.bias.fill_(1.0)
+    reinitialize(attention, seed=0)
+    assert (attention.in_proj_weight != before).all()
+    assert torch.equal(attention.out_proj.bias, torch.zeros(8))
+
+
+def test_reinit_refuses_targets_no_reset_parameters_covers(tmp_path) -> None:
+    class WithBare(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) @ self.scale
+
+    torch.manual_seed(0)
+    model = WithBare()
+    before = _plain(model)
+    callback = PruningCallback(targets=["*weight", "scale"], schedule=0.5, rewind=Rewind(epoch=0, reinit=True))
+    with pytest.raises(ValueError, match=r"no module that holds targets \['scale'\] has one"):
+        _trainer(1, [callback], tmp_path).fit(model, _data())
+    for name, value in _plain(model).items():
+        assert torch.equal(value, before[name]), name
+    # left out, the rest re-samples
+    _trainer(
+        1,
+        [
+            PruningCallback(
+                exclude=["scale"], targets=["*weight", "scale"], schedule=0.5, rewind=Rewind(epoch=0, reinit=True)
+            )
+        ],
+        tmp_path,
+    ).fit(WithBare(), _data())
+
+
+def test_reinit_seed_is_no_seed_a_run_builds_its_model_with() -> None:
+    """Under ``seed + round`` the control of a run seeded 0 re-sampled, in round 1, the very
+    initialisation of the run seeded 1."""
+    from lightning_prune.lottery import reinit_seed, reinitialize
+
+    control = _model(seed=0)
+    reinitialize(control, reinit_seed(0, 1))
+    other_run = _model(seed=1)
+    assert not torch.equal(control.fc1.weight, other_run.fc1.weight)
+    assert reinit_seed(0, 1) != reinit_seed(1, 0) and reinit_seed(-1, 2) == reinit_seed(2**64 - 1, 2)
+
+
+# ---------------------------------------------------------------------------- two callbacks, checkpoints at the event
+
+
+@pytest.mark.parametrize("first_rewinds", [True, False], ids=["rewinding-first", "rewinding-second"])
+def test_a_second_callback_ranks_the_trained_weights(tmp_path, first_rewinds: bool) -> None:
+    """Per-layer rates take two callbacks; the one that rewinds must not hand the other the rewound weights."""
+    rewinding = PruningCallback(targets=["fc1.weight"], schedule=0.5, rewind=Rewind(epoch=0), make_permanent=False)
+    other = PruningCallback(targets=["fc2.weight"], schedule=0.25, make_permanent=False)
+    before, through = Probe("end"), Probe("through")
+    pruning = [rewinding, other] if first_rewinds else [other, rewinding]
+    model = _model()
+    init = _plain(model)
+    _trainer(1, [before, *pruning, through], tmp_path).fit(model, _data())
+    trained = before.seen[0]["tensors"]
+    for name, sparsity in (("fc1.weight", 0.5), ("fc2.weight", 0.25)):
+        expected = trained[name].abs().reshape(-1).topk(round((1 - sparsity) * trained[name].numel())).indices
+        mask = through.seen[0]["masks"][name].reshape(-1)
+        assert sorted(mask.nonzero().squeeze(1).tolist()) == sorted(expected.tolist()), name
+    _assert_survivors_equal(through.seen[0], init)  # every weight rewound, both masks applied
+
+
+def test_checkpoint_at_the_event_holds_the_trained_weights(tmp_path) -> None:
+    """A checkpoint saved at the end of an epoch with an event (the best one, say) holds the weights that
+    the epoch trained, with the new masks; the rewind runs before the next epoch trains."""
+    model = _model(cls=TinyVal)
+    init = _plain(model)
+    before, through = Probe("end"), Probe("through")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=-1)
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({0: 0.5, 1: 0.75}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    trainer = _trainer(2, [before, callback, through, checkpoint], tmp_path, enable_checkpointing=True)
+    trainer.fit(model, _data(), _data())
+    for epoch in (0, 1):
+        (path,) = (tmp_path / "ckpt").glob(f"epoch={epoch}-*.ckpt")
+        saved = torch.load(path, weights_only=False)
+        masks = through.seen[epoch]["masks"]
+        for name in WEIGHTS:
+            expected = before.seen[epoch]["tensors"][name] * masks[name]
+            assert torch.equal(saved["state_dict"][name], expected), (epoch, name)
+            assert not torch.equal(expected, init[name] * masks[name])
+        assert saved["callbacks"][callback.state_key]["rewind_pending"]
+        _assert_survivors_equal(through.seen[epoch], init)
+
+
 # ---------------------------------------------------------------------------- events that change nothing
 
 
@@ -380,7 +488,109 @@ def test_schedule_pruning_before_rewind_epoch_fails_at_setup(tmp_path, schedule,
         assert torch.equal(now[name], value), name
 
 
+def test_a_ramp_whose_first_event_prunes_nothing_may_start_before_the_rewind_epoch(tmp_path) -> None:
+    schedule = Polynomial(final_sparsity=0.75, start_epoch=0, end_epoch=2)
+    assert schedule.sparsity_at(0) == 0.0
+    before, through = Probe("end"), Probe("through")
+    callback = PruningCallback(scope="global", schedule=schedule, rewind=Rewind(epoch=1), make_permanent=False)
+    _trainer(3, [before, callback, through], tmp_path).fit(_model(), _data())
+    assert not through.seen[0]["masks"], "the event after epoch 0 pruned nothing and rewound nothing"
+    start_of_1 = before.seen[0]["tensors"]  # nothing trains between the end of epoch 0 and the start of epoch 1
+    for epoch in (1, 2):
+        assert sum(int((~m).sum()) for m in through.seen[epoch]["masks"].values()) > 0
+        _assert_survivors_equal(through.seen[epoch], start_of_1)
+
+
+class EveryOtherEpoch(Tiny):
+    """``StepLR`` stepped by Lightning every second epoch (``frequency=2``)."""
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["frequency"] = 2
+        return config
+
+
+@pytest.mark.parametrize(("events", "off"), [((1, 3), []), ((1, 2), [2])], ids=["aligned", "off-by-one"])
+def test_rounds_replay_a_scheduler_stepped_every_other_epoch_or_warn(tmp_path, events, off) -> None:
+    torch.manual_seed(0)
+    model = EveryOtherEpoch()
+    start = Probe("start")
+    callback = PruningCallback(
+        scope="global", schedule=Explicit(dict(zip(events, (0.3, 0.5)))), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(events[1] + 4, [callback, start], tmp_path).fit(model, _data())
+    messages = [str(w.message) for w in caught if "steps every 2 epochs" in str(w.message)]
+    assert len(messages) == (1 if off else 0)
+    if off:
+        assert f"events after epochs {off}" in messages[0]
+        return
+    lrs = [start.seen[e]["lr"] for e in sorted(start.seen)]
+    # epochs 0-1 at LR, then rounds of 2 epochs (2-3, 4-5) that replay them, then epoch 6 as epoch 2 would be
+    assert lrs == [LR, LR, LR, LR, LR, LR, LR / 2]
+
+
+class OnPlateau(TinyVal):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=10.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+
+def test_a_plateau_scheduler_is_restored_as_the_snapshot_holds_it(tmp_path) -> None:
+    """Lightning steps ``ReduceLROnPlateau`` after ``on_train_epoch_end``; the rewind runs after that."""
+    seen = {}
+
+    class Look(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            config = trainer.lr_scheduler_configs[0]
+            seen[trainer.current_epoch] = (config.scheduler.state_dict(), trainer.optimizers[0].param_groups[0]["lr"])
+
+    torch.manual_seed(0)
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    _trainer(3, [callback, Look()], tmp_path).fit(OnPlateau(), _data(), _data())
+    assert seen[1][1] == LR / 2, "stepped on a plateau after epoch 0 (no improvement by 10x)"
+    assert seen[2] == seen[0]
+
+
 # ---------------------------------------------------------------------------- resume
+
+
+def _checkpoint_after_epoch_1(tmp_path: Path, rewind: Rewind | None) -> Path:
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}), rewind=rewind)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _trainer(2, [callback, checkpoint], tmp_path, enable_checkpointing=True).fit(_model(), _data())
+    (path,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
+    return path
+
+
+@pytest.mark.parametrize("rewind", [Rewind(epoch=1), Rewind(epoch=0, reinit=True)], ids=["other-epoch", "other-arm"])
+def test_resume_with_another_rewind_fails_before_training(tmp_path, rewind: Rewind) -> None:
+    path = _checkpoint_after_epoch_1(tmp_path, Rewind(epoch=0))
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}), rewind=rewind)
+    trainer = _trainer(4, [callback], tmp_path)
+    with pytest.raises(ValueError, match=r"rewound with Rewind\(epoch=0, reinit=False\), but this callback has"):
+        trainer.fit(_model(), _data(), ckpt_path=path)
+    assert trainer.global_step == 0
+
+
+def test_resume_past_the_rewind_epoch_without_a_snapshot_fails_before_training(tmp_path) -> None:
+    """A checkpoint written without rewinding holds no snapshot; resumed with a rewind to an epoch that has
+    passed, the next event would fail after training up to it."""
+    path = _checkpoint_after_epoch_1(tmp_path, None)
+    model = _model(seed=5)
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({1: 0.3, 3: 0.5}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    trainer = _trainer(5, [callback], tmp_path)
+    with pytest.raises(RuntimeError, match=r"holds no snapshot.*the event after epoch 3 would have nothing"):
+        trainer.fit(model, _data(), ckpt_path=path)
+    saved = torch.load(path, weights_only=False)
+    assert trainer.global_step == saved["global_step"]
+    # a schedule already through needs no snapshot
+    done = PruningCallback(scope="global", schedule=Explicit({1: 0.3}), rewind=Rewind(epoch=0))
+    _trainer(3, [done], tmp_path).fit(_model(), _data(), ckpt_path=path)
 
 
 class Crash(Callback):
@@ -437,6 +647,7 @@ def test_resume_ends_like_uninterrupted_run(tmp_path, reinit: bool, seed: int | 
     saved = torch.load(path, weights_only=False)["callbacks"][pruning.state_key]
     assert saved["done_epoch"] == (0 if validate else 1)
     assert saved["snapshot"] is not None
+    assert saved["rewind_pending"] == (not validate), "saved after the event, the rewind runs when training resumes"
 
     resumed = _model(seed=123, cls=cls)  # another initialisation, and another global RNG state for a drawn seed
     _trainer(4, [callback()], tmp_path / "resumed").fit(resumed, _data(), val, ckpt_path=path)
@@ -592,7 +803,7 @@ def test_a_rewind_leaves_another_callbacks_unpruned_targets_plain(tmp_path: Path
 
 
 def test_reinit_takes_the_largest_seed(tmp_path) -> None:
-    """`seed + round` wraps modulo 2**64, as torch maps a negative seed: 2**64 - 1 re-samples as -1 does."""
+    """The seed is read modulo 2**64, as torch maps a negative seed: 2**64 - 1 re-samples as -1 does."""
     _, largest = _control(tmp_path, seed=2**64 - 1)
     _, minus_one = _control(tmp_path, seed=-1)
     for name in WEIGHTS:
