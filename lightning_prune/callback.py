@@ -218,9 +218,12 @@ class PruningCallback(Callback):
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
         self._model: weakref.ref[LightningModule] | None = None
         self._state_key: tuple[tuple[Any, ...], str] | None = None
+        # each reparametrized target's masked weights as last committed, until a training batch ends
+        self._unrefreshed: dict[str, list[tuple[Any, str, weakref.ref[Tensor]]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_trainer": None, "_model": None}  # weak references do not pickle
+        # weak references do not pickle
+        return {**self.__dict__, "_trainer": None, "_model": None, "_unrefreshed": {}}
 
     def __repr__(self) -> str:
         schedule = f"{type(self.schedule).__name__}(...)"
@@ -300,6 +303,9 @@ class PruningCallback(Callback):
 
     def _resolve_targets(self, pl_module: LightningModule) -> list[Target]:
         targets = resolve_targets(pl_module, self.target_patterns, self.exclude)
+        meta = [t.qualname for t in targets if t.parameter.is_meta]
+        if meta:
+            raise ValueError(f"Targets {meta} are on the meta device (not materialized): they hold no values to prune")
         for target in targets:
             self._method.check_target(target.qualname, target.parameter.shape)
         return targets
@@ -513,6 +519,30 @@ class PruningCallback(Callback):
             self._inplace.sync(trainer.optimizers)
 
     @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._unrefreshed:
+            self._check_refreshed()
+
+    def _check_refreshed(self) -> None:
+        """Warn about reparametrized targets that no forward pre-hook recomputed during the training batch after a
+        commit: read without calling their module (``F.linear(x, layer.weight)``), they would not train."""
+        stale = [
+            name
+            for name, holders in self._unrefreshed.items()
+            if holders and all(ref() is not None and m.__dict__.get(n) is ref() for m, n, ref in holders)
+        ]
+        self._unrefreshed = {}
+        if stale:
+            rank_zero_warn(
+                f"The pruned targets {stale} were not recomputed during the training batch after their masks were "
+                f"set: their modules were not called. A weight read without calling its module (as in "
+                f"`F.linear(x, layer.weight)`) no longer trains once reparametrized (`weight_orig` gets no "
+                f"gradient); use `masking='in_place'` for it. Ignore this for modules that this batch did not use."
+            )
+
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated_epoch = trainer.current_epoch
@@ -595,6 +625,12 @@ class PruningCallback(Callback):
             model = self._model() if self._model is not None else None
             if model is not None:
                 reparam.hook_parents(model)  # attention reads `out_proj.weight` without calling `out_proj`
+            self._unrefreshed = {
+                t.qualname: [
+                    (m, n, weakref.ref(m.__dict__[n])) for m, n in t.holders if isinstance(m.__dict__.get(n), Tensor)
+                ]
+                for t in self._targets
+            }
 
     # ------------------------------------------------------------------ events
     @staticmethod

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,6 +82,13 @@ def compute_masks(
     ``module.<name>`` when it prunes a tensor again. ``masks`` are the current masks (default:
     the targets' own, see :func:`current_masks`).
     """
+    if scope not in ("layer", "global"):
+        raise ValueError(f"Expected `scope` to be 'layer' or 'global', got {scope!r}")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity <= 1:
+        raise ValueError(f"Expected `sparsity` to be a real number in [0, 1], got {sparsity!r}")
+    method.check_scope(scope)
+    for target in targets:
+        method.check_target(target.qualname, target.parameter.shape)
     masks = current_masks(targets) if masks is None else masks
     weights = [t.parameter.detach() for t in targets]
     return method.masks(weights, masks, sparsity, scope=scope, generator=generator)

@@ -17,11 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -70,18 +71,31 @@ class PruningMethod:
         return self.name
 
 
+def _select(
+    method: PruningMethod,
+    scores: Callable[[], list[Tensor]],
+    alive: Sequence[Tensor],
+    sparsity: float,
+    largest: bool = False,
+) -> list[Tensor]:
+    """:func:`prune_smallest` to ``sparsity`` of the units in ``alive``, by ``scores()``. A random method whose
+    target is reached draws nothing, as torch's draws no numbers for an amount of 0: the draws of the tensors
+    after it stay those of torch's under the same seed."""
+    n_pruned = count_for(sparsity, sum(a.numel() for a in alive))
+    if method.random and n_pruned <= sum(a.numel() - int(torch.count_nonzero(a).item()) for a in alive):
+        return [a.clone() for a in alive]
+    return prune_smallest(scores(), alive, n_pruned, largest=largest)
+
+
 class _Unstructured(PruningMethod):
     def _scores(self, weights: Sequence[Tensor], masks: Sequence[Tensor], generator: torch.Generator | None):
         raise NotImplementedError
 
     def masks(self, weights, masks, sparsity, *, scope, generator=None):
         if scope == "global":
-            n_pruned = count_for(sparsity, sum(m.numel() for m in masks))
-            return prune_smallest(self._scores(weights, masks, generator), masks, n_pruned, largest=self.random)
+            return _select(self, lambda: self._scores(weights, masks, generator), masks, sparsity, self.random)
         return [
-            prune_smallest(self._scores([w], [m], generator), [m], count_for(sparsity, m.numel()), largest=self.random)[
-                0
-            ]
+            _select(self, functools.partial(self._scores, [w], [m], generator), [m], sparsity, self.random)[0]
             for w, m in zip(weights, masks)
         ]
 
@@ -102,8 +116,10 @@ class RandomUnstructured(_Unstructured):
     random = True
 
     def _scores(self, weights, masks, generator):
-        # in the weight's dtype, as torch's `rand_like(t)`: a float64 weight draws other numbers
-        return [random_scores(m, generator, _computable(w.dtype)) for w, m in zip(weights, masks)]
+        # in the weights' dtype, as torch's `rand_like(t)` over their concatenation under global scope: a
+        # float64 weight draws other numbers, and makes every weight draw them
+        dtype = functools.reduce(torch.promote_types, (_computable(w.dtype) for w in weights))
+        return [random_scores(m, generator, dtype) for m in masks]
 
 
 def _computable(dtype: torch.dtype) -> torch.dtype:
@@ -135,6 +151,8 @@ class _Structured(PruningMethod):
         _check_dim(self.dim, qualname, shape)
 
     def units(self, mask: Tensor) -> tuple[int, int]:
+        if mask.numel() == 0:
+            return 0, 0  # slices without entries: none to prune, none pruned
         alive = slice_alive(mask, self.dim)
         return alive.numel() - int(torch.count_nonzero(alive).item()), alive.numel()
 
@@ -142,19 +160,21 @@ class _Structured(PruningMethod):
         raise NotImplementedError
 
     def masks(self, weights, masks, sparsity, *, scope, generator=None):
-        alive = [slice_alive(m, self.dim) for m in masks]
-        effective = [w.to(_computable(w.dtype)) * m for w, m in zip(weights, masks)]
+        # A tensor without entries has slices without entries: they would read as pruned, and count so.
+        ranked = [i for i, m in enumerate(masks) if m.numel()]
+        alive = [slice_alive(masks[i], self.dim) for i in ranked]
+        effective = [weights[i].to(_computable(weights[i].dtype)) * masks[i] for i in ranked]
         if scope == "global":
-            scores = self._scores(effective, alive, generator, normalize=True)
-            keep = prune_smallest(scores, alive, count_for(sparsity, sum(a.numel() for a in alive)))
+            keep = _select(self, lambda: self._scores(effective, alive, generator, normalize=True), alive, sparsity)
         else:
             keep = [
-                prune_smallest(self._scores([w], [a], generator, normalize=False), [a], count_for(sparsity, a.numel()))[
-                    0
-                ]
+                _select(self, functools.partial(self._scores, [w], [a], generator, normalize=False), [a], sparsity)[0]
                 for w, a in zip(effective, alive)
             ]
-        return [expand_slices(m, k, self.dim) for m, k in zip(masks, keep)]
+        out = [m.clone() for m in masks]
+        for i, k in zip(ranked, keep):
+            out[i] = expand_slices(masks[i], k, self.dim)
+        return out
 
 
 class LnStructured(_Structured):
@@ -394,4 +414,9 @@ def resolve_method(method: MethodArg, dim: int = 0, norm: object = 2) -> Pruning
         )
     if inspect.isabstract(method):
         raise TypeError(f"`method={method.__name__}` is abstract: implement `compute_mask(t, default_mask)`")
+    if issubclass(method, torch_prune.PruningContainer):
+        raise TypeError(
+            f"`method={method.__name__}` is torch's container of pruning methods, not a method; expected one of "
+            f"{list(BUILTIN_METHODS)} or a `BasePruningMethod` subclass that computes a mask"
+        )
     return CustomMethod(method, dim, n)

@@ -77,7 +77,8 @@ class MaskHook(torch_prune.BasePruningMethod):
         self._handles: list[Any] = []
         self._parents: list[Any] = []  # the handles of the `RefreshChildren` hooks that run this hook
         self._last: weakref.ref[Tensor] | None = None
-        self._cache: tuple[Tensor, int, Tensor] | None = None  # (mask, its version, mask in the weight's dtype)
+        # (mask, its version, its data pointer, mask in the weight's dtype)
+        self._cache: tuple[Tensor, int, int, Tensor] | None = None
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
         return default_mask
@@ -95,14 +96,22 @@ class MaskHook(torch_prune.BasePruningMethod):
     def _multiplier(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """``mask`` in ``dtype``, converted once per mask change (a bool factor is cast on every multiply).
 
+        A change is a new mask object, a write that moves its version counter, or new memory under it
+        (``mask.data = other``). A write through ``mask.data`` moves neither: it shows at the next commit.
         Made outside inference mode even for a forward inside it: an inference tensor could not be
         saved for backward by the training forwards that reuse it.
         """
         cached = self._cache
-        if cached is None or cached[0] is not mask or cached[1] != mask._version or cached[2].dtype != dtype:
+        if (
+            cached is None
+            or cached[0] is not mask
+            or cached[1] != mask._version
+            or cached[2] != mask.data_ptr()
+            or cached[3].dtype != dtype
+        ):
             with torch.inference_mode(False):
-                cached = self._cache = (mask, mask._version, mask.to(dtype))
-        return cached[2]
+                cached = self._cache = (mask, mask._version, mask.data_ptr(), mask.to(dtype))
+        return cached[3]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         weight = self.apply_mask(module)
@@ -232,17 +241,23 @@ def _adopt(module: nn.Module, name: str, hook: torch_prune.BasePruningMethod) ->
     for key, value in list(module._forward_pre_hooks.items()):
         if value is hook:  # torch keeps no handle for its hooks
             del module._forward_pre_hooks[key]
+    # torch's pruning stacked on ours holds our hook in its container; ours goes, with its `load_state_dict` hook
+    ours = [m for m in getattr(hook, "_pruning_methods", ()) if isinstance(m, MaskHook)]
+    for old in ours:
+        for handle in old._handles[1:]:
+            handle.remove()
     module._buffers[name + "_mask"] = mask != 0
-    _register_hooks(module, name)
+    _register_hooks(module, name)._parents = [h for old in ours for h in getattr(old, "_parents", [])]
 
 
-def _register_hooks(module: nn.Module, name: str) -> None:
+def _register_hooks(module: nn.Module, name: str) -> MaskHook:
     hook = MaskHook(name)
     hook._handles = [
         module.register_forward_pre_hook(hook),
         module.register_load_state_dict_pre_hook(_LoadPlain(name)),
     ]
     refresh(module, name)
+    return hook
 
 
 def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: bool = False) -> None:

@@ -20,8 +20,10 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from lightning_prune import PruningCallback, Rewind
+from lightning_prune import PruningCallback, Rewind, core
+from lightning_prune.methods import resolve_method
 from lightning_prune.schedules import Constant, Explicit, Geometric, Linear, Polynomial, Schedule
+from lightning_prune.targets import resolve_targets
 from tests.helpers import (
     WEIGHTS,
     TinyNet,
@@ -187,6 +189,11 @@ INIT_CASES = [
     pytest.param(lambda: {"rewind": 3}, r"`rewind`.*got 3", id="rewind_int"),
     pytest.param(
         lambda: {"rewind": {"epochs": 1}}, r"`rewind`.*'epoch' and 'reinit'.*\['epochs'\]", id="rewind_unknown_key"
+    ),
+    pytest.param(
+        lambda: {"method": prune.PruningContainer},
+        r"`method=PruningContainer`.*container.*not a method",
+        id="container",
     ),
     pytest.param(lambda: {"seed": "abc"}, r"`seed`.*'abc'", id="seed_string"),
     pytest.param(lambda: {"seed": 2**64}, r"`seed`.*\[-2\*\*63, 2\*\*64\).*18446744073709551616", id="seed_high"),
@@ -482,9 +489,40 @@ def test_empty_tensors_do_not_crash(tmp_path: Path, method: str, scope: str) -> 
         else:
             assert pruned["empty.weight"] == 0
             assert pruned["fc1.weight"] + pruned["fc2.weight"] == round(0.5 * 130)
-    elif scope == "layer":
+    else:
         rows = {n: int((~masks[n].any(dim=1)).sum()) for n in ("fc1.weight", "fc2.weight")}
-        assert rows == {"fc1.weight": round(0.5 * 13), "fc2.weight": round(0.5 * 3)}
+        if scope == "layer":
+            assert rows == {"fc1.weight": round(0.5 * 13), "fc2.weight": round(0.5 * 3)}
+        else:  # the empty tensor's 3 rows, which hold no entries, count neither as pruned nor as rows to prune
+            assert sum(rows.values()) == round(0.5 * (13 + 3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"scope": "Global"}, r"`scope`.*'layer' or 'global'.*'Global'", id="scope"),
+        pytest.param({"sparsity": 1.5}, r"`sparsity`.*\[0, 1\].*1\.5", id="above-1"),
+        pytest.param({"sparsity": float("nan")}, r"`sparsity`.*nan", id="nan"),
+        pytest.param({"sparsity": True}, r"`sparsity`.*True", id="bool"),
+    ],
+)
+def test_compute_masks_checks_its_arguments(kwargs: dict[str, Any], match: str) -> None:
+    targets = resolve_targets(make_model())
+    arguments = {"sparsity": 0.5, "scope": "layer", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        core.compute_masks(targets, resolve_method("l1_unstructured"), **arguments)
+
+
+def test_meta_parameters_are_refused_before_training(tmp_path: Path) -> None:
+    with torch.device("meta"):
+        model = make_model()
+    trainer = make_trainer(tmp_path, callbacks=[PruningCallback(schedule=0.5)], max_epochs=1)
+    with pytest.raises(Exception) as info:  # Lightning's teardown then fails too, moving the meta model
+        trainer.fit(model, make_loader())
+    chain = [info.value]
+    while chain[-1].__context__ is not None:
+        chain.append(chain[-1].__context__)
+    assert any("Targets ['fc1.weight', 'fc2.weight'] are on the meta device" in str(e) for e in chain)
 
 
 def test_norm_inf_is_accepted() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import csv
 import types
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.nn.utils import prune
@@ -332,6 +334,39 @@ def test_a_compiled_module_trains_pruned(tmp_path, masking: str) -> None:
     for name in ("fc1", "fc2"):
         weight = getattr(model, name).weight
         assert int((weight == 0).sum()) == round(0.75 * weight.numel()), name
+
+
+class _ReadsFc1Directly(TinyNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(F.linear(x, self.fc1.weight, self.fc1.bias)))
+
+
+def _not_recomputed_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "were not recomputed" in str(w.message)]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_weight_read_without_calling_its_module_is_named(tmp_path, compiled: bool) -> None:
+    """Reparametrized, `fc1.weight` read by `F.linear` is the tensor the event computed: `weight_orig` gets
+    no gradient, silently. The batch after the event says so; a model that calls its modules hears nothing."""
+    torch._dynamo.reset()
+    for cls, expected in ((_ReadsFc1Directly, ["fc1.weight"]), (TinyNet, [])):
+        model = make_model(cls=cls)
+        fitted = torch.compile(model, backend="aot_eager") if compiled else model
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_trainer(tmp_path, callbacks=[PruningCallback(schedule=Explicit({0: 0.5}))], max_epochs=2).fit(
+                fitted, make_loader()
+            )
+        messages = _not_recomputed_warnings(caught)
+        assert len(messages) == (1 if expected else 0), cls.__name__
+        assert all(f"targets {expected}" in m for m in messages)
+    # in place, the weight is the parameter: nothing to say
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(cls=_ReadsFc1Directly), make_loader())
+    assert not _not_recomputed_warnings(caught)
 
 
 def test_the_seed_is_drawn_on_the_cpu_whatever_the_default_device() -> None:

@@ -140,6 +140,44 @@ def test_iterative_events_equal_torch_with_integer_amounts(name, torch_fn) -> No
         assert torch.equal(mask, layer.weight_mask.bool())
 
 
+@pytest.mark.parametrize(
+    ("name", "torch_fn"),
+    [
+        pytest.param("random_unstructured", lambda m, k: prune.random_unstructured(m, "weight", amount=k), id="random"),
+        pytest.param(
+            "random_structured", lambda m, k: prune.random_structured(m, "weight", amount=k, dim=0), id="random-struct"
+        ),
+    ],
+)
+def test_a_layer_with_nothing_to_prune_draws_nothing_as_in_torch(name, torch_fn) -> None:
+    """torch draws no numbers for an amount of 0; the draws of the layers after it must stay the same."""
+    layers = [nn.Linear(2, 2), nn.Linear(30, 20)]  # 10% of 4 entries (or 2 rows) rounds to 0
+    weights = [layer.weight.detach().clone() for layer in layers]
+    method = resolve_method(name, dim=0)
+    torch.manual_seed(3)
+    for layer in layers:
+        units = layer.weight.numel() if name == "random_unstructured" else layer.weight.shape[0]
+        torch_fn(layer, round(0.1 * units))
+    torch.manual_seed(3)
+    ours = method.masks(weights, [_ones(w) for w in weights], 0.1, scope="layer")
+    for layer, mask in zip(layers, ours):
+        assert torch.equal(mask, layer.weight_mask.bool())
+    assert bool(ours[0].all()) and not bool(ours[1].all())
+
+
+def test_global_random_over_float64_and_float32_weights_draws_as_torch() -> None:
+    """torch's `global_unstructured` draws over the weights' concatenation, float64 if any is."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 5).double(), nn.Linear(5, 4)]
+    weights = [layer.weight.detach().clone() for layer in layers]
+    torch.manual_seed(1)
+    prune.global_unstructured([(m, "weight") for m in layers], prune.RandomUnstructured, amount=25)
+    torch.manual_seed(1)
+    ours = resolve_method("random_unstructured").masks(weights, [_ones(w) for w in weights], 25 / 50, scope="global")
+    for layer, mask in zip(layers, ours):
+        assert torch.equal(mask, layer.weight_mask.bool())
+
+
 def test_global_unstructured_equals_torch() -> None:
     torch.manual_seed(0)
     model = TutorialLeNet()

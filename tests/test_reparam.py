@@ -135,6 +135,26 @@ def test_adopts_torch_pruned_tensor() -> None:
     assert len(hooks) == 1 and isinstance(hooks[0], reparam.MaskHook), "adopted, not doubled"
 
 
+def test_adopting_torch_pruning_stacked_on_ours_leaves_one_load_hook() -> None:
+    layer = nn.Linear(6, 4)
+    reparam.apply(layer, "weight", torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) > 0.5)
+    prune.l1_unstructured(layer, "weight", amount=0.5)  # a container holding our hook and torch's
+    reparam.apply(layer, "weight", torch.ones(4, 6, dtype=torch.bool))
+    assert len(layer._load_state_dict_pre_hooks) == 1
+    reparam.remove(layer, "weight")
+    assert not layer._load_state_dict_pre_hooks and not layer._forward_pre_hooks
+
+
+def test_a_mask_given_new_memory_shows_in_the_next_forward() -> None:
+    """`weight_mask.data = other` moves no version counter; the cached float mask follows it all the same."""
+    layer = nn.Linear(3, 2, bias=False)
+    reparam.apply(layer, "weight", torch.ones(2, 3, dtype=torch.bool))
+    x = torch.ones(1, 3)
+    layer(x)
+    layer.weight_mask.data = torch.zeros(2, 3, dtype=torch.bool)
+    assert torch.equal(layer(x), torch.zeros(1, 2))
+
+
 def test_deepcopy_and_pickle_after_training_forward() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     reparam.apply(model[0], "weight", _mask((4, 3)))
