@@ -8,6 +8,7 @@ the checkpoint's ``state_dict``, and removes the reparametrizations at the end o
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import numbers
 import weakref
@@ -110,6 +111,11 @@ class _CheckpointMasks:
             callback._set_checkpoint_masks(module, t, checkpoint)
 
 
+def _prunes(value: object) -> bool:
+    """Whether a schedule's ``value`` is a sparsity above 0 (a later epoch's, unchecked: a bad one fails when asked)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
+
+
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
     """The Trainer's pruning callbacks, in its order."""
     return [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
@@ -192,6 +198,16 @@ class PruningCallback(Callback):
         if rewind is not None and not isinstance(rewind, Rewind):
             raise ValueError(f"Expected `rewind` to be a Rewind(epoch=..., reinit=...) or None, got {rewind!r}")
         self.rewind = rewind
+        unused: dict[str, tuple[str, ...]] = {
+            "l1_unstructured": ("dim", "norm"),
+            "random_unstructured": ("dim", "norm"),
+            "random_structured": ("norm",),
+        }
+        ignored = [
+            a for a, v, d in (("dim", dim, 0), ("norm", norm, 2)) if v != d and a in unused.get(self.method_name, ())
+        ]
+        if ignored:
+            rank_zero_warn(f"`method={self.method_name!r}` takes no {' or '.join(f'`{a}`' for a in ignored)}: ignored")
         for arg, flag in (("make_permanent", make_permanent), ("log_per_layer", log_per_layer)):
             if not isinstance(flag, bool):
                 raise ValueError(f"Expected `{arg}` to be True or False, got {flag!r}")
@@ -329,9 +345,29 @@ class PruningCallback(Callback):
         return range(max_epochs if isinstance(max_epochs, int) and max_epochs >= 0 else 1000)
 
     def _check_schedule(self, trainer: Trainer) -> None:
-        """Ask the schedule for every epoch this fit can run, so a bad value fails before training."""
-        for epoch in self._fit_epochs(trainer):
-            self._target(epoch)
+        """Ask the schedule for every epoch this fit can run, so a bad value fails before training; warn where
+        ``max_epochs`` ends the fit before the schedule's last event."""
+        targets = [self._target(epoch) for epoch in self._fit_epochs(trainer)]
+        max_epochs = trainer.max_epochs
+        if not isinstance(max_epochs, int) or max_epochs <= 0:
+            return  # bound by steps or time, or not at all: the last epoch is not known
+        last = self.schedule.last_epoch()
+        reached = max((t for t in targets if t is not None), default=None)
+        if last is not None and last >= max_epochs:
+            final = self._target(last)
+            rank_zero_warn(
+                f"`schedule` {self.schedule!r} ends with its event after epoch {last} (to {final}), but this fit "
+                f"stops after epoch {max_epochs - 1} (`max_epochs={max_epochs}`): it reaches "
+                + ("no event" if reached is None else f"at most a target of {reached}")
+                + f"; raise `max_epochs` to above {last} to run the whole schedule"
+            )
+        elif (
+            last is None and not reached and any(map(_prunes, map(self.schedule.sparsity_at, range(max_epochs, 1000))))
+        ):
+            rank_zero_warn(
+                f"`schedule` {self.schedule!r} has no event that prunes within this fit's {max_epochs} epochs "
+                f"(`max_epochs={max_epochs}`); its first comes later"
+            )
 
     def _check_repeat(self, trainer: Trainer) -> None:
         """A structured custom method without a ``dim`` prunes a tensor once; refuse a schedule that asks more."""
@@ -366,6 +402,11 @@ class PruningCallback(Callback):
         # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
+        if self.exclude:
+            selected = [t.qualname for t in resolve_targets(pl_module, self.target_patterns)]
+            idle = [p for p in self.exclude if not any(fnmatch.fnmatchcase(q, p) for q in selected)]
+            if idle:
+                rank_zero_warn(f"`exclude` patterns {idle} match no target (of {selected}): they take nothing out")
         if self.rewind is not None and self.rewind.reinit:
             uncovered = uncovered_by_reset(pl_module, [t.qualname for t in self._targets])
             if uncovered:
@@ -788,8 +829,13 @@ class PruningCallback(Callback):
             )
         self._done_epoch = state_dict.get("done_epoch", -1)
         self._round = state_dict.get("round", 0)
-        # without `rewind` now, the weights an event left pending stay as trained
-        self._rewind_pending = bool(state_dict.get("rewind_pending", False)) and self.rewind is not None
+        self._rewind_pending = bool(state_dict.get("rewind_pending", False))
+        if self._rewind_pending and self.rewind is None:
+            self._rewind_pending = False
+            rank_zero_warn(
+                "The checkpoint was written after a pruning event whose rewind had not run yet, and this callback "
+                "has no `rewind`: training resumes from the weights as trained, not rewound"
+            )
         self.seed = state_dict.get("seed", self.seed)
         masks = state_dict.get("masks", {})
         # an empty dict is restored too: the checkpoint predates the first event

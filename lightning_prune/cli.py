@@ -24,7 +24,7 @@ elsewhere: run from there, or put its folder on ``PYTHONPATH``).
 Usage::
 
     lightning-prune fit --config configs/lenet_digits.yaml
-    python -m lightning_prune.cli fit --config configs/lenet_digits.yaml --trainer.max_epochs=3
+    python -m lightning_prune.cli fit --config configs/lenet_digits.yaml --trainer.max_epochs=30
     lightning-prune fit --print_config                # the full configuration, defaults included
 """
 

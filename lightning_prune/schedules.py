@@ -43,6 +43,10 @@ class Schedule(ABC):
     def sparsity_at(self, epoch: int) -> float | None:
         """Target sparsity after the event at the end of ``epoch``, or ``None`` for no event."""
 
+    def last_epoch(self) -> int | None:
+        """The epoch of the last event, or ``None`` where there is no last one (or it is not known)."""
+        return None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
@@ -50,6 +54,10 @@ class Schedule(ABC):
 
 class Constant(Schedule):
     """One event, at the end of ``start_epoch``, to ``sparsity``.
+
+    Args:
+        sparsity: the fraction of the targeted entries (or slices) pruned, in [0, 1].
+        start_epoch: the epoch at whose end the event runs.
 
     Example:
         >>> [Constant(0.5, start_epoch=1).sparsity_at(e) for e in range(3)]
@@ -62,6 +70,9 @@ class Constant(Schedule):
 
     def sparsity_at(self, epoch: int) -> float | None:
         return self.sparsity if epoch == self.start_epoch else None
+
+    def last_epoch(self) -> int:
+        return self.start_epoch
 
 
 class _Ramp(Schedule):
@@ -100,9 +111,19 @@ class _Ramp(Schedule):
         fraction = (epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)
         return self.initial_sparsity + (self.final_sparsity - self.initial_sparsity) * self._progress(fraction)
 
+    def last_epoch(self) -> int:
+        return self.end_epoch
+
 
 class Linear(_Ramp):
     """Sparsity rising linearly from ``initial_sparsity`` at ``start_epoch`` to ``final_sparsity`` at ``end_epoch``.
+
+    Args:
+        final_sparsity: the sparsity after the event at ``end_epoch``, in [0, 1].
+        start_epoch: the first event's epoch, where the ramp is at ``initial_sparsity``.
+        end_epoch: the last event's epoch (``>= start_epoch``).
+        initial_sparsity: the sparsity at ``start_epoch`` (``<= final_sparsity``).
+        every_n_epochs: an event every that many epochs from ``start_epoch`` (and one at ``end_epoch``).
 
     Example:
         >>> [Linear(0.6, start_epoch=1, end_epoch=3).sparsity_at(e) for e in range(5)]
@@ -118,6 +139,14 @@ class Polynomial(_Ramp):
 
     Most of the pruning happens early, while the network can still recover; the last events
     remove little.
+
+    Args:
+        final_sparsity: the sparsity after the event at ``end_epoch``, in [0, 1].
+        start_epoch: the first event's epoch, where the ramp is at ``initial_sparsity``.
+        end_epoch: the last event's epoch (``>= start_epoch``).
+        initial_sparsity: the sparsity at ``start_epoch`` (``<= final_sparsity``).
+        power: the exponent (``> 0``); 3 in the paper.
+        every_n_epochs: an event every that many epochs from ``start_epoch`` (and one at ``end_epoch``).
 
     Example:
         >>> [round(Polynomial(0.8, 0, 2, power=2).sparsity_at(e), 2) for e in range(3)]
@@ -149,6 +178,12 @@ class Geometric(Schedule):
     (1-based) reaches ``1 - (1 - rate) ** j``, capped at ``final_sparsity`` (after which
     there are no more events).
 
+    Args:
+        rate: the fraction of the remaining entries each event prunes, in (0, 1].
+        start_epoch: the first event's epoch.
+        every_n_epochs: epochs from one event to the next.
+        final_sparsity: the cap, reached by the last event; ``None``: events until training ends.
+
     Example:
         >>> s = Geometric(rate=0.2, every_n_epochs=2, start_epoch=1)
         >>> [s.sparsity_at(e) for e in range(6)]
@@ -179,9 +214,27 @@ class Geometric(Schedule):
             sparsity = min(sparsity, self.final_sparsity)
         return sparsity
 
+    def last_epoch(self) -> int | None:
+        if self.final_sparsity is None:
+            return None
+        # the first event that reaches the cap: `1 - (1 - rate) ** j` rounded as `sparsity_at` rounds it
+        low, high = 1, 1
+        while round(1.0 - (1.0 - self.rate) ** high, 12) < self.final_sparsity:
+            low, high = high + 1, high * 2
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (
+                (mid + 1, high) if round(1.0 - (1.0 - self.rate) ** mid, 12) < self.final_sparsity else (low, mid)
+            )
+        return self.start_epoch + (low - 1) * self.every_n_epochs
+
 
 class Explicit(Schedule):
     """Events exactly at the given epochs: ``{epoch: sparsity}``, non-decreasing in epoch.
+
+    Args:
+        sparsities: the sparsity after each event, by the epoch at whose end it runs (YAML's string
+            keys are read as epochs).
 
     Example:
         >>> s = Explicit({0: 0.5, 2: 0.75})
@@ -211,6 +264,9 @@ class Explicit(Schedule):
 
     def sparsity_at(self, epoch: int) -> float | None:
         return self.sparsities.get(epoch)
+
+    def last_epoch(self) -> int:
+        return max(self.sparsities)
 
 
 def as_schedule(schedule: Schedule | float) -> Schedule:

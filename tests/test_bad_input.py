@@ -8,6 +8,8 @@ must be bit-identical afterwards, with no ``_mask`` buffer.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -525,6 +527,34 @@ def test_meta_parameters_are_refused_before_training(tmp_path: Path) -> None:
     assert any("Targets ['fc1.weight', 'fc2.weight'] are on the meta device" in str(e) for e in chain)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"norm": 1}, r"`method='l1_unstructured'` takes no `norm`", id="l1-norm"),
+        pytest.param({"dim": 1, "norm": 1}, r"takes no `dim` or `norm`", id="l1-dim-norm"),
+        pytest.param({"method": "random_structured", "norm": 1}, r"'random_structured'` takes no `norm`", id="random"),
+        pytest.param({"method": "ln_structured", "dim": 1, "norm": 1}, None, id="ln-takes-both"),
+    ],
+)
+def test_arguments_a_method_ignores_warn(kwargs: dict[str, Any], match: str | None) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PruningCallback(**kwargs)
+    messages = [str(w.message) for w in caught if "takes no" in str(w.message)]
+    assert len(messages) == (0 if match is None else 1) and all(re.search(match, m) for m in messages if match)
+
+
+def test_an_exclude_pattern_that_takes_out_no_target_warns(tmp_path: Path) -> None:
+    callback = PruningCallback(schedule=0.5, exclude=["fc2.bias"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(make_model(), make_loader())
+    messages = [str(w.message) for w in caught if "`exclude`" in str(w.message)]
+    assert messages == [
+        "`exclude` patterns ['fc2.bias'] match no target (of ['fc1.weight', 'fc2.weight']): they take nothing out"
+    ]
+
+
 def test_norm_inf_is_accepted() -> None:
     """The one string `norm` allows (and its spelling as YAML writes it)."""
     for norm in ("inf", math.inf):
@@ -544,6 +574,29 @@ def test_bad_schedule_value_past_max_epochs_is_not_asked_for(tmp_path: Path) -> 
     make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(make_model(), make_loader())
     with pytest.raises(ValueError, match="returned 1.5 for epoch 1"):
         make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(), make_loader())
+
+
+@pytest.mark.parametrize(
+    ("schedule", "max_epochs", "match"),
+    [
+        pytest.param(Linear(0.9, 0, 26), 3, r"after epoch 26 \(to 0\.9\).*stops after epoch 2.*at most", id="ramp"),
+        pytest.param(Constant(0.5, start_epoch=5), 3, r"after epoch 5.*reaches no event", id="constant-later"),
+        pytest.param(Geometric(0.2, start_epoch=4), 3, r"no event that prunes within this fit", id="geometric-later"),
+        pytest.param(Linear(0.9, 0, 26), 27, None, id="ramp-within"),
+        pytest.param(Geometric(0.2), 3, None, id="open-ended"),
+    ],
+)
+def test_a_schedule_cut_short_by_max_epochs_warns(tmp_path: Path, schedule: Schedule, max_epochs: int, match) -> None:
+    callback = PruningCallback(schedule=schedule)
+    trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=max_epochs, limit_train_batches=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(make_model(), make_loader())
+    messages = [str(w.message) for w in caught if str(w.message).startswith("`schedule`")]
+    if match is None:
+        assert not messages
+    else:
+        assert len(messages) == 1 and re.search(match, messages[0]), messages
 
 
 def test_schedule_is_checked_when_steps_bound_the_fit(tmp_path: Path) -> None:

@@ -171,6 +171,25 @@ def test_classifier_fits_and_reloads(tmp_path, model, data) -> None:
         assert torch.equal(value, reloaded[name]), name
 
 
+@pytest.mark.parametrize(
+    ("model", "data", "match"),
+    [
+        pytest.param(
+            "lenet_300_100", {}, r"in_features=64.*32x32.*set `in_features` to 1024 or `image_size` to 8", id="300-100"
+        ),
+        pytest.param("lenet", {"image_size": 8}, r"takes 32x32 images.*8x8", id="lenet-8"),
+        pytest.param("small_convnet", {"image_size": 8, "flatten": True}, r"takes images.*flattened", id="flat"),
+    ],
+)
+def test_classifier_refuses_data_it_cannot_take_before_a_step(tmp_path, model, data, match) -> None:
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(ImageClassifier(model=model), DigitsDataModule(**data))
+    assert trainer.global_step == 0
+
+
 def test_classifier_tests(tmp_path) -> None:
     trainer = Trainer(
         logger=False,

@@ -575,6 +575,17 @@ def test_resume_with_another_rewind_fails_before_training(tmp_path, rewind: Rewi
     assert trainer.global_step == 0
 
 
+def test_resume_without_rewind_says_the_due_rewind_does_not_run(tmp_path) -> None:
+    path = _checkpoint_after_epoch_1(tmp_path, Rewind(epoch=0))
+    saved = torch.load(path, weights_only=False)
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(3, [callback], tmp_path).fit(_model(seed=4), _data(), ckpt_path=path)
+    assert any("whose rewind had not run yet" in str(w.message) for w in caught)
+    assert saved["callbacks"][callback.state_key]["rewind_pending"]
+
+
 def test_resume_past_the_rewind_epoch_without_a_snapshot_fails_before_training(tmp_path) -> None:
     """A checkpoint written without rewinding holds no snapshot; resumed with a rewind to an epoch that has
     passed, the next event would fail after training up to it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -76,6 +77,31 @@ class ImageClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        """Refuse, before any step, images the network cannot take (checked against a datamodule that says
+        its ``image_size`` and ``flatten``, as :class:`~lightning_prune.demo.data.DigitsDataModule` does)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        size, flatten = getattr(datamodule, "image_size", None), getattr(datamodule, "flatten", None)
+        if not isinstance(size, int) or not isinstance(flatten, bool):
+            return
+        hp: Any = self.hparams
+        if hp.model == "lenet_300_100" and size * size != hp.in_features:
+            raise ValueError(
+                f"`model='lenet_300_100'` takes inputs of `in_features={hp.in_features}` entries, but the data "
+                f"gives {size}x{size} images ({size * size} entries, `image_size={size}`): set `in_features` to "
+                f"{size * size} or `image_size` to {math.isqrt(hp.in_features)}"
+                if math.isqrt(hp.in_features) ** 2 == hp.in_features
+                else f"`model='lenet_300_100'` takes inputs of `in_features={hp.in_features}` entries, but the data "
+                f"gives {size}x{size} images: set `in_features` to {size * size}"
+            )
+        if hp.model in ("lenet", "small_convnet") and flatten:
+            raise ValueError(f"`model={hp.model!r}` takes images, but the data is flattened (`flatten=True`)")
+        if hp.model == "lenet" and size != 32:
+            raise ValueError(
+                f"`model='lenet'` takes 32x32 images, but the data gives {size}x{size} (`image_size={size}`); "
+                f"set `image_size` to 32"
+            )
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
