@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -42,10 +43,35 @@ DEFAULT_DATA = "lightning_prune.demo.data.DigitsDataModule"
 
 
 class PruneCLI(LightningCLI):
-    """``LightningCLI`` whose model and data default to the built-in LeNet on digits."""
+    """``LightningCLI`` whose model and data default to the built-in LeNet on digits.
+
+    A value this package's classes refuse is reported as a parser error with their message (the
+    argument, the value, what is allowed), not as the tracebacks of every type it was tried as.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            own = _raised_here(err)
+            if own is None:
+                raise
+            self.parser.error(str(own))
+
+
+def _raised_here(err: BaseException) -> BaseException | None:
+    """The first exception in ``err``'s chain raised by this package's code, if any."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    seen: BaseException | None = err
+    while seen is not None:
+        frames = traceback.extract_tb(seen.__traceback__)
+        if frames and os.path.abspath(frames[-1].filename).startswith(package + os.sep):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> PruneCLI:

@@ -150,6 +150,34 @@ def test_bad_scope_fails_while_parsing(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "config.yaml").exists()  # nothing ran
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        pytest.param(
+            ("final_sparsity: 0.9", "final_sparsity: 1.2"),
+            "Expected `final_sparsity` in [0, 1], got 1.2",
+            id="schedule",
+        ),
+        pytest.param(
+            ("method: l1_unstructured", "method: l2_unstructured"), "Expected `method` to be one of", id="method"
+        ),
+        pytest.param(
+            ("scope: global", "scope: global\n        rewind: {epoch: -1}"),
+            "Expected `Rewind.epoch` to be an int >= 0, got -1",
+            id="rewind",
+        ),
+    ],
+)
+def test_a_value_a_class_refuses_is_a_parser_error_with_its_message(tmp_path, monkeypatch, capsys, edit, message):
+    monkeypatch.chdir(tmp_path)
+    config = _write(tmp_path, DESIGN_YAML.replace(*edit))
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "--config", config, f"--trainer.default_root_dir={tmp_path}", *FAST])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "Traceback" not in err
+
+
 def test_custom_method_by_import_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _write(
