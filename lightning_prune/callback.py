@@ -156,6 +156,9 @@ class PruningCallback(Callback):
             per step, see :mod:`lightning_prune.inplace`). Weights, checkpoints, logging, DDP
             checks and rewinding are the same in both.
 
+    Several callbacks may prune one model (per-layer rates, say) if they differ in ``method``,
+    ``scope``, ``targets`` or ``exclude``: these name each one's state in checkpoints.
+
     Example:
         >>> from lightning_prune.schedules import Polynomial
         >>> PruningCallback(method="l1_unstructured", scope="global",
