@@ -293,6 +293,19 @@ class PruningCallback(Callback):
         self._check_schedule(trainer)
         self._check_repeat(trainer)
         self._check_rewind(trainer)
+        monitored = [  # checkpoints that may be saved at an epoch's end, after the rewind
+            getattr(c, "monitor", None)
+            for c in trainer.checkpoint_callbacks
+            if getattr(c, "_save_on_train_epoch_end", None) is not False
+        ]
+        monitored = [m for m in monitored if m]
+        if self.rewind is not None and monitored:
+            rank_zero_warn(
+                f"`rewind={self.rewind}`: a checkpoint saved at the end of an epoch with a pruning event is written "
+                f"after the rewind, so it holds the rewound weights (with the new masks) under the score of the "
+                f"trained ones ({monitored[0]!r}); take the round's trained network from a checkpoint saved at "
+                f"validation end (`save_on_train_epoch_end=False`) or before the event"
+            )
 
         self._fitting = False  # an earlier fit may have ended without our `on_exception`
         same_model = self._model is not None and self._model() is pl_module
@@ -356,8 +369,8 @@ class PruningCallback(Callback):
             return  # bound by steps or time, or not at all: the last epoch is not known
         last = self.schedule.last_epoch()
         reached = max((t for t in targets if t is not None), default=None)
-        if last is not None and last >= max_epochs:
-            final = self._target(last)
+        final = self._target(last) if last is not None else None
+        if last is not None and last >= max_epochs and (final or 0.0) > (reached or 0.0):
             rank_zero_warn(
                 f"`schedule` {self.schedule!r} ends with its event after epoch {last} (to {final}), but this fit "
                 f"stops after epoch {max_epochs - 1} (`max_epochs={max_epochs}`): it reaches "
@@ -472,7 +485,7 @@ class PruningCallback(Callback):
         missed = range(self._done_epoch + 1, trainer.current_epoch)
         for epoch in missed:
             self._end_of_epoch(trainer, pl_module, epoch)
-        self._rewind(trainer, pl_module)  # one the checkpoint's epoch end left pending, or a missed event's
+        self._rewind_all(trainer, pl_module)  # for the missed events of every pruning callback, once all ran
         # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
         # without `on_train_epoch_start`: take a snapshot due there now. Not for a checkpoint written
         # within this epoch, which a snapshot due at its start would come from.
@@ -497,10 +510,9 @@ class PruningCallback(Callback):
         a snapshot (written without rewinding), while an event would still prune: it would fail there."""
         if self.rewind is None or self._snapshot is not None:
             return
-        if trainer.current_epoch < self.rewind.epoch:
-            return
-        if trainer.current_epoch == self.rewind.epoch and trainer.fit_loop.epoch_loop.batch_progress.current.ready == 0:
-            return  # the epoch's start, where `on_train_epoch_start` takes it
+        epochs: Any = trainer.fit_loop.epoch_progress.current  # typed as a tracker without `started`
+        if epochs.started <= self.rewind.epoch:
+            return  # the epoch has not started: its `on_train_epoch_start` takes the snapshot
         reached = max((self._target(e) or 0.0 for e in range(self._done_epoch + 1)), default=0.0)
         later = [e for e in self._fit_epochs(trainer) if e > self._done_epoch and (self._target(e) or 0.0) > reached]
         if later:
@@ -518,7 +530,12 @@ class PruningCallback(Callback):
         if self.rewind is None:
             return
         k = self.rewind.epoch
-        events = [e for e in self._fit_epochs(trainer) if e >= max(k, self._done_epoch + 1) and self._target(e)]
+        events, reached = [], 0.0  # the events that prune further, each a rewind
+        for e in self._fit_epochs(trainer):
+            target = self._target(e) or 0.0
+            if target > reached and e >= max(k, self._done_epoch + 1):
+                events.append(e)
+            reached = max(reached, target)
         for config in trainer.lr_scheduler_configs:
             f = config.frequency
             if config.interval != "epoch" or f <= 1:
@@ -542,7 +559,7 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._rewind(trainer, pl_module)
+        self._rewind(trainer, pl_module)  # one a checkpoint written between two pruning callbacks' events left due
         self._take_snapshot(trainer, pl_module)
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -594,6 +611,19 @@ class PruningCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
+        self._rewind_all(trainer, pl_module)
+
+    def _rewind_all(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """In the last pruning callback of the Trainer, run the rewinds that the events of all of them left due.
+
+        Every callback's event ranks the weights the epoch trained (a rewind between two events would hand
+        the second the rewound ones), and the model is rewound before anything after the pruning
+        callbacks sees it (checkpoints among them).
+        """
+        callbacks = _pruning_callbacks(trainer)
+        if callbacks and callbacks[-1] is self:
+            for callback in callbacks:
+                callback._rewind(trainer, pl_module)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -611,7 +641,6 @@ class PruningCallback(Callback):
         # Lightning has moved the model and the optimizer state off the accelerator before this hook; what
         # this callback keeps between fits (rewind snapshot, masks) follows it, and the next fit moves it back.
         self._move_state(pl_module.device)
-        self._rewind(trainer, pl_module)  # the last event's
         if self._inplace is not None:
             # Another callback may have written the weights at the end of training (the averages of
             # StochasticWeightAveraging, which the reparametrization's forward would have masked).

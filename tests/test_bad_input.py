@@ -584,6 +584,7 @@ def test_bad_schedule_value_past_max_epochs_is_not_asked_for(tmp_path: Path) -> 
         pytest.param(Geometric(0.2, start_epoch=4), 3, r"no event that prunes within this fit", id="geometric-later"),
         pytest.param(Linear(0.9, 0, 26), 27, None, id="ramp-within"),
         pytest.param(Geometric(0.2), 3, None, id="open-ended"),
+        pytest.param(Explicit({0: 0.5, 1: 0.8, 9: 0.8}), 3, None, id="later-event-prunes-nothing"),
     ],
 )
 def test_a_schedule_cut_short_by_max_epochs_warns(tmp_path: Path, schedule: Schedule, max_epochs: int, match) -> None:

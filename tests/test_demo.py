@@ -190,6 +190,15 @@ def test_classifier_refuses_data_it_cannot_take_before_a_step(tmp_path, model, d
     assert trainer.global_step == 0
 
 
+def test_classifier_leaves_setup_alone() -> None:
+    """A module that overrides `setup` has its pruning targets resolved after it, so a bad pattern would
+    fail later (after a tuner's search, a checkpoint's loading)."""
+    from lightning import LightningModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    assert not is_overridden("setup", ImageClassifier(), LightningModule)
+
+
 def test_classifier_tests(tmp_path) -> None:
     trainer = Trainer(
         logger=False,

@@ -361,28 +361,38 @@ def test_a_second_callback_ranks_the_trained_weights(tmp_path, first_rewinds: bo
     _assert_survivors_equal(through.seen[0], init)  # every weight rewound, both masks applied
 
 
-def test_checkpoint_at_the_event_holds_the_trained_weights(tmp_path) -> None:
-    """A checkpoint saved at the end of an epoch with an event (the best one, say) holds the weights that
-    the epoch trained, with the new masks; the rewind runs before the next epoch trains."""
+def test_a_callback_made_permanent_before_the_rewinding_one_keeps_its_zeros(tmp_path) -> None:
+    other = PruningCallback(targets=["fc2.weight"], schedule=Explicit({1: 0.5}))
+    rewinding = PruningCallback(targets=["fc1.weight"], schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    model = _model()
+    _trainer(2, [other, rewinding], tmp_path).fit(model, _data())
+    assert int((model.fc2.weight == 0).sum()) == round(0.5 * 48)
+    assert int((model.fc1.weight == 0).sum()) == round(0.5 * 128)
+
+
+def test_checkpoint_at_the_event_holds_the_rewound_weights_and_a_warning_says_so(tmp_path) -> None:
+    """A checkpoint saved at the end of an epoch with an event (the best one by a validation metric, say) is
+    written after the rewind: it holds the rewound weights with the new masks, under the trained weights'
+    score. The fit warns where a checkpoint monitors a metric."""
     model = _model(cls=TinyVal)
     init = _plain(model)
-    before, through = Probe("end"), Probe("through")
+    through = Probe("through")
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=-1)
     callback = PruningCallback(
         scope="global", schedule=Explicit({0: 0.5, 1: 0.75}), rewind=Rewind(epoch=0), make_permanent=False
     )
-    trainer = _trainer(2, [before, callback, through, checkpoint], tmp_path, enable_checkpointing=True)
-    trainer.fit(model, _data(), _data())
+    trainer = _trainer(2, [callback, through, checkpoint], tmp_path, enable_checkpointing=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, _data(), _data())
+    assert any("holds the rewound weights" in str(w.message) for w in caught)
     for epoch in (0, 1):
         (path,) = (tmp_path / "ckpt").glob(f"epoch={epoch}-*.ckpt")
         saved = torch.load(path, weights_only=False)
         masks = through.seen[epoch]["masks"]
         for name in WEIGHTS:
-            expected = before.seen[epoch]["tensors"][name] * masks[name]
-            assert torch.equal(saved["state_dict"][name], expected), (epoch, name)
-            assert not torch.equal(expected, init[name] * masks[name])
-        assert saved["callbacks"][callback.state_key]["rewind_pending"]
-        _assert_survivors_equal(through.seen[epoch], init)
+            assert torch.equal(saved["state_dict"][name], init[name] * masks[name]), (epoch, name)
+        assert not saved["callbacks"][callback.state_key]["rewind_pending"]
 
 
 # ---------------------------------------------------------------------------- events that change nothing
@@ -538,8 +548,8 @@ class OnPlateau(TinyVal):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
 
-def test_a_plateau_scheduler_is_restored_as_the_snapshot_holds_it(tmp_path) -> None:
-    """Lightning steps ``ReduceLROnPlateau`` after ``on_train_epoch_end``; the rewind runs after that."""
+def test_a_plateau_scheduler_is_one_step_past_the_snapshot(tmp_path) -> None:
+    """Lightning steps ``ReduceLROnPlateau`` after ``on_train_epoch_end``, where the rewind ran."""
     seen = {}
 
     class Look(Callback):
@@ -551,7 +561,9 @@ def test_a_plateau_scheduler_is_restored_as_the_snapshot_holds_it(tmp_path) -> N
     callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
     _trainer(3, [callback, Look()], tmp_path).fit(OnPlateau(), _data(), _data())
     assert seen[1][1] == LR / 2, "stepped on a plateau after epoch 0 (no improvement by 10x)"
-    assert seen[2] == seen[0]
+    # restored at the event, then stepped once on the round's last metric, as the README says
+    (state_0, _), (state_2, lr_2) = seen[0], seen[2]
+    assert state_2["last_epoch"] == state_0["last_epoch"] + 1 and lr_2 == LR / 2
 
 
 # ---------------------------------------------------------------------------- resume
@@ -575,15 +587,88 @@ def test_resume_with_another_rewind_fails_before_training(tmp_path, rewind: Rewi
     assert trainer.global_step == 0
 
 
+class _SaveAtEpochEnd(Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path / f"epoch={trainer.current_epoch}.ckpt")
+
+
+def _checkpoint_between_two_callbacks(tmp_path: Path) -> tuple[Path, dict]:
+    """Written after the rewinding callback's event, before the last pruning callback ran the due rewinds."""
+    rewinding = PruningCallback(targets=["fc1.weight"], schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    other = PruningCallback(targets=["fc2.weight"], schedule=Explicit({1: 0.5}))
+    _trainer(2, [rewinding, _SaveAtEpochEnd(tmp_path), other], tmp_path).fit(_model(), _data())
+    return tmp_path / "epoch=1.ckpt", torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)
+
+
+def test_a_rewind_due_in_the_checkpoint_runs_when_training_resumes(tmp_path) -> None:
+    path, saved = _checkpoint_between_two_callbacks(tmp_path)
+    rewinding = PruningCallback(
+        targets=["fc1.weight"], schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0), make_permanent=False
+    )
+    assert saved["callbacks"][rewinding.state_key]["rewind_pending"]
+    other = PruningCallback(targets=["fc2.weight"], schedule=Explicit({1: 0.5}), make_permanent=False)
+    start = Probe("start")
+    model = _model(seed=4)
+    _trainer(3, [rewinding, other, start], tmp_path).fit(model, _data(), ckpt_path=path)
+    snapshot = saved["callbacks"][rewinding.state_key]["snapshot"]["tensors"]
+    assert torch.equal(start.seen[2]["tensors"]["fc1.weight"], snapshot["fc1.weight"])
+
+
 def test_resume_without_rewind_says_the_due_rewind_does_not_run(tmp_path) -> None:
-    path = _checkpoint_after_epoch_1(tmp_path, Rewind(epoch=0))
-    saved = torch.load(path, weights_only=False)
-    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}))
+    path, _ = _checkpoint_between_two_callbacks(tmp_path)
+    callbacks = [
+        PruningCallback(targets=["fc1.weight"], schedule=Explicit({1: 0.5})),
+        PruningCallback(targets=["fc2.weight"], schedule=Explicit({1: 0.5})),
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _trainer(3, [callback], tmp_path).fit(_model(seed=4), _data(), ckpt_path=path)
+        _trainer(3, callbacks, tmp_path).fit(_model(seed=4), _data(), ckpt_path=path)
     assert any("whose rewind had not run yet" in str(w.message) for w in caught)
-    assert saved["callbacks"][callback.state_key]["rewind_pending"]
+
+
+def test_resume_before_the_rewind_epoch_takes_the_snapshot_there(tmp_path) -> None:
+    """Written at the end of epoch 0 by a checkpoint without the callback's snapshot, which epoch 1 takes."""
+
+    def callback() -> PruningCallback:
+        return PruningCallback(
+            scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=1), make_permanent=False
+        )
+
+    straight = _model()
+    _trainer(3, [callback()], tmp_path / "straight").fit(straight, _data())
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1)
+    _trainer(1, [callback(), checkpoint], tmp_path, enable_checkpointing=True).fit(_model(), _data())
+    (path,) = (tmp_path / "ckpt").glob("epoch=0-*.ckpt")
+    resumed = _model(seed=7)
+    _trainer(3, [callback()], tmp_path / "resumed").fit(resumed, _data(), ckpt_path=path)
+    for name, value in _final(straight).items():
+        assert torch.equal(_final(resumed)[name], value), name
+
+
+def test_missed_events_of_two_callbacks_rank_the_trained_weights(tmp_path) -> None:
+    """Resumed from the last batch of an event epoch, Lightning skips its end: both callbacks' events run at
+    the start of training, and the rewind only after both."""
+
+    def callbacks() -> list[PruningCallback]:
+        return [
+            PruningCallback(
+                targets=["fc1.weight"], schedule=Explicit({1: 0.5}), rewind=Rewind(0), make_permanent=False
+            ),
+            PruningCallback(targets=["fc2.weight"], schedule=Explicit({1: 0.5}), make_permanent=False),
+        ]
+
+    straight = _model()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=4)  # 4 batches an epoch
+    _trainer(3, [*callbacks(), checkpoint], tmp_path, enable_checkpointing=True).fit(straight, _data())
+    path = tmp_path / "ckpt" / "epoch=1-step=8.ckpt"
+    assert torch.load(path, weights_only=False)["callbacks"][callbacks()[0].state_key]["done_epoch"] == 0
+    resumed = _model(seed=7)
+    _trainer(3, callbacks(), tmp_path / "resumed").fit(resumed, _data(), ckpt_path=path)
+    for name, value in _final(straight).items():
+        assert torch.equal(_final(resumed)[name], value), name
 
 
 def test_resume_past_the_rewind_epoch_without_a_snapshot_fails_before_training(tmp_path) -> None:
@@ -658,7 +743,7 @@ def test_resume_ends_like_uninterrupted_run(tmp_path, reinit: bool, seed: int | 
     saved = torch.load(path, weights_only=False)["callbacks"][pruning.state_key]
     assert saved["done_epoch"] == (0 if validate else 1)
     assert saved["snapshot"] is not None
-    assert saved["rewind_pending"] == (not validate), "saved after the event, the rewind runs when training resumes"
+    assert not saved["rewind_pending"], "written after the pruning callbacks' rewinds"
 
     resumed = _model(seed=123, cls=cls)  # another initialisation, and another global RNG state for a drawn seed
     _trainer(4, [callback()], tmp_path / "resumed").fit(resumed, _data(), val, ckpt_path=path)

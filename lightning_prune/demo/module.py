@@ -78,9 +78,24 @@ class ImageClassifier(LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def setup(self, stage: str) -> None:
+    def on_fit_start(self) -> None:
+        self._check_data()
+
+    def on_validation_start(self) -> None:
+        self._check_data()
+
+    def on_test_start(self) -> None:
+        self._check_data()
+
+    def on_predict_start(self) -> None:
+        self._check_data()
+
+    def _check_data(self) -> None:
         """Refuse, before any step, images the network cannot take (checked against a datamodule that says
-        its ``image_size`` and ``flatten``, as :class:`~lightning_prune.demo.data.DigitsDataModule` does)."""
+        its ``image_size`` and ``flatten``, as :class:`~lightning_prune.demo.data.DigitsDataModule` does).
+
+        Not in ``setup``: a module that overrides it has its pruning targets resolved after it.
+        """
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         size, flatten = getattr(datamodule, "image_size", None), getattr(datamodule, "flatten", None)
         if not isinstance(size, int) or not isinstance(flatten, bool):
