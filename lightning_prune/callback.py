@@ -111,6 +111,17 @@ class _CheckpointMasks:
             callback._set_checkpoint_masks(module, t, checkpoint)
 
 
+def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer) -> bool:
+    """Whether ``checkpoint`` (a ``ModelCheckpoint``) saves in ``on_train_epoch_end``, after the epoch's events: by
+    its own setting, else where validation runs once at every epoch's end (or not at all), as Lightning decides."""
+    if getattr(checkpoint, "_every_n_epochs", 0) < 1:
+        return False  # saves by steps or time
+    setting = getattr(checkpoint, "_save_on_train_epoch_end", None)
+    if setting is not None:
+        return bool(setting)
+    return trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
+
+
 def _prunes(value: object) -> bool:
     """Whether a schedule's ``value`` is a sparsity above 0 (a later epoch's, unchecked: a bad one fails when asked)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
@@ -293,10 +304,8 @@ class PruningCallback(Callback):
         self._check_schedule(trainer)
         self._check_repeat(trainer)
         self._check_rewind(trainer)
-        monitored = [  # checkpoints that may be saved at an epoch's end, after the rewind
-            getattr(c, "monitor", None)
-            for c in trainer.checkpoint_callbacks
-            if getattr(c, "_save_on_train_epoch_end", None) is not False
+        monitored = [
+            getattr(c, "monitor", None) for c in trainer.checkpoint_callbacks if _saves_at_epoch_end(c, trainer)
         ]
         monitored = [m for m in monitored if m]
         if self.rewind is not None and monitored:
@@ -419,7 +428,7 @@ class PruningCallback(Callback):
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
         if self.exclude:
-            selected = [t.qualname for t in resolve_targets(pl_module, self.target_patterns)]
+            selected = self._plain_keys(pl_module, resolve_targets(pl_module, self.target_patterns))  # every name
             idle = [p for p in self.exclude if not any(fnmatch.fnmatchcase(q, p) for q in selected)]
             if idle:
                 rank_zero_warn(f"`exclude` patterns {idle} match no target (of {selected}): they take nothing out")
@@ -533,7 +542,8 @@ class PruningCallback(Callback):
         events, reached = [], 0.0  # the events that prune further, each a rewind
         for e in self._fit_epochs(trainer):
             target = self._target(e) or 0.0
-            if target > reached and e >= max(k, self._done_epoch + 1):
+            last = isinstance(trainer.max_epochs, int) and e == trainer.max_epochs - 1  # no round follows
+            if target > reached and e >= max(k, self._done_epoch + 1) and not last:
                 events.append(e)
             reached = max(reached, target)
         for config in trainer.lr_scheduler_configs:
@@ -578,6 +588,15 @@ class PruningCallback(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         if self._inplace is not None:  # and whatever changed between backward and the step
             self._inplace.sync(trainer.optimizers)
+
+    def _arm_refresh_check(self) -> None:
+        """Note each target's masked weight as set now, for :meth:`_check_refreshed` at the next batch's end."""
+        self._unrefreshed = {
+            t.qualname: [
+                (m, n, weakref.ref(m.__dict__[n])) for m, n in t.holders if isinstance(m.__dict__.get(n), Tensor)
+            ]
+            for t in self._targets
+        }
 
     @override
     def on_train_batch_end(
@@ -698,12 +717,7 @@ class PruningCallback(Callback):
             model = self._model() if self._model is not None else None
             if model is not None:
                 reparam.hook_parents(model)  # attention reads `out_proj.weight` without calling `out_proj`
-            self._unrefreshed = {
-                t.qualname: [
-                    (m, n, weakref.ref(m.__dict__[n])) for m, n in t.holders if isinstance(m.__dict__.get(n), Tensor)
-                ]
-                for t in self._targets
-            }
+            self._arm_refresh_check()
 
     # ------------------------------------------------------------------ events
     @staticmethod
@@ -791,6 +805,8 @@ class PruningCallback(Callback):
                 for module, name in target.holders:
                     if reparam.find_hook(module, name) is not None:
                         reparam.refresh(module, name)
+            if other._unrefreshed:
+                other._arm_refresh_check()  # the weights it noted were just replaced
 
     def _report(
         self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float

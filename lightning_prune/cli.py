@@ -34,6 +34,8 @@ import os
 import sys
 import traceback
 
+import jsonargparse
+import lightning
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 __all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "PruneCLI", "main"]
@@ -63,13 +65,18 @@ class PruneCLI(LightningCLI):
 
 
 def _raised_here(err: BaseException) -> BaseException | None:
-    """The first exception in ``err``'s chain raised by this package's code, if any."""
+    """The exception in ``err``'s chain that this package's code raised, if the parser (jsonargparse, Lightning)
+    raised the others; ``None`` where other code, a user's class, raised one first: its message is the one."""
     package = os.path.dirname(os.path.abspath(__file__))
+    parsers = tuple(os.path.dirname(os.path.abspath(m.__file__ or "")) + os.sep for m in (jsonargparse, lightning))
     seen: BaseException | None = err
     while seen is not None:
         frames = traceback.extract_tb(seen.__traceback__)
-        if frames and os.path.abspath(frames[-1].filename).startswith(package + os.sep):
+        where = os.path.abspath(frames[-1].filename) if frames else ""
+        if where.startswith(package + os.sep):
             return seen
+        if not where.startswith(parsers):
+            return None
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -555,6 +555,15 @@ def test_an_exclude_pattern_that_takes_out_no_target_warns(tmp_path: Path) -> No
     ]
 
 
+def test_excluding_every_name_of_a_tied_weight_does_not_warn(tmp_path: Path) -> None:
+    callback = PruningCallback(schedule=0.5, exclude=["fc_a.weight", "fc_b.weight"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(TiedNet(), make_loader())
+    assert not [w for w in caught if "`exclude`" in str(w.message)]
+    assert [t.qualname for t in callback.targets] == ["out.weight"]
+
+
 def test_norm_inf_is_accepted() -> None:
     """The one string `norm` allows (and its spelling as YAML writes it)."""
     for norm in ("inf", math.inf):

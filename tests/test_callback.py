@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader
 
-from lightning_prune import PruningCallback
+from lightning_prune import PruningCallback, Rewind
 from lightning_prune.schedules import Explicit, Linear, Polynomial
 from tests.helpers import TinyNet, effective_weights, make_loader, make_model, make_trainer
 from tests.tutorial import LitLeNet, lenet_data
@@ -367,6 +367,19 @@ def test_a_weight_read_without_calling_its_module_is_named(tmp_path, compiled: b
         callback = PruningCallback(schedule=Explicit({0: 0.5}), masking="in_place")
         make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(make_model(cls=_ReadsFc1Directly), make_loader())
     assert not _not_recomputed_warnings(caught)
+
+
+def test_a_weight_read_directly_is_named_even_when_another_callback_rewinds(tmp_path) -> None:
+    """The rewind writes every masked weight anew; the check still tells a hook's recomputation from it."""
+    callbacks = [
+        PruningCallback(targets=["fc2.weight"], schedule=Explicit({0: 0.5}), rewind=Rewind(epoch=0)),
+        PruningCallback(targets=["fc1.weight"], schedule=Explicit({0: 0.5})),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, callbacks=callbacks, max_epochs=2).fit(make_model(cls=_ReadsFc1Directly), make_loader())
+    messages = _not_recomputed_warnings(caught)
+    assert len(messages) == 1 and "targets ['fc1.weight']" in messages[0]
 
 
 def test_the_seed_is_drawn_on_the_cpu_whatever_the_default_device() -> None:

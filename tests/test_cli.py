@@ -178,6 +178,30 @@ def test_a_value_a_class_refuses_is_a_parser_error_with_its_message(tmp_path, mo
     assert f"error: {message}" in err and "Traceback" not in err
 
 
+def test_a_users_own_error_from_a_package_error_keeps_its_message(tmp_path, monkeypatch):
+    """A user's class that raises its own error from one of this package's keeps the usual report, its message in it."""
+    (tmp_path / "usernet.py").write_text(
+        textwrap.dedent(
+            """
+            from lightning_prune.demo.module import ImageClassifier
+            from lightning_prune.schedules import Linear
+
+            class WrapNet(ImageClassifier):
+                def __init__(self, final: float = 0.5):
+                    try:
+                        Linear(final, 0, 3)
+                    except ValueError as err:
+                        raise ValueError(f"WrapNet: `final` must suit the ramp, got {final}") from err
+                    super().__init__()
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"WrapNet: `final` must suit the ramp, got 1.5"):
+        build_cli(["--model=usernet.WrapNet", "--model.final=1.5", "--trainer.logger=false"], run=False)
+
+
 def test_custom_method_by_import_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _write(

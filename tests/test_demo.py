@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import PruningCallback
@@ -182,8 +182,14 @@ def test_classifier_fits_and_reloads(tmp_path, model, data) -> None:
     ],
 )
 def test_classifier_refuses_data_it_cannot_take_before_a_step(tmp_path, model, data, match) -> None:
+    finder = LearningRateFinder(num_training_steps=2)  # a tuner's steps come before any module hook of the fit
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[finder],
     )
     with pytest.raises(ValueError, match=match):
         trainer.fit(ImageClassifier(model=model), DigitsDataModule(**data))

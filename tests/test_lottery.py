@@ -370,6 +370,23 @@ def test_a_callback_made_permanent_before_the_rewinding_one_keeps_its_zeros(tmp_
     assert int((model.fc1.weight == 0).sum()) == round(0.5 * 128)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"check_val_every_n_epoch": 2}, {"val_check_interval": 0.5}],
+    ids=["validation-every-other-epoch", "validation-twice-an-epoch"],
+)
+def test_no_warning_where_monitored_checkpoints_are_saved_at_validation_end(tmp_path, kwargs) -> None:
+    """Lightning then saves them at validation end, before the events: they hold the trained weights."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss")
+    callback = PruningCallback(schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(2, [callback, checkpoint], tmp_path, enable_checkpointing=True, **kwargs).fit(
+            _model(cls=TinyVal), _data(), _data()
+        )
+    assert not [w for w in caught if "holds the rewound weights" in str(w.message)]
+
+
 def test_checkpoint_at_the_event_holds_the_rewound_weights_and_a_warning_says_so(tmp_path) -> None:
     """A checkpoint saved at the end of an epoch with an event (the best one by a validation metric, say) is
     written after the rewind: it holds the rewound weights with the new masks, under the trained weights'
@@ -520,8 +537,12 @@ class EveryOtherEpoch(Tiny):
         return config
 
 
-@pytest.mark.parametrize(("events", "off"), [((1, 3), []), ((1, 2), [2])], ids=["aligned", "off-by-one"])
-def test_rounds_replay_a_scheduler_stepped_every_other_epoch_or_warn(tmp_path, events, off) -> None:
+@pytest.mark.parametrize(
+    ("events", "off", "epochs"),
+    [((1, 3), [], 7), ((1, 2), [2], 6), ((1, 4), [], 5)],
+    ids=["aligned", "off-by-one", "last-event-ends-the-fit"],
+)
+def test_rounds_replay_a_scheduler_stepped_every_other_epoch_or_warn(tmp_path, events, off, epochs) -> None:
     torch.manual_seed(0)
     model = EveryOtherEpoch()
     start = Probe("start")
@@ -530,11 +551,12 @@ def test_rounds_replay_a_scheduler_stepped_every_other_epoch_or_warn(tmp_path, e
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _trainer(events[1] + 4, [callback, start], tmp_path).fit(model, _data())
+        _trainer(epochs, [callback, start], tmp_path).fit(model, _data())
     messages = [str(w.message) for w in caught if "steps every 2 epochs" in str(w.message)]
     assert len(messages) == (1 if off else 0)
     if off:
         assert f"events after epochs {off}" in messages[0]
+    if off or epochs != 7:
         return
     lrs = [start.seen[e]["lr"] for e in sorted(start.seen)]
     # epochs 0-1 at LR, then rounds of 2 epochs (2-3, 4-5) that replay them, then epoch 6 as epoch 2 would be

@@ -117,7 +117,15 @@ class DigitsDataModule(LightningDataModule):
         self.split_indices: dict[str, torch.Tensor] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, resize, split and normalise the digits once; later calls do nothing."""
+        """Load, resize, split and normalise the digits once; later calls do nothing.
+
+        In a fit, a module that can say whether it takes these images (``check_data``, as the demo's
+        classifier does) is asked first, before any step.
+        """
+        trainer = getattr(self, "trainer", None)
+        check = getattr(trainer.lightning_module, "check_data", None) if trainer is not None else None
+        if callable(check):
+            check(self.image_size, self.flatten)
         if self.split_indices:
             return
         from sklearn.datasets import load_digits

@@ -78,28 +78,19 @@ class ImageClassifier(LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def on_fit_start(self) -> None:
-        self._check_data()
+    def check_data(self, size: int, flatten: bool) -> None:
+        """Raise a ``ValueError`` if the network cannot take ``size`` x ``size`` images (flattened or not).
 
-    def on_validation_start(self) -> None:
-        self._check_data()
+        :class:`~lightning_prune.demo.data.DigitsDataModule` calls it in its ``setup``, which Lightning runs
+        before any callback's (a tuner's steps included) and before the module's own.
 
-    def on_test_start(self) -> None:
-        self._check_data()
-
-    def on_predict_start(self) -> None:
-        self._check_data()
-
-    def _check_data(self) -> None:
-        """Refuse, before any step, images the network cannot take (checked against a datamodule that says
-        its ``image_size`` and ``flatten``, as :class:`~lightning_prune.demo.data.DigitsDataModule` does).
-
-        Not in ``setup``: a module that overrides it has its pruning targets resolved after it.
+        Example:
+            >>> ImageClassifier(model="lenet_300_100", in_features=64).check_data(8, flatten=True)
+            >>> ImageClassifier(model="lenet").check_data(8, flatten=False)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: `model='lenet'` takes 32x32 images, but the data gives 8x8 ...
         """
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        size, flatten = getattr(datamodule, "image_size", None), getattr(datamodule, "flatten", None)
-        if not isinstance(size, int) or not isinstance(flatten, bool):
-            return
         hp: Any = self.hparams
         if hp.model == "lenet_300_100" and size * size != hp.in_features:
             raise ValueError(
