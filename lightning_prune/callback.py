@@ -111,15 +111,21 @@ class _CheckpointMasks:
             callback._set_checkpoint_masks(module, t, checkpoint)
 
 
-def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer) -> bool:
+def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer, pl_module: LightningModule) -> bool:
     """Whether ``checkpoint`` (a ``ModelCheckpoint``) saves in ``on_train_epoch_end``, after the epoch's events: by
-    its own setting, else where validation runs once at every epoch's end (or not at all), as Lightning decides."""
+    its own setting, else where validation does not run or runs once at every epoch's end, as Lightning decides."""
     if getattr(checkpoint, "_every_n_epochs", 0) < 1:
         return False  # saves by steps or time
     setting = getattr(checkpoint, "_save_on_train_epoch_end", None)
     if setting is not None:
         return bool(setting)
-    return trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
+    if trainer.check_val_every_n_epoch != 1 or getattr(trainer, "_val_check_time_interval", None) is not None:
+        return False
+    source = getattr(getattr(trainer, "_data_connector", None), "_val_dataloader_source", None)
+    loader = source.is_defined() if source is not None else True
+    if trainer.limit_val_batches == 0 or not loader or not is_overridden("validation_step", pl_module, LightningModule):
+        return True  # no validation: saved at the epoch's end
+    return getattr(trainer, "val_check_interval", 1.0) == 1.0
 
 
 def _prunes(value: object) -> bool:
@@ -305,7 +311,9 @@ class PruningCallback(Callback):
         self._check_repeat(trainer)
         self._check_rewind(trainer)
         monitored = [
-            getattr(c, "monitor", None) for c in trainer.checkpoint_callbacks if _saves_at_epoch_end(c, trainer)
+            getattr(c, "monitor", None)
+            for c in trainer.checkpoint_callbacks
+            if _saves_at_epoch_end(c, trainer, pl_module)
         ]
         monitored = [m for m in monitored if m]
         if self.rewind is not None and monitored:
@@ -428,9 +436,12 @@ class PruningCallback(Callback):
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
         if self.exclude:
-            selected = self._plain_keys(pl_module, resolve_targets(pl_module, self.target_patterns))  # every name
-            idle = [p for p in self.exclude if not any(fnmatch.fnmatchcase(q, p) for q in selected)]
-            if idle:
+            try:
+                selected = self._plain_keys(pl_module, resolve_targets(pl_module, self.target_patterns))  # every name
+            except ValueError:
+                selected = None  # what `exclude` takes out cannot be resolved (a lazy layer): it takes that out
+            idle = [p for p in self.exclude if not any(fnmatch.fnmatchcase(q, p) for q in selected or ())]
+            if selected is not None and idle:
                 rank_zero_warn(f"`exclude` patterns {idle} match no target (of {selected}): they take nothing out")
         if self.rewind is not None and self.rewind.reinit:
             uncovered = uncovered_by_reset(pl_module, [t.qualname for t in self._targets])
@@ -542,8 +553,9 @@ class PruningCallback(Callback):
         events, reached = [], 0.0  # the events that prune further, each a rewind
         for e in self._fit_epochs(trainer):
             target = self._target(e) or 0.0
-            last = isinstance(trainer.max_epochs, int) and e == trainer.max_epochs - 1  # no round follows
-            if target > reached and e >= max(k, self._done_epoch + 1) and not last:
+            last = isinstance(trainer.max_epochs, int) and e == trainer.max_epochs - 1  # no round follows in this fit
+            # a resumed fit trains the round after the event at `_done_epoch`
+            if target > reached and e >= max(k, self._done_epoch) and not last:
                 events.append(e)
             reached = max(reached, target)
         for config in trainer.lr_scheduler_configs:

@@ -71,11 +71,13 @@ def _raised_here(err: BaseException) -> BaseException | None:
     parsers = tuple(os.path.dirname(os.path.abspath(m.__file__ or "")) + os.sep for m in (jsonargparse, lightning))
     seen: BaseException | None = err
     while seen is not None:
-        frames = traceback.extract_tb(seen.__traceback__)
-        where = os.path.abspath(frames[-1].filename) if frames else ""
-        if where.startswith(package + os.sep):
-            return seen
-        if not where.startswith(parsers):
+        # generated code (a dataclass's `__init__`, "<string>") belongs to whoever defined it
+        where = [os.path.abspath(f.filename) for f in traceback.extract_tb(seen.__traceback__) if f.filename[:1] != "<"]
+        ours = [i for i, w in enumerate(where) if w.startswith(package + os.sep)]
+        if ours and ours[-1] == len(where) - 1:
+            # raised here, and called by the parser itself: not from within a user's class
+            return seen if all(w.startswith(parsers) for w in where[: ours[0]]) else None
+        if where and not where[-1].startswith(parsers):
             return None
         seen = seen.__cause__ or seen.__context__
     return None

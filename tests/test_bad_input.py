@@ -564,6 +564,24 @@ def test_excluding_every_name_of_a_tied_weight_does_not_warn(tmp_path: Path) -> 
     assert [t.qualname for t in callback.targets] == ["out.weight"]
 
 
+class _LazyHead(TinyNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.LazyLinear(3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(super().forward(x))
+
+
+def test_excluding_a_lazy_layer_neither_fails_nor_warns(tmp_path: Path) -> None:
+    callback = PruningCallback(schedule=0.5, exclude=["head.weight"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(make_model(cls=_LazyHead), make_loader())
+    assert not [w for w in caught if "`exclude`" in str(w.message)]
+    assert [t.qualname for t in callback.targets] == ["fc1.weight", "fc2.weight"]
+
+
 def test_norm_inf_is_accepted() -> None:
     """The one string `norm` allows (and its spelling as YAML writes it)."""
     for norm in ("inf", math.inf):

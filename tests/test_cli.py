@@ -202,6 +202,27 @@ def test_a_users_own_error_from_a_package_error_keeps_its_message(tmp_path, monk
         build_cli(["--model=usernet.WrapNet", "--model.final=1.5", "--trainer.logger=false"], run=False)
 
 
+def test_a_package_error_inside_a_users_class_keeps_the_usual_report(tmp_path, monkeypatch):
+    """Raised by this package, but called from a user's class: the argument it names is not the CLI's."""
+    (tmp_path / "callsnet.py").write_text(
+        textwrap.dedent(
+            """
+            from lightning_prune.demo.module import ImageClassifier
+            from lightning_prune.schedules import Linear
+
+            class CallsPackage(ImageClassifier):
+                def __init__(self, final: float = 0.5):
+                    self.ramp = Linear(final, 0, 3)
+                    super().__init__()
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"final_sparsity"):
+        build_cli(["--model=callsnet.CallsPackage", "--model.final=1.5", "--trainer.logger=false"], run=False)
+
+
 def test_custom_method_by_import_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _write(

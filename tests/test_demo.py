@@ -196,6 +196,36 @@ def test_classifier_refuses_data_it_cannot_take_before_a_step(tmp_path, model, d
     assert trainer.global_step == 0
 
 
+def test_digits_ask_only_the_demo_classifier(tmp_path) -> None:
+    """Another module's method of the same name is not the demo's check."""
+
+    class Other(ImageClassifier.__mro__[1]):  # a plain LightningModule
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(64, 10)
+
+        def check_data(self, batch) -> None:
+            raise AssertionError("not ours to call")
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Other(), DigitsDataModule(image_size=8, flatten=True))
+    assert trainer.global_step == 1
+
+
 def test_classifier_leaves_setup_alone() -> None:
     """A module that overrides `setup` has its pruning targets resolved after it, so a bad pattern would
     fail later (after a tuner's search, a checkpoint's loading)."""

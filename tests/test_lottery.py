@@ -387,6 +387,19 @@ def test_no_warning_where_monitored_checkpoints_are_saved_at_validation_end(tmp_
     assert not [w for w in caught if "holds the rewound weights" in str(w.message)]
 
 
+def test_monitored_checkpoints_without_validation_warn_and_a_time_interval_does_not_fail(tmp_path) -> None:
+    callback = PruningCallback(schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "a", monitor="train_loss")
+    trainer = _trainer(1, [callback, checkpoint], tmp_path, enable_checkpointing=True, val_check_interval=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_model(), _data())  # no validation at all: saved at the epoch's end
+    assert [w for w in caught if "holds the rewound weights" in str(w.message)]
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss")
+    trainer = _trainer(1, [callback, checkpoint], tmp_path, enable_checkpointing=True, val_check_interval="00:00:00:10")
+    trainer.fit(_model(cls=TinyVal), _data(), _data())
+
+
 def test_checkpoint_at_the_event_holds_the_rewound_weights_and_a_warning_says_so(tmp_path) -> None:
     """A checkpoint saved at the end of an epoch with an event (the best one by a validation metric, say) is
     written after the rewind: it holds the rewound weights with the new masks, under the trained weights'
@@ -526,6 +539,25 @@ def test_a_ramp_whose_first_event_prunes_nothing_may_start_before_the_rewind_epo
     for epoch in (1, 2):
         assert sum(int((~m).sum()) for m in through.seen[epoch]["masks"].values()) > 0
         _assert_survivors_equal(through.seen[epoch], start_of_1)
+
+
+def test_a_resumed_fit_warns_for_the_round_its_checkpoint_started(tmp_path) -> None:
+    """The event after the first fit's last epoch left its round to the resumed fit."""
+
+    def fit(epochs: int, **kwargs) -> list[str]:
+        torch.manual_seed(0)
+        callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 2: 0.5}), rewind=Rewind(epoch=0))
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1)
+        trainer = _trainer(epochs, [callback, checkpoint], tmp_path, enable_checkpointing=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(EveryOtherEpoch(), _data(), **kwargs)
+        return [str(w.message) for w in caught if "steps every 2 epochs" in str(w.message)]
+
+    assert fit(3) == []  # its last event ends the fit: no round of its follows
+    (path,) = (tmp_path / "ckpt").glob("epoch=2-*.ckpt")
+    (message,) = fit(6, ckpt_path=path)
+    assert "events after epochs [2]" in message
 
 
 class EveryOtherEpoch(Tiny):

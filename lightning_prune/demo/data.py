@@ -119,13 +119,15 @@ class DigitsDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Load, resize, split and normalise the digits once; later calls do nothing.
 
-        In a fit, a module that can say whether it takes these images (``check_data``, as the demo's
-        classifier does) is asked first, before any step.
+        In a fit of the demo's classifier, it is asked first whether it takes these images (before any
+        step, a tuner's included).
         """
+        from lightning_prune.demo.module import ImageClassifier  # the module imports nothing of this one
+
         trainer = getattr(self, "trainer", None)
-        check = getattr(trainer.lightning_module, "check_data", None) if trainer is not None else None
-        if callable(check):
-            check(self.image_size, self.flatten)
+        module = trainer.lightning_module if trainer is not None else None
+        if isinstance(module, ImageClassifier):
+            module.check_data(self.image_size, self.flatten)
         if self.split_indices:
             return
         from sklearn.datasets import load_digits
