@@ -178,49 +178,40 @@ def test_a_value_a_class_refuses_is_a_parser_error_with_its_message(tmp_path, mo
     assert f"error: {message}" in err and "Traceback" not in err
 
 
-def test_a_users_own_error_from_a_package_error_keeps_its_message(tmp_path, monkeypatch):
-    """A user's class that raises its own error from one of this package's keeps the usual report, its message in it."""
-    (tmp_path / "usernet.py").write_text(
-        textwrap.dedent(
-            """
-            from lightning_prune.demo.module import ImageClassifier
-            from lightning_prune.schedules import Linear
+USER_CLASSES = """
+from lightning_prune.demo.module import ImageClassifier
+from lightning_prune.schedules import Linear
 
-            class WrapNet(ImageClassifier):
-                def __init__(self, final: float = 0.5):
-                    try:
-                        Linear(final, 0, 3)
-                    except ValueError as err:
-                        raise ValueError(f"WrapNet: `final` must suit the ramp, got {final}") from err
-                    super().__init__()
-            """
-        )
-    )
+class WrapNet(ImageClassifier):
+    def __init__(self, final: float = 0.5):
+        try:
+            Linear(final, 0, 3)
+        except ValueError as err:
+            raise ValueError(f"WrapNet: `final` must suit the ramp, got {final}") from err
+        super().__init__()
+
+class CallsPackage(ImageClassifier):
+    def __init__(self, final: float = 0.5):
+        self.ramp = Linear(final, 0, 3)
+        super().__init__()
+"""
+
+
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        # the user's own error, raised from one of this package's: its message is the one
+        pytest.param("WrapNet", r"WrapNet: `final` must suit the ramp, got 1.5", id="own-error"),
+        # this package's error, called from the user's class: the argument it names is not the CLI's
+        pytest.param("CallsPackage", r"final_sparsity", id="package-error-inside"),
+    ],
+)
+def test_an_error_from_a_users_class_keeps_the_usual_report(tmp_path, monkeypatch, cls, match):
+    (tmp_path / "usernet.py").write_text(USER_CLASSES)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ValueError, match=r"WrapNet: `final` must suit the ramp, got 1.5"):
-        build_cli(["--model=usernet.WrapNet", "--model.final=1.5", "--trainer.logger=false"], run=False)
-
-
-def test_a_package_error_inside_a_users_class_keeps_the_usual_report(tmp_path, monkeypatch):
-    """Raised by this package, but called from a user's class: the argument it names is not the CLI's."""
-    (tmp_path / "callsnet.py").write_text(
-        textwrap.dedent(
-            """
-            from lightning_prune.demo.module import ImageClassifier
-            from lightning_prune.schedules import Linear
-
-            class CallsPackage(ImageClassifier):
-                def __init__(self, final: float = 0.5):
-                    self.ramp = Linear(final, 0, 3)
-                    super().__init__()
-            """
-        )
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ValueError, match=r"final_sparsity"):
-        build_cli(["--model=callsnet.CallsPackage", "--model.final=1.5", "--trainer.logger=false"], run=False)
+    with pytest.raises(ValueError, match=match):
+        build_cli([f"--model=usernet.{cls}", "--model.final=1.5", "--trainer.logger=false"], run=False)
 
 
 def test_custom_method_by_import_path(tmp_path, monkeypatch):

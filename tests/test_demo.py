@@ -15,6 +15,10 @@ from lightning_prune.schedules import Explicit
 from tests.helpers import assert_tensors_equal, effective_weights, masks_of
 
 
+def _quiet_trainer(root, **kwargs) -> Trainer:
+    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=root, **kwargs)
+
+
 def _digits(**kwargs) -> DigitsDataModule:
     dm = DigitsDataModule(**kwargs)
     dm.setup()
@@ -183,14 +187,7 @@ def test_classifier_fits_and_reloads(tmp_path, model, data) -> None:
 )
 def test_classifier_refuses_data_it_cannot_take_before_a_step(tmp_path, model, data, match) -> None:
     finder = LearningRateFinder(num_training_steps=2)  # a tuner's steps come before any module hook of the fit
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-        callbacks=[finder],
-    )
+    trainer = _quiet_trainer(tmp_path, max_epochs=1, callbacks=[finder])
     with pytest.raises(ValueError, match=match):
         trainer.fit(ImageClassifier(model=model), DigitsDataModule(**data))
     assert trainer.global_step == 0
@@ -213,15 +210,7 @@ def test_digits_ask_only_the_demo_classifier(tmp_path) -> None:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = _quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False, limit_val_batches=0)
     trainer.fit(Other(), DigitsDataModule(image_size=8, flatten=True))
     assert trainer.global_step == 1
 
