@@ -121,9 +121,11 @@ def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer, pl_module: LightningM
         return bool(setting)
     if trainer.check_val_every_n_epoch != 1 or getattr(trainer, "_val_check_time_interval", None) is not None:
         return False
-    source = getattr(getattr(trainer, "_data_connector", None), "_val_dataloader_source", None)
-    loader = source.is_defined() if source is not None else True
-    if trainer.limit_val_batches == 0 or not loader or not is_overridden("validation_step", pl_module, LightningModule):
+    try:  # a validation loader, a `validation_step` and batches to run it on
+        validates = trainer.enable_validation
+    except AttributeError:  # another Lightning's internals: judge by the module and the limit
+        validates = trainer.limit_val_batches != 0 and is_overridden("validation_step", pl_module, LightningModule)
+    if not validates:
         return True  # no validation: saved at the epoch's end
     return getattr(trainer, "val_check_interval", 1.0) == 1.0
 

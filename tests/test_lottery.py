@@ -395,6 +395,12 @@ def test_monitored_checkpoints_without_validation_warn_and_a_time_interval_does_
         warnings.simplefilter("always")
         trainer.fit(_model(), _data())  # no validation at all: saved at the epoch's end
     assert [w for w in caught if "holds the rewound weights" in str(w.message)]
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "c", monitor="train_loss")
+    trainer = _trainer(1, [callback, checkpoint], tmp_path, enable_checkpointing=True, val_check_interval=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_model(cls=TinyVal), _data())  # a `validation_step`, but no loader for it
+    assert [w for w in caught if "holds the rewound weights" in str(w.message)]
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss")
     trainer = _trainer(1, [callback, checkpoint], tmp_path, enable_checkpointing=True, val_check_interval="00:00:00:10")
     trainer.fit(_model(cls=TinyVal), _data(), _data())
