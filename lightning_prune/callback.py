@@ -111,7 +111,7 @@ class _CheckpointMasks:
             callback._set_checkpoint_masks(module, t, checkpoint)
 
 
-def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer, pl_module: LightningModule) -> bool:
+def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer) -> bool:
     """Whether ``checkpoint`` (a ``ModelCheckpoint``) saves in ``on_train_epoch_end``, after the epoch's events: by
     its own setting, else where validation does not run or runs once at every epoch's end, as Lightning decides."""
     if getattr(checkpoint, "_every_n_epochs", 0) < 1:
@@ -121,18 +121,22 @@ def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer, pl_module: LightningM
         return bool(setting)
     if trainer.check_val_every_n_epoch != 1 or getattr(trainer, "_val_check_time_interval", None) is not None:
         return False
-    try:  # a validation loader, a `validation_step` and batches to run it on
-        validates = trainer.enable_validation
-    except AttributeError:  # another Lightning's internals: judge by the module and the limit
-        validates = trainer.limit_val_batches != 0 and is_overridden("validation_step", pl_module, LightningModule)
-    if not validates:
-        return True  # no validation: saved at the epoch's end
+    if not trainer.enable_validation:  # no loader, no `validation_step` or no batches
+        return True  # saved at the epoch's end
     return getattr(trainer, "val_check_interval", 1.0) == 1.0
 
 
 def _prunes(value: object) -> bool:
     """Whether a schedule's ``value`` is a sparsity above 0 (a later epoch's, unchecked: a bad one fails when asked)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
+
+
+#: The arguments each built-in method ignores.
+_IGNORED_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "l1_unstructured": ("dim", "norm"),
+    "random_unstructured": ("dim", "norm"),
+    "random_structured": ("norm",),
+}
 
 
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
@@ -220,13 +224,10 @@ class PruningCallback(Callback):
         if rewind is not None and not isinstance(rewind, Rewind):
             raise ValueError(f"Expected `rewind` to be a Rewind(epoch=..., reinit=...) or None, got {rewind!r}")
         self.rewind = rewind
-        unused: dict[str, tuple[str, ...]] = {
-            "l1_unstructured": ("dim", "norm"),
-            "random_unstructured": ("dim", "norm"),
-            "random_structured": ("norm",),
-        }
         ignored = [
-            a for a, v, d in (("dim", dim, 0), ("norm", norm, 2)) if v != d and a in unused.get(self.method_name, ())
+            a
+            for a, v, d in (("dim", dim, 0), ("norm", norm, 2))
+            if v != d and a in _IGNORED_ARGUMENTS.get(self.method_name, ())
         ]
         if ignored:
             rank_zero_warn(f"`method={self.method_name!r}` takes no {' or '.join(f'`{a}`' for a in ignored)}: ignored")
@@ -247,7 +248,7 @@ class PruningCallback(Callback):
         self._targets: list[Target] = []
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
-        self._rewind_pending = False  # an event changed a mask; the rewind runs before the next epoch trains
+        self._rewind_pending = False  # an event changed a mask; the last pruning callback runs the rewind
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
         self._trained = False  # whether this fit reached `on_train_start`
         self._fitting = False  # from `on_fit_start` to the end of the fit
@@ -312,13 +313,9 @@ class PruningCallback(Callback):
         self._check_schedule(trainer)
         self._check_repeat(trainer)
         self._check_rewind(trainer)
-        monitored = [
-            getattr(c, "monitor", None)
-            for c in trainer.checkpoint_callbacks
-            if _saves_at_epoch_end(c, trainer, pl_module)
-        ]
-        monitored = [m for m in monitored if m]
-        if self.rewind is not None and monitored:
+        checkpoints = trainer.checkpoint_callbacks if self.rewind is not None else []
+        monitored = [m for c in checkpoints if (m := getattr(c, "monitor", None)) and _saves_at_epoch_end(c, trainer)]
+        if monitored:
             rank_zero_warn(
                 f"`rewind={self.rewind}`: a checkpoint saved at the end of an epoch with a pruning event is written "
                 f"after the rewind, so it holds the rewound weights (with the new masks) under the score of the "
@@ -527,6 +524,16 @@ class PruningCallback(Callback):
             return  # nothing left to rewind after
         self._check_snapshot(trainer, pl_module, ": the snapshot restored from the checkpoint does not fit this run. ")
 
+    def _pruning_events(self, trainer: Trainer) -> list[int]:
+        """The epochs of this fit whose event targets more than every event before it: each prunes, and rewinds."""
+        events, reached = [], 0.0
+        for epoch in self._fit_epochs(trainer):
+            target = self._target(epoch) or 0.0
+            if target > reached:
+                events.append(epoch)
+                reached = target
+        return events
+
     def _check_snapshot_due(self, trainer: Trainer) -> None:
         """Refuse, before training, a run resumed past the start of the rewind's epoch from a checkpoint without
         a snapshot (written without rewinding), while an event would still prune: it would fail there."""
@@ -535,8 +542,7 @@ class PruningCallback(Callback):
         epochs: Any = trainer.fit_loop.epoch_progress.current  # typed as a tracker without `started`
         if epochs.started <= self.rewind.epoch:
             return  # the epoch has not started: its `on_train_epoch_start` takes the snapshot
-        reached = max((self._target(e) or 0.0 for e in range(self._done_epoch + 1)), default=0.0)
-        later = [e for e in self._fit_epochs(trainer) if e > self._done_epoch and (self._target(e) or 0.0) > reached]
+        later = [e for e in self._pruning_events(trainer) if e > self._done_epoch]
         if later:
             raise RuntimeError(
                 f"`rewind={self.rewind}`: the checkpoint resumed from holds no snapshot (was it written without "
@@ -552,14 +558,9 @@ class PruningCallback(Callback):
         if self.rewind is None:
             return
         k = self.rewind.epoch
-        events, reached = [], 0.0  # the events that prune further, each a rewind
-        for e in self._fit_epochs(trainer):
-            target = self._target(e) or 0.0
-            last = isinstance(trainer.max_epochs, int) and e == trainer.max_epochs - 1  # no round follows in this fit
-            # a resumed fit trains the round after the event at `_done_epoch`
-            if target > reached and e >= max(k, self._done_epoch) and not last:
-                events.append(e)
-            reached = max(reached, target)
+        last = trainer.max_epochs - 1 if isinstance(trainer.max_epochs, int) else None  # no round follows it here
+        # a resumed fit trains the round after the event at `_done_epoch`
+        events = [e for e in self._pruning_events(trainer) if e >= max(k, self._done_epoch) and e != last]
         for config in trainer.lr_scheduler_configs:
             f = config.frequency
             if config.interval != "epoch" or f <= 1:
@@ -774,8 +775,7 @@ class PruningCallback(Callback):
             self._commit(masks)
         del masks
         if changed and self.rewind is not None:
-            # Rewound before the next epoch trains, not now: the events of other pruning callbacks at this
-            # epoch's end rank the trained weights, and checkpoints saved at it hold them.
+            # rewound once every pruning callback's event ran (`_rewind_all`): they all rank the trained weights
             self._round += 1
             self._rewind_pending = True
         self._report(trainer, before, after, epoch, sparsity)
@@ -815,7 +815,8 @@ class PruningCallback(Callback):
                 continue
             if other._inplace is not None:
                 other._inplace.reapply()
-            for target in other._targets if other._inplace is None else ():
+                continue
+            for target in other._targets:
                 for module, name in target.holders:
                     if reparam.find_hook(module, name) is not None:
                         reparam.refresh(module, name)

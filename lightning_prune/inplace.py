@@ -193,8 +193,10 @@ class InPlaceMasks:
         """
         weights = self._weights
         seen = self._seen_versions if len(self._seen_versions) == len(weights) else [-1] * len(weights)
-        loud = [i for i, (w, v) in enumerate(zip(weights, seen)) if w._version != v]
-        quiet = sorted(set(range(len(weights))) - set(loud))
+        loud: list[int] = []
+        quiet: list[int] = []
+        for i, (w, v) in enumerate(zip(weights, seen)):
+            (loud if w._version != v else quiet).append(i)
         if loud:
             torch._foreach_mul_([weights[i] for i in loud], [self._factors[i] for i in loud])
         if quiet:

@@ -171,10 +171,8 @@ class _Structured(PruningMethod):
                 _select(self, functools.partial(self._scores, [w], [a], generator, normalize=False), [a], sparsity)[0]
                 for w, a in zip(effective, alive)
             ]
-        out = [m.clone() for m in masks]
-        for i, k in zip(ranked, keep):
-            out[i] = expand_slices(masks[i], k, self.dim)
-        return out
+        kept = dict(zip(ranked, keep))
+        return [expand_slices(m, kept[i], self.dim) if i in kept else m.clone() for i, m in enumerate(masks)]
 
 
 class LnStructured(_Structured):

@@ -206,8 +206,7 @@ class Geometric(Schedule):
         if epoch < self.start_epoch or (epoch - self.start_epoch) % self.every_n_epochs:
             return None
         j = (epoch - self.start_epoch) // self.every_n_epochs + 1
-        previous = round(1.0 - (1.0 - self.rate) ** (j - 1), 12)
-        sparsity = round(1.0 - (1.0 - self.rate) ** j, 12)
+        previous, sparsity = self._reached(j - 1), self._reached(j)
         if self.final_sparsity is not None:
             if previous >= self.final_sparsity and j > 1:
                 return None
@@ -217,16 +216,18 @@ class Geometric(Schedule):
     def last_epoch(self) -> int | None:
         if self.final_sparsity is None:
             return None
-        # the first event that reaches the cap: `1 - (1 - rate) ** j` rounded as `sparsity_at` rounds it
+        # the first event that reaches the cap
         low, high = 1, 1
-        while round(1.0 - (1.0 - self.rate) ** high, 12) < self.final_sparsity:
+        while self._reached(high) < self.final_sparsity:
             low, high = high + 1, high * 2
         while low < high:
             mid = (low + high) // 2
-            low, high = (
-                (mid + 1, high) if round(1.0 - (1.0 - self.rate) ** mid, 12) < self.final_sparsity else (low, mid)
-            )
+            low, high = (mid + 1, high) if self._reached(mid) < self.final_sparsity else (low, mid)
         return self.start_epoch + (low - 1) * self.every_n_epochs
+
+    def _reached(self, j: int) -> float:
+        """``1 - (1 - rate) ** j``, rounded to 12 decimals (so that 0.2 and 0.36 read as written)."""
+        return round(1.0 - (1.0 - self.rate) ** j, 12)
 
 
 class Explicit(Schedule):

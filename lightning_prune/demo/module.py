@@ -93,13 +93,12 @@ class ImageClassifier(LightningModule):
         """
         hp: Any = self.hparams
         if hp.model == "lenet_300_100" and size * size != hp.in_features:
+            side = math.isqrt(hp.in_features)
+            other = f" or `image_size` to {side}" if side * side == hp.in_features else ""
             raise ValueError(
                 f"`model='lenet_300_100'` takes inputs of `in_features={hp.in_features}` entries, but the data "
                 f"gives {size}x{size} images ({size * size} entries, `image_size={size}`): set `in_features` to "
-                f"{size * size} or `image_size` to {math.isqrt(hp.in_features)}"
-                if math.isqrt(hp.in_features) ** 2 == hp.in_features
-                else f"`model='lenet_300_100'` takes inputs of `in_features={hp.in_features}` entries, but the data "
-                f"gives {size}x{size} images: set `in_features` to {size * size}"
+                f"{size * size}{other}"
             )
         if hp.model in ("lenet", "small_convnet") and flatten:
             raise ValueError(f"`model={hp.model!r}` takes images, but the data is flattened (`flatten=True`)")
