@@ -159,9 +159,11 @@ class PruningCallback(Callback):
         targets: fnmatch patterns over qualified parameter names; default: the ``weight`` of
             every ``Linear`` and ``Conv1d/2d/3d``.
         exclude: patterns taken out of ``targets`` (``None``: none).
-        dim: the slice dimension of the structured methods.
+        dim: the slice dimension of the structured methods (``None``: 0). A custom ``method``
+            whose ``__init__`` takes ``dim`` gets it if given, else keeps its own default.
         norm: the Ln norm of ``ln_structured``: what torch's ``ln_structured`` takes as ``n`` (a real
-            number, ``"inf"``, ``"-inf"`` or ``"fro"``).
+            number, ``"inf"``, ``"-inf"`` or ``"fro"``; ``None``: 2). A custom ``method`` whose
+            ``__init__`` takes ``n`` gets it as given, else keeps its own default.
         rewind: a :class:`~lightning_prune.Rewind` for lottery-ticket experiments.
         make_permanent: at the end of ``fit``, remove every reparametrization (plain
             parameters with zeros where pruned).
@@ -196,8 +198,8 @@ class PruningCallback(Callback):
         scope: Literal["layer", "global"] = "layer",
         targets: list[str] | None = None,
         exclude: Sequence[str] | None = (),
-        dim: int = 0,
-        norm: float | str = 2,
+        dim: int | None = None,
+        norm: float | str | None = None,
         rewind: Rewind | None = None,
         make_permanent: bool = True,
         log_per_layer: bool = True,
@@ -226,8 +228,8 @@ class PruningCallback(Callback):
         self.rewind = rewind
         ignored = [
             a
-            for a, v, d in (("dim", dim, 0), ("norm", norm, 2))
-            if v != d and a in _IGNORED_ARGUMENTS.get(self.method_name, ())
+            for a, v in (("dim", dim), ("norm", norm))
+            if v is not None and a in _IGNORED_ARGUMENTS.get(self.method_name, ())
         ]
         if ignored:
             rank_zero_warn(f"`method={self.method_name!r}` takes no {' or '.join(f'`{a}`' for a in ignored)}: ignored")

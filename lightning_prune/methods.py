@@ -219,7 +219,7 @@ class CustomMethod(PruningMethod):
 
     random = True  # it may draw from the global RNG
 
-    def __init__(self, cls: type[torch_prune.BasePruningMethod], dim: int, norm: float) -> None:
+    def __init__(self, cls: type[torch_prune.BasePruningMethod], dim: int | None = None, norm: object = None) -> None:
         self.cls = cls
         self.name = f"{cls.__module__}.{cls.__qualname__}"
         parameters = inspect.signature(cls.__init__).parameters
@@ -236,11 +236,11 @@ class CustomMethod(PruningMethod):
                 f"pass (it passes `amount`, `dim` and `n` only); give them defaults"
             )
         self.takes_amount = "amount" in parameters
+        # `dim` and `n` as given, else the class's own defaults; the built-ins' 0 and 2 where it has none
         self.kwargs: dict[str, object] = {}
-        if "dim" in parameters:
-            self.kwargs["dim"] = dim
-        if "n" in parameters:
-            self.kwargs["n"] = norm
+        for name, value, fallback in (("dim", dim, 0), ("n", norm, 2)):
+            if name in parameters and (value is not None or parameters[name].default is inspect.Parameter.empty):
+                self.kwargs[name] = fallback if value is None else value
         self._probed: tuple[object] | None = None  # (its instances' `dim`,), once asked
         self.pruning_type = getattr(cls, "PRUNING_TYPE", "unstructured")
         if self.pruning_type not in ("unstructured", "structured", "global"):
@@ -350,7 +350,7 @@ def validate_norm(norm: object) -> float:
     if isinstance(norm, str) and norm.lower() in named:
         return named[norm.lower()]
     if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or math.isnan(norm):
-        raise ValueError(f"Expected `norm` to be a real number, 'inf', '-inf' or 'fro' (as for torch), got {norm!r}")
+        raise ValueError(f"Expected `norm` to be a real number, 'inf', '-inf' or 'fro', got {norm!r}")
     return float(norm)
 
 
@@ -361,19 +361,22 @@ def _import(path: str) -> object:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def resolve_method(method: MethodArg, dim: int = 0, norm: object = 2) -> PruningMethod:
+def resolve_method(method: MethodArg, dim: int | None = None, norm: object = None) -> PruningMethod:
     """The :class:`PruningMethod` for a ``method`` argument of :class:`~lightning_prune.PruningCallback`.
 
     ``method`` is a built-in name, a ``BasePruningMethod`` subclass, or the import path of one
-    (``"my_package.FooBarPruningMethod"``, as YAML writes it).
+    (``"my_package.FooBarPruningMethod"``, as YAML writes it). ``dim`` and ``norm`` (``None``: 0
+    and 2) go to the built-in structured methods; a subclass whose ``__init__`` takes ``dim`` or
+    ``n`` gets them as given, and keeps its own defaults for those not given.
 
     Example:
         >>> resolve_method("ln_structured", dim=1, norm=1).dim
         1
     """
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise ValueError(f"Expected `dim` to be an int, got {dim!r}")
-    n = validate_norm(norm)
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral)):
+        raise ValueError(f"Expected `dim` to be an int or None, got {dim!r}")
+    dim = None if dim is None else int(dim)
+    n = 2.0 if norm is None else validate_norm(norm)
     if isinstance(method, torch_prune.BasePruningMethod):
         raise TypeError(
             f"Expected `method` to be a name or a `BasePruningMethod` subclass, got the instance {method!r}. "
@@ -388,9 +391,9 @@ def resolve_method(method: MethodArg, dim: int = 0, norm: object = 2) -> Pruning
         if method in builtin:
             return builtin[method]()
         if method == "ln_structured":
-            return LnStructured(dim, n)
+            return LnStructured(dim or 0, n)
         if method == "random_structured":
-            return RandomStructured(dim)
+            return RandomStructured(dim or 0)
         if "." not in method:
             raise ValueError(
                 f"Expected `method` to be one of {list(BUILTIN_METHODS)}, a `BasePruningMethod` subclass "
@@ -417,4 +420,4 @@ def resolve_method(method: MethodArg, dim: int = 0, norm: object = 2) -> Pruning
             f"`method={method.__name__}` is torch's container of pruning methods, not a method; expected one of "
             f"{list(BUILTIN_METHODS)} or a `BasePruningMethod` subclass that computes a mask"
         )
-    return CustomMethod(method, dim, n)
+    return CustomMethod(method, dim, norm)

@@ -532,6 +532,7 @@ def test_meta_parameters_are_refused_before_training(tmp_path: Path) -> None:
     [
         pytest.param({"norm": 1}, r"`method='l1_unstructured'` takes no `norm`", id="l1-norm"),
         pytest.param({"dim": 1, "norm": 1}, r"takes no `dim` or `norm`", id="l1-dim-norm"),
+        pytest.param({"dim": 0}, r"takes no `dim`", id="l1-dim-given-as-the-default"),
         pytest.param({"method": "random_structured", "norm": 1}, r"'random_structured'` takes no `norm`", id="random"),
         pytest.param({"method": "ln_structured", "dim": 1, "norm": 1}, None, id="ln-takes-both"),
     ],

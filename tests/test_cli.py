@@ -240,6 +240,29 @@ def test_custom_method_by_import_path(tmp_path, monkeypatch):
     assert torch.equal(mask, reference.bias_mask.bool())  # tensor([0., 1., 0., 1., ...]) in the tutorial
 
 
+def test_custom_method_keeps_its_own_dim(tmp_path, monkeypatch):
+    """YAML that gives no `dim` leaves torch's `LnStructured` its `dim=-1` (columns), as torch would."""
+    monkeypatch.chdir(tmp_path)
+    config = _write(
+        tmp_path,
+        """\
+        trainer:
+          callbacks:
+            - class_path: lightning_prune.PruningCallback
+              init_args:
+                method: torch.nn.utils.prune.LnStructured
+                targets: ["net.fc3.weight"]
+                schedule: 0.5
+                make_permanent: false
+        """,
+    )
+    cli = build_cli(
+        ["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]
+    )
+    mask = cli.model.net.fc3.weight_mask
+    assert int((~mask).all(0).sum()) == mask.shape[1] // 2 and not (~mask).all(1).any()
+
+
 def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeypatch):
     """A console script's `sys.path` starts with its own folder, not the current one: `main` adds the
     current one, so `method: my_methods.X` finds a `my_methods.py` beside the YAML."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -288,6 +289,80 @@ def test_custom_method_gets_fraction_of_what_remains() -> None:
     assert torch.equal(again, mask) and len(seen) == 2, "a met target changes nothing"
 
 
+class _ColumnL2(prune.LnStructured):
+    """Prunes columns unless told otherwise: its own defaults for `n` and `dim`."""
+
+    def __init__(self, amount: float, n: float = 2, dim: int = 1) -> None:
+        super().__init__(amount, n=n, dim=dim)
+
+
+class _EveryNth(prune.BasePruningMethod):
+    """Keeps every `n`-th surviving entry pruned; `n` must stay an int (it slices)."""
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, n: int = 3) -> None:
+        self.n = n
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        mask = default_mask.clone()
+        mask.view(-1)[:: self.n] = 0
+        return mask
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "reference"),
+    [
+        pytest.param(_ColumnL2, {}, lambda m: _ColumnL2.apply(m, "weight", 0.5, n=2, dim=1), id="own-dim-default"),
+        pytest.param(_ColumnL2, {"dim": 0}, lambda m: _ColumnL2.apply(m, "weight", 0.5, n=2, dim=0), id="dim-given"),
+        pytest.param(
+            prune.LnStructured, {}, lambda m: prune.ln_structured(m, "weight", 0.5, n=2, dim=-1), id="torch-dim-default"
+        ),
+        pytest.param(_EveryNth, {}, lambda m: _EveryNth.apply(m, "weight"), id="own-int-n"),
+        pytest.param(_EveryNth, {"norm": 4}, lambda m: _EveryNth.apply(m, "weight", n=4), id="int-n-given"),
+    ],
+)
+def test_custom_method_keeps_its_defaults_unless_given(cls, kwargs, reference) -> None:
+    """`dim` and `norm` reach a custom class only when given, and as given (an int stays an int);
+    where its `__init__` has no default for them, the built-ins' 0 and 2 (torch's `LnStructured` `n`)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 4)
+    weight = layer.weight.detach().clone()
+    reference(layer)
+    sparsity = float((layer.weight_mask == 0).float().mean())
+    ours = resolve_method(cls, **kwargs).masks([weight], [_ones(weight)], sparsity, scope="layer")[0]
+    assert torch.equal(ours, layer.weight_mask.bool())
+
+
+class _NextColumn(prune.BasePruningMethod):
+    """A "global" method that needs the whole tensor: a fresh mask pruning its first living column."""
+
+    PRUNING_TYPE = "global"
+
+    def __init__(self, amount: float) -> None:
+        self.amount = amount
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        column = int((default_mask == 0).all(0).sum())  # the columns pruned so far are the first ones
+        mask = torch.ones_like(default_mask)  # not `default_mask * ...`: forgets the earlier zeros
+        mask[:, column] = 0
+        return mask
+
+
+def test_a_global_type_custom_method_sees_the_whole_tensor_and_its_masks_never_regrow() -> None:
+    weight = torch.randn(4, 6)
+    method = resolve_method(_NextColumn)
+    mask = method.masks([weight], [_ones(weight)], 4 / 24, scope="layer")[0]
+    mask = method.masks([weight], [mask], 8 / 24, scope="layer")[0]
+    assert (~mask).all(0).tolist() == [True, True, False, False, False, False]
+    assert int((~mask).sum()) == 8
+
+
+def test_dim_takes_any_integer() -> None:
+    assert resolve_method("ln_structured", dim=np.int64(1)).dim == 1
+    assert resolve_method("ln_structured").dim == 0 and resolve_method("ln_structured").norm == 2.0
+
+
 @pytest.mark.parametrize(
     ("method", "error", "match"),
     [
@@ -303,7 +378,7 @@ def test_bad_methods(method, error, match) -> None:
         resolve_method(method)
 
 
-@pytest.mark.parametrize("norm", [float("nan"), "nuc", "foo", True, None])
+@pytest.mark.parametrize("norm", [float("nan"), "nuc", "foo", True, [2]])
 def test_bad_norm(norm) -> None:
     with pytest.raises(ValueError, match="`norm`"):
         resolve_method("ln_structured", norm=norm)
