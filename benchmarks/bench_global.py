@@ -59,7 +59,7 @@ def prune_ours(model: Any, sparsity: float = SPARSITY, already: int = 0) -> None
 
     targets = resolve_targets(model)
     masks = compute_masks(targets, resolve_method("l1_unstructured"), sparsity, scope="global")
-    commit_masks(targets, masks)
+    commit_masks(targets, masks, copy=False)  # the masks are handed over: no copy
 
 
 def prune_torch(model: Any, sparsity: float = SPARSITY, already: int = 0) -> None:

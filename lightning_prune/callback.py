@@ -727,10 +727,11 @@ class PruningCallback(Callback):
         return core.current_masks(self._targets, held)
 
     def _commit(self, masks: Sequence[Tensor], *, replace: bool = False) -> None:
+        # the masks are this callback's own (computed, or loaded) and kept by no one else: no copies
         if self._inplace is not None:
-            self._inplace.commit(self._targets, masks, replace=replace)
+            self._inplace.commit(self._targets, masks, replace=replace, copy=False)
         else:
-            core.commit_masks(self._targets, masks, replace=replace)
+            core.commit_masks(self._targets, masks, replace=replace, copy=False)
             model = self._model() if self._model is not None else None
             if model is not None:
                 reparam.hook_parents(model)  # attention reads `out_proj.weight` without calling `out_proj`

@@ -95,15 +95,20 @@ def compute_masks(
 
 
 @torch.no_grad()
-def commit_masks(targets: Sequence[Target], masks: Sequence[Tensor], *, replace: bool = False) -> None:
+def commit_masks(
+    targets: Sequence[Target], masks: Sequence[Tensor], *, replace: bool = False, copy: bool = True
+) -> None:
     """Write ``masks`` into every holder of every target, reparametrizing where needed.
 
     They are combined with the masks the holders have, unless ``replace`` (restoring saved masks).
+    A target reparametrized here gets a copy of its mask as the buffer, one for all holders of a
+    tied tensor; ``copy=False`` hands the mask over instead (the caller writes to it no more).
     """
     for target, mask in zip(targets, masks):
-        mask = mask.contiguous()  # an expanded all-True view: one buffer for all holders of a tied tensor
+        new = copy and any(reparam.find_hook(module, name) is None for module, name in target.holders)
+        mask = mask.to(target.parameter.device, torch.bool, copy=new).contiguous()  # not an expanded view
         for module, name in target.holders:
-            reparam.apply(module, name, mask, replace=replace)
+            reparam.apply(module, name, mask, replace=replace, copy=False)
 
 
 def make_permanent(targets: Sequence[Target]) -> None:

@@ -150,17 +150,21 @@ class InPlaceMasks:
         return [self.masks.get(t.qualname) for t in targets]
 
     @torch.no_grad()
-    def commit(self, targets: Sequence[Target], masks: Sequence[Tensor], *, replace: bool = False) -> None:
+    def commit(
+        self, targets: Sequence[Target], masks: Sequence[Tensor], *, replace: bool = False, copy: bool = True
+    ) -> None:
         """Store ``masks`` (combined with the current ones, unless ``replace``) and zero the pruned entries now.
 
         Pruned weights are zeroed, and so are their entries in the state of the attached
         zero-preserving optimizers (momentum, moments), which nothing else would clear; the
-        same happens to a weight's state when it gets its gradient hook.
+        same happens to a weight's state when it gets its gradient hook. A mask stored as it is
+        is a copy, unless ``copy=False`` (the caller hands it over and writes to it no more).
         """
         for target, mask in zip(targets, masks):
             param = target.parameter
-            new = mask.to(param.device, torch.bool).contiguous()  # not an expanded all-True view
             old = self.masks.get(target.qualname)
+            kept = old is None or replace  # stored as it is, not combined into a new tensor
+            new = mask.to(param.device, torch.bool, copy=copy and kept).contiguous()  # not an expanded view
             self.masks[target.qualname] = new if old is None or replace else old & new
         self._params.update((t.qualname, t.parameter) for t in targets)
         previous = dict(zip(map(id, self._weights), self._factors))

@@ -306,7 +306,7 @@ class CustomMethod(PruningMethod):
             flat_w = torch.cat([w.reshape(-1) for w in weights])
             flat_m = torch.cat([m.reshape(-1) for m in masks])
             new = self._one(flat_w, flat_m, sparsity)
-            return [part.view(m.shape) for part, m in zip(new.split([m.numel() for m in masks]), masks)]
+            return [part.view(m.shape).clone() for part, m in zip(new.split([m.numel() for m in masks]), masks)]
         return [self._one(w, m, sparsity) for w, m in zip(weights, masks)]
 
     def _one(self, weight: Tensor, mask: Tensor, sparsity: float) -> Tensor:

@@ -99,7 +99,9 @@ class MaskHook(torch_prune.BasePruningMethod):
         A change is a new mask object, a write that moves its version counter, or new memory under it
         (``mask.data = other``). A write through ``mask.data`` moves neither: it shows at the next commit.
         Made outside inference mode even for a forward inside it: an inference tensor could not be
-        saved for backward by the training forwards that reuse it.
+        saved for backward by the training forwards that reuse it. A mask without memory of its own
+        (one that ``torch.func`` transforms wrap, as ``functional_call`` under ``vmap`` passes) is
+        converted at every call and not kept.
         """
         cached = self._cache
         if (
@@ -109,8 +111,12 @@ class MaskHook(torch_prune.BasePruningMethod):
             or cached[2] != mask.data_ptr()
             or cached[3].dtype != dtype
         ):
+            try:
+                pointer = mask.data_ptr()
+            except RuntimeError:
+                return mask.to(dtype)
             with torch.inference_mode(False):
-                cached = self._cache = (mask, mask._version, mask.data_ptr(), mask.to(dtype))
+                cached = self._cache = (mask, mask._version, pointer, mask.to(dtype))
         return cached[3]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
@@ -132,9 +138,13 @@ class MaskHook(torch_prune.BasePruningMethod):
             orig.mul_(mask)
         module.__dict__.pop(name, None)
         rename_parameter(module, name + "_orig", name)
+        self._release(module)
+
+    def _release(self, module: nn.Module) -> None:
+        """Remove the ``load_state_dict`` hook, and the parents' hooks if no other tensor of ``module`` needs them."""
         for handle in self._handles[1:]:  # [forward pre-hook, load_state_dict pre-hook]
             handle.remove()
-        if not any(isinstance(h, MaskHook) and h is not self for h in module._forward_pre_hooks.values()):
+        if not any(_holds_mask_hook(h) and h is not self for h in module._forward_pre_hooks.values()):
             for handle in getattr(self, "_parents", []):  # the module's last pruned tensor: no parent hook needed
                 handle.remove()
 
@@ -170,8 +180,8 @@ class _LoadPlain:
         self.name = name
 
     def __call__(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        if self.name + "_orig" not in module._parameters:
-            return
+        if self.name + "_orig" not in module._parameters or not _holds_mask_hook(find_hook(module, self.name)):
+            return  # not pruned, or pruned again by torch alone after `prune.remove` took ours away
         plain, orig, mask = prefix + self.name, prefix + self.name + "_orig", prefix + self.name + "_mask"
         if plain in state_dict and orig not in state_dict:
             state_dict[orig] = state_dict.pop(plain)
@@ -206,6 +216,11 @@ def find_hook(module: nn.Module, name: str) -> torch_prune.BasePruningMethod | N
         if isinstance(hook, torch_prune.BasePruningMethod) and hook._tensor_name == name:
             return hook
     return None
+
+
+def _holds_mask_hook(hook: object) -> bool:
+    """Whether ``hook`` is a :class:`MaskHook` or torch's container of pruning methods holding one."""
+    return isinstance(hook, MaskHook) or any(isinstance(m, MaskHook) for m in getattr(hook, "_pruning_methods", ()))
 
 
 def is_reparametrized(module: nn.Module, name: str) -> bool:
@@ -260,7 +275,9 @@ def _register_hooks(module: nn.Module, name: str) -> MaskHook:
     return hook
 
 
-def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: bool = False) -> None:
+def apply(
+    module: nn.Module, name: str, mask: Tensor | None = None, *, replace: bool = False, copy: bool = True
+) -> None:
     """Reparametrize ``module.<name>`` (if needed) and set its mask.
 
     Args:
@@ -269,6 +286,9 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: 
         mask: the new boolean mask; ``None`` keeps the current one (all ``True`` if new).
             It is combined with the current mask: pruned entries stay pruned.
         replace: set ``mask`` as it is instead (restoring saved masks, not pruning further).
+        copy: a new ``<name>_mask`` buffer is a copy of ``mask``; ``False`` makes ``mask`` itself
+            the buffer where it is already a contiguous bool tensor on the parameter's device (the
+            caller hands it over, and writes to it no more).
 
     A tensor pruned by ``torch.nn.utils.prune`` is adopted: its mask is kept (as bool) and
     its hook is replaced, never doubled. On failure the module is left as it was.
@@ -287,7 +307,9 @@ def apply(module: nn.Module, name: str, mask: Tensor | None = None, *, replace: 
                 f"got {type(param).__name__ if param is None else param.dtype}"
             )
         _check_shape(name, mask, param.shape)
-        initial = torch.ones_like(param, dtype=torch.bool) if mask is None else mask.to(param.device, torch.bool)
+        initial = (
+            torch.ones_like(param, dtype=torch.bool) if mask is None else mask.to(param.device, torch.bool, copy=copy)
+        )
         initial = initial.contiguous()  # an expanded all-True view (see `core.all_true`) becomes a buffer
         rename_parameter(module, name, name + "_orig")
         try:
@@ -329,6 +351,9 @@ def remove(module: nn.Module, name: str) -> None:
         raise ValueError(f"Parameter `{name}` of {type(module).__name__} is not pruned; nothing to remove")
     if not isinstance(hook, MaskHook):
         torch_prune.remove(module, name)
+        for ours in getattr(hook, "_pruning_methods", ()):  # torch's pruning stacked on ours
+            if isinstance(ours, MaskHook):
+                ours._release(module)
         return
     hook.remove(module)
     for handle in hook._handles:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
+from fractions import Fraction
 
 __all__ = ["Constant", "Explicit", "Geometric", "Linear", "Polynomial", "Schedule"]
 
@@ -75,6 +76,15 @@ class Constant(Schedule):
         return self.start_epoch
 
 
+#: Integer powers up to this one are taken in exact arithmetic (the numbers grow with the power).
+_EXACT_POWERS = 64
+
+
+def _as_written(value: float) -> Fraction:
+    """``value`` as its shortest decimal form reads: ``0.1`` is 1/10, not the binary float nearest to it."""
+    return Fraction(repr(float(value)))
+
+
 class _Ramp(Schedule):
     """Events every ``every_n_epochs`` from ``start_epoch``, and at ``end_epoch``."""
 
@@ -97,7 +107,7 @@ class _Ramp(Schedule):
         self.end_epoch = _check_epoch("end_epoch", end_epoch, minimum=self.start_epoch)
         self.every_n_epochs = _check_epoch("every_n_epochs", every_n_epochs, minimum=1)
 
-    def _progress(self, fraction: float) -> float:
+    def _progress(self, fraction: Fraction) -> Fraction:
         raise NotImplementedError
 
     def sparsity_at(self, epoch: int) -> float | None:
@@ -105,11 +115,14 @@ class _Ramp(Schedule):
             return None
         if epoch != self.end_epoch and (epoch - self.start_epoch) % self.every_n_epochs:
             return None
-        if epoch == self.end_epoch:
-            # exactly as given: `s_i + (s_f - s_i) * 1.0` can miss it by an ulp, enough to change a count
+        if epoch == self.start_epoch == self.end_epoch:
             return self.final_sparsity
-        fraction = (epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)
-        return self.initial_sparsity + (self.final_sparsity - self.initial_sparsity) * self._progress(fraction)
+        # In exact arithmetic, on the arguments as written, and rounded once: the float formula misses
+        # by an ulp now and then (`Linear(0.1, 0, 7)` after epoch 5: 1/14 plus 2 ulps), enough to move
+        # `round(s * n)` off a tie.
+        initial, final = _as_written(self.initial_sparsity), _as_written(self.final_sparsity)
+        progress = self._progress(Fraction(epoch - self.start_epoch, self.end_epoch - self.start_epoch))
+        return float(initial + (final - initial) * progress)
 
     def last_epoch(self) -> int:
         return self.end_epoch
@@ -130,7 +143,7 @@ class Linear(_Ramp):
         [None, 0.0, 0.3, 0.6, None]
     """
 
-    def _progress(self, fraction: float) -> float:
+    def _progress(self, fraction: Fraction) -> Fraction:
         return fraction
 
 
@@ -167,8 +180,10 @@ class Polynomial(_Ramp):
             raise ValueError(f"Expected `power` > 0, got {power!r}")
         self.power: float = int(power) if isinstance(power, numbers.Integral) else float(power)
 
-    def _progress(self, fraction: float) -> float:
-        return 1.0 - (1.0 - fraction) ** self.power
+    def _progress(self, fraction: Fraction) -> Fraction:
+        if isinstance(self.power, int) and self.power <= _EXACT_POWERS:
+            return 1 - (1 - fraction) ** self.power
+        return 1 - Fraction((1.0 - float(fraction)) ** self.power)
 
 
 class Geometric(Schedule):

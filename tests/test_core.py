@@ -96,6 +96,16 @@ def test_an_unpruned_target_reads_as_an_all_true_mask_that_takes_no_memory() -> 
     assert sum(int((~t.mask).sum()) for t in targets) == round(0.5 * (200 * 300 + 10 * 200))
 
 
+def test_committed_masks_are_copies_unless_handed_over() -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    targets = resolve_targets(model)
+    masks = [torch.rand(t.parameter.shape, generator=torch.Generator().manual_seed(0)) > 0.5 for t in targets]
+    core.commit_masks(targets[:1], masks[:1])
+    core.commit_masks(targets[1:], masks[1:], copy=False)
+    assert model[0].weight_mask is not masks[0] and torch.equal(model[0].weight_mask, masks[0])
+    assert model[1].weight_mask is masks[1]
+
+
 def test_an_all_true_mask_committed_to_a_tied_tensor_is_one_buffer() -> None:
     first, second = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
     second.weight = first.weight

@@ -74,6 +74,18 @@ def test_checkpoint_is_plain_and_resumes_exactly(tmp_path) -> None:
         assert torch.equal(resumed.get_parameter(name), full.get_parameter(name)), name
 
 
+def test_stored_masks_are_copies_unless_handed_over() -> None:
+    layer = torch.nn.Linear(3, 2, bias=False)
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    masks = InPlaceMasks()
+    masks.commit(resolve_targets(layer), [mask])
+    mask[0, 0] = False  # the caller's tensor is its own
+    assert masks.masks["weight"].tolist() == [[True, False, True], [False, True, True]]
+    handed = torch.ones(2, 3, dtype=torch.bool)
+    masks.commit(resolve_targets(layer), [handed], replace=True, copy=False)
+    assert masks.masks["weight"] is handed
+
+
 def test_bad_masking() -> None:
     with pytest.raises(ValueError, match="`masking` to be 'reparametrize' or 'in_place', got 'lazy'"):
         PruningCallback(masking="lazy")  # type: ignore[arg-type]

@@ -358,6 +358,13 @@ def test_a_global_type_custom_method_sees_the_whole_tensor_and_its_masks_never_r
     assert int((~mask).sum()) == 8
 
 
+def test_a_custom_global_event_gives_each_tensor_a_mask_of_its_own() -> None:
+    """Not views of one concatenation: a buffer made of a view would save the whole of it."""
+    weights = [torch.randn(3, 4), torch.randn(50, 20)]
+    masks = resolve_method(prune.L1Unstructured).masks(weights, [_ones(w) for w in weights], 0.5, scope="global")
+    assert [m.untyped_storage().nbytes() for m in masks] == [12, 1000]
+
+
 def test_dim_takes_any_integer() -> None:
     assert resolve_method("ln_structured", dim=np.int64(1)).dim == 1
     assert resolve_method("ln_structured").dim == 0 and resolve_method("ln_structured").norm == 2.0

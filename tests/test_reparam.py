@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 import types
+from functools import partial
 
 import pytest
 import torch
@@ -143,6 +144,72 @@ def test_adopting_torch_pruning_stacked_on_ours_leaves_one_load_hook() -> None:
     assert len(layer._load_state_dict_pre_hooks) == 1
     reparam.remove(layer, "weight")
     assert not layer._load_state_dict_pre_hooks and not layer._forward_pre_hooks
+
+
+@pytest.mark.parametrize("remover", [prune.remove, reparam.remove], ids=["torch", "ours"])
+def test_removing_torch_pruning_stacked_on_ours_leaves_no_working_load_hook(remover) -> None:
+    """Once the container holding our hook is removed, a plain state dict is refused as torch alone refuses it."""
+    layer, alone = nn.Linear(4, 3), nn.Linear(4, 3)
+    reparam.apply(layer, "weight", _mask((3, 4)))
+    prune.l1_unstructured(layer, "weight", amount=0.3)  # a container holding our hook and torch's
+    remover(layer, "weight")
+    if remover is reparam.remove:
+        assert not layer._load_state_dict_pre_hooks
+    plain = nn.Linear(4, 3).state_dict()
+    for module in (layer, alone):
+        prune.random_unstructured(module, "weight", amount=0.5)
+        with pytest.raises(RuntimeError, match="Missing key"):
+            module.load_state_dict(plain)
+
+
+def test_a_mask_given_to_two_layers_becomes_a_buffer_of_each() -> None:
+    first, second = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+    mask = torch.tensor([[True, True], [False, True]])
+    for layer in (first, second):
+        reparam.apply(layer, "weight", mask)
+    reparam.update(second, "weight", torch.tensor([[False, True], [True, True]]))
+    assert first.weight_mask.tolist() == mask.tolist() == [[True, True], [False, True]]
+    assert second.weight_mask.tolist() == [[False, True], [False, True]]
+    handed = torch.tensor([[True, False], [True, True]])
+    third = nn.Linear(2, 2, bias=False)
+    reparam.apply(third, "weight", handed, copy=False)
+    assert third.weight_mask is handed
+
+
+def test_per_sample_gradients_and_ensembles_with_torch_func_as_for_torch() -> None:
+    """The recipes of `torch.func`'s documentation, with the buffers passed as transform arguments."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    x, y = torch.randn(5, 4), torch.randn(5, 3)
+
+    def pruned(ours: bool, seed: int) -> nn.Linear:
+        torch.manual_seed(seed)
+        layer = nn.Linear(4, 3)
+        mask = torch.rand(3, 4) > 0.5
+        if ours:
+            reparam.apply(layer, "weight", mask)
+        else:
+            prune.custom_from_mask(layer, "weight", mask)
+        return layer
+
+    results = []
+    for ours in (False, True):
+        layer = pruned(ours, 0)
+        params = {k: v.detach() for k, v in layer.named_parameters()}
+        buffers = {k: v.detach() for k, v in layer.named_buffers()}
+
+        def loss(params, buffers, sample, target, layer=layer):
+            out = functional_call(layer, (params, buffers), (sample.unsqueeze(0),))
+            return nn.functional.mse_loss(out, target.unsqueeze(0))
+
+        per_sample = vmap(grad(loss), in_dims=(None, None, 0, 0))(params, buffers, x, y)["weight_orig"]
+        models = [pruned(ours, seed) for seed in (1, 2, 3)]
+        stacked = stack_module_state(models)
+        base = pruned(ours, 4).to("meta")
+        ensemble = vmap(partial(functional_call, base), in_dims=((0, 0), None))(stacked, (x,))
+        assert torch.allclose(ensemble, torch.stack([m(x) for m in models]))
+        results.append(per_sample)
+    assert torch.allclose(results[0], results[1]) and results[1].shape == (5, 3, 4)
 
 
 def test_a_mask_given_new_memory_shows_in_the_next_forward() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from lightning_prune.schedules import Constant, Explicit, Geometric, Linear, Polynomial, Schedule, as_schedule
@@ -98,3 +100,23 @@ def test_ramps_end_exactly_at_final_sparsity(cls) -> None:
         assert schedule.sparsity_at(3) == final
         assert schedule.sparsity_at(0) == initial
     assert cls(0.3, start_epoch=2, end_epoch=2, initial_sparsity=0.03).sparsity_at(2) == 0.3
+
+
+@pytest.mark.parametrize("power", [None, 1, 2, 3])
+def test_ramps_between_their_ends_are_the_exact_value_rounded_once(power: int | None) -> None:
+    """``Linear(0.1, 0, 7)`` after epoch 5 is 1/14, not 1/14 plus 2 ulps: 35 entries then prune
+    ``round(2.5) = 2``, not 3."""
+    assert Linear(0.1, start_epoch=0, end_epoch=7).sparsity_at(5) == 1 / 14
+    for final in (0.07, 0.1, 0.15, 0.29, 0.55, 0.9):
+        for initial in (0.0, 0.03):
+            for end in range(1, 11):
+                ramp = (
+                    Linear(final, 0, end, initial_sparsity=initial)
+                    if power is None
+                    else Polynomial(final, 0, end, initial_sparsity=initial, power=power)
+                )
+                for epoch in range(end + 1):
+                    t = Fraction(epoch, end)
+                    progress = t if power is None else 1 - (1 - t) ** power
+                    exact = Fraction(str(initial)) + (Fraction(str(final)) - Fraction(str(initial))) * progress
+                    assert ramp.sparsity_at(epoch) == float(exact), (final, initial, end, epoch)
