@@ -32,7 +32,7 @@ from lightning_prune.lottery import Rewind, Snapshot, reinit_seed, reinitialize,
 from lightning_prune.methods import CustomMethod, MethodArg, resolve_method
 from lightning_prune.schedules import Schedule, as_schedule
 from lightning_prune.serialization import mask_checksum, pack_mask, plain_state_dict, unpack_mask
-from lightning_prune.targets import Target, resolve_targets
+from lightning_prune.targets import Target, computed_weights, resolve_targets
 
 __all__ = ["PruningCallback"]
 
@@ -252,6 +252,7 @@ class PruningCallback(Callback):
         self._round = 0  # pruning events that changed a mask
         self._rewind_pending = False  # an event changed a mask; the last pruning callback runs the rewind
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
+        self._stateless_resume = False  # resuming from a checkpoint without this callback's state
         self._trained = False  # whether this fit reached `on_train_start`
         self._fitting = False  # from `on_fit_start` to the end of the fit
         self._snapshot: Snapshot | None = None
@@ -299,6 +300,7 @@ class PruningCallback(Callback):
         _PlainCheckpointWeights.install(trainer.strategy, self)  # for a checkpoint evaluated after a fit, too
         if stage != "fit":
             return
+        self._stateless_resume = False  # until a checkpoint without this callback's state is loaded
         strategy = type(trainer.strategy).__name__
         if any(cls.__name__ in _SHARDED for cls in type(trainer.strategy).__mro__):
             raise NotImplementedError(
@@ -436,6 +438,13 @@ class PruningCallback(Callback):
         # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
+        computed = computed_weights(pl_module) if self.target_patterns is None else {}
+        if computed:
+            rank_zero_warn(
+                f"The default targets leave out {sorted(computed)}: computed from other parameters "
+                f"(torch.nn.utils.parametrize, weight_norm, spectral_norm), they are no parameters to prune; "
+                f"name what to prune in `targets`, from {sorted(n for names in computed.values() for n in names)}"
+            )
         if self.exclude:
             try:
                 selected = self._plain_keys(pl_module, resolve_targets(pl_module, self.target_patterns))  # every name
@@ -504,6 +513,15 @@ class PruningCallback(Callback):
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
         missed = range(self._done_epoch + 1, trainer.current_epoch)
+        if getattr(self, "_stateless_resume", False) and trainer.current_epoch > 0:
+            events = [e for e in missed if self._target(e) is not None]
+            if events:
+                rank_zero_warn(
+                    f"The checkpoint resumed from holds no state of this callback (was it written without it?): "
+                    f"the events after epochs {events}, all before epoch {trainer.current_epoch} where the fit "
+                    f"resumes, run now, one after another"
+                )
+        self._stateless_resume = False
         for epoch in missed:
             self._end_of_epoch(trainer, pl_module, epoch)
         self._rewind_all(trainer, pl_module)  # for the missed events of every pruning callback, once all ran
@@ -969,3 +987,4 @@ class PruningCallback(Callback):
                 f"`method`, `scope`, `targets` and `exclude` must match the run that wrote it, or the masks and "
                 f"schedule position are not restored"
             )
+        self._stateless_resume = self.state_key not in saved and not others

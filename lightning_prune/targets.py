@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_LAYERS", "Target", "resolve_targets"]
+__all__ = ["DEFAULT_LAYERS", "Target", "computed_weights", "resolve_targets"]
 
 DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _WILDCARDS = set("*?[")
@@ -79,6 +79,30 @@ def _is_float_parameter(param: object) -> bool:
         and not isinstance(param, nn.parameter.UninitializedParameter)
         and param.is_floating_point()
     )
+
+
+def computed_weights(model: nn.Module) -> dict[str, list[str]]:
+    """The default layers' ``weight`` s that are no parameter of their own, which the default targets leave out.
+
+    A weight that ``torch.nn.utils.parametrize`` (``parametrizations.weight_norm``,
+    ``spectral_norm``) or the older ``weight_norm``/``spectral_norm`` hooks compute from other
+    parameters; each maps to the floating-point parameters under its layer (``bias`` aside).
+
+    Example:
+        >>> from torch.nn.utils.parametrizations import weight_norm
+        >>> computed_weights(torch.nn.Sequential(weight_norm(torch.nn.Linear(2, 2)), torch.nn.Linear(2, 2)))
+        {'0.weight': ['0.parametrizations.weight.original0', '0.parametrizations.weight.original1']}
+    """
+    computed: dict[str, list[str]] = {}
+    for module_name, module in model.named_modules():
+        pruned = "weight_orig" in module._parameters and "weight_mask" in module._buffers
+        if not isinstance(module, DEFAULT_LAYERS) or "weight" in module._parameters or pruned:
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        held = [prefix + n for n, p in module.named_parameters() if n != "bias" and _is_float_parameter(p)]
+        if held:
+            computed[prefix + "weight"] = held
+    return computed
 
 
 def resolve_targets(

@@ -545,6 +545,23 @@ def test_arguments_a_method_ignores_warn(kwargs: dict[str, Any], match: str | No
     assert len(messages) == (0 if match is None else 1) and all(re.search(match, m) for m in messages if match)
 
 
+class _WeightNormed(TinyNet):
+    def __init__(self) -> None:
+        super().__init__()
+        nn.utils.parametrizations.weight_norm(self.fc1)
+
+
+def test_default_targets_that_leave_out_a_parametrized_weight_warn(tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, callbacks=[PruningCallback(schedule=0.5)], max_epochs=1).fit(
+            make_model(cls=_WeightNormed), make_loader()
+        )
+    messages = [str(w.message) for w in caught if "leave out" in str(w.message)]
+    assert len(messages) == 1 and "['fc1.weight']" in messages[0]
+    assert "['fc1.parametrizations.weight.original0', 'fc1.parametrizations.weight.original1']" in messages[0]
+
+
 def test_an_exclude_pattern_that_takes_out_no_target_warns(tmp_path: Path) -> None:
     callback = PruningCallback(schedule=0.5, exclude=["fc2.bias"])
     with warnings.catch_warnings(record=True) as caught:

@@ -593,6 +593,21 @@ def test_resume_with_a_different_configuration_warns(tmp_path) -> None:
         fit(PruningCallback(schedule=0.5, scope="global"), 2, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
 
 
+def test_a_resume_from_a_checkpoint_written_without_the_callback_warns_of_the_events_it_runs(tmp_path) -> None:
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="dense")
+    make_trainer(tmp_path, callbacks=[checkpoints], max_epochs=3, enable_checkpointing=True).fit(
+        make_model(), make_loader()
+    )
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5, 3: 0.6}), make_permanent=False)
+    model = make_model()
+    with pytest.warns(UserWarning, match=r"the events after epochs \[0, 1\], all before epoch 3") as caught:
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=4).fit(
+            model, make_loader(), ckpt_path=tmp_path / "ckpt" / "dense.ckpt"
+        )
+    assert sum("holds no state of this callback" in str(w.message) for w in caught) == 1
+    assert (~model.fc1.weight_mask).float().mean() == pytest.approx(0.6, abs=0.01)
+
+
 def test_mask_checksum_counts_and_sums_flat_indices_across_chunks(monkeypatch) -> None:
     """The ranks' mask check: surviving entries and the sum of their flat indices, chunk by chunk."""
     monkeypatch.setattr(serialization, "_CHUNK", 8)

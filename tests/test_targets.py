@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_prune import reparam
-from lightning_prune.targets import resolve_targets
+from lightning_prune.targets import computed_weights, resolve_targets
 from tests.tutorial import TutorialLeNet
 
 
@@ -18,6 +18,29 @@ def _names(targets) -> list[str]:
 def test_default_targets_are_linear_and_conv_weights() -> None:
     model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Conv3d(1, 1, 1), nn.LayerNorm(4), nn.Linear(4, 2))
     assert _names(resolve_targets(model)) == ["0.weight", "2.weight", "4.weight"]
+
+
+def test_weights_computed_from_other_parameters_are_named_for_the_warning() -> None:
+    """A parametrized, weight-normed or spectral-normed layer's `weight` is no parameter of its own."""
+    from torch.nn.utils import parametrizations, spectral_norm, weight_norm
+
+    layers = [
+        parametrizations.weight_norm(nn.Linear(2, 2)),
+        parametrizations.spectral_norm(nn.Linear(2, 2)),
+        weight_norm(nn.Conv1d(2, 2, 1)),
+        spectral_norm(nn.Linear(2, 2)),
+        nn.Linear(2, 2),
+    ]
+    model = nn.Sequential(*layers)
+    assert _names(resolve_targets(model)) == ["4.weight"]
+    assert computed_weights(model) == {
+        "0.weight": ["0.parametrizations.weight.original0", "0.parametrizations.weight.original1"],
+        "1.weight": ["1.parametrizations.weight.original"],
+        "2.weight": ["2.weight_g", "2.weight_v"],
+        "3.weight": ["3.weight_orig"],
+    }
+    reparam.apply(model[4], "weight")
+    assert "4.weight" not in computed_weights(model), "pruned here, not computed"
 
 
 def test_patterns_and_exclude() -> None:
