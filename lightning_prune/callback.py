@@ -251,6 +251,7 @@ class PruningCallback(Callback):
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
         self._rewind_pending = False  # an event changed a mask; the last pruning callback runs the rewind
+        self._snapshot_due = False  # the rewind epoch started: its first step takes the snapshot
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
         self._stateless_resume = False  # resuming from a checkpoint without this callback's state
         self._trained = False  # whether this fit reached `on_train_start`
@@ -301,6 +302,7 @@ class PruningCallback(Callback):
         if stage != "fit":
             return
         self._stateless_resume = False  # until a checkpoint without this callback's state is loaded
+        self._snapshot_due = False
         strategy = type(trainer.strategy).__name__
         if any(cls.__name__ in _SHARDED for cls in type(trainer.strategy).__mro__):
             raise NotImplementedError(
@@ -438,6 +440,7 @@ class PruningCallback(Callback):
         # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
+        self._check_weight_averaging(trainer, pl_module)
         computed = computed_weights(pl_module) if self.target_patterns is None else {}
         if computed:
             rank_zero_warn(
@@ -466,6 +469,30 @@ class PruningCallback(Callback):
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
         self._restore_pending()
+
+    def _check_weight_averaging(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Refuse reparametrizing beside a ``WeightAveraging`` callback (``EMAWeightAveraging``) that would
+        copy the new mask buffers into the model's other buffers.
+
+        It pairs the model's parameters and buffers with those of its averaged copy, made at ``setup``,
+        by position; the copy of a model with buffers of its own (batch norm) lacks the masks added since.
+        """
+        averaging = [
+            type(c).__name__
+            for c in trainer.callbacks  # type: ignore[attr-defined]
+            if any(cls.__name__ == "WeightAveraging" for cls in type(c).__mro__)
+        ]
+        if self._inplace is not None or not averaging or all(t.mask is not None for t in self._targets):
+            return
+        masks = {t.qualname + "_mask" for t in self._targets}
+        others = [name for name, _ in pl_module.named_buffers() if name not in masks]
+        if others:
+            raise ValueError(
+                f"`masking='reparametrize'` adds a `<name>_mask` buffer to each target, and {averaging[0]} pairs "
+                f"the model's parameters and buffers with its averaged copy's by position: it would copy masks "
+                f"into the buffers {others[:3]}{'...' if len(others) > 3 else ''}. Use `masking='in_place'`, "
+                f"which adds no buffers"
+            )
 
     def _restore_pending(self) -> None:
         """Set the masks loaded from a checkpoint (or kept from the last fit), as saved, if any."""
@@ -509,6 +536,7 @@ class PruningCallback(Callback):
             comm_hooks = bool(getattr(trainer.strategy.model, "_comm_hooks", None))
             self._inplace.attach(trainer.optimizers, per_step=comm_hooks)
         self._check_snapshot_fits(trainer, pl_module)
+        self._check_swa_start(trainer)
         self._check_scheduler_frequency(trainer)
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
@@ -530,7 +558,7 @@ class PruningCallback(Callback):
         # within this epoch, which a snapshot due at its start would come from.
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if missed and batches >= trainer.num_training_batches:
-            self._take_snapshot(trainer, pl_module)
+            self._snapshot_due = self._wants_snapshot(trainer)
         self._check_snapshot_due(trainer)
 
     def _check_snapshot_fits(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -557,7 +585,7 @@ class PruningCallback(Callback):
     def _check_snapshot_due(self, trainer: Trainer) -> None:
         """Refuse, before training, a run resumed past the start of the rewind's epoch from a checkpoint without
         a snapshot (written without rewinding), while an event would still prune: it would fail there."""
-        if self.rewind is None or self._snapshot is not None:
+        if self.rewind is None or self._snapshot is not None or self._snapshot_due:
             return
         epochs: Any = trainer.fit_loop.epoch_progress.current  # typed as a tracker without `started`
         if epochs.started <= self.rewind.epoch:
@@ -570,6 +598,27 @@ class PruningCallback(Callback):
                 f"epoch {later[0]} would have nothing to rewind to; resume from a checkpoint written with this "
                 f"`rewind`, or start the fit anew"
             )
+
+    def _check_swa_start(self, trainer: Trainer) -> None:
+        """Refuse, before training, a rewind to an epoch before ``StochasticWeightAveraging`` starts while an
+        event would prune from then on: it replaces the LR scheduler there, and the snapshot's could not be
+        restored into the new one."""
+        if self.rewind is None:
+            return
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if type(callback).__name__ != "StochasticWeightAveraging":
+                continue
+            start = callback._swa_epoch_start  # the 1-based epoch, an int once its `on_fit_start` ran
+            if not isinstance(start, int) or max(start - 1, 0) <= self.rewind.epoch:
+                continue
+            later = [e for e in self._pruning_events(trainer) if e >= start - 1 and e > self._done_epoch]
+            if later:
+                raise ValueError(
+                    f"`rewind={self.rewind}` restores the LR scheduler of epoch {self.rewind.epoch}'s start, but "
+                    f"StochasticWeightAveraging replaces it at the start of epoch {start - 1}, before the event "
+                    f"after epoch {later[0]}; start it at or before the rewind epoch "
+                    f"(`swa_epoch_start={self.rewind.epoch + 1}`), or rewind to an epoch after it starts"
+                )
 
     def _check_scheduler_frequency(self, trainer: Trainer) -> None:
         """Warn where a round cannot replay an epoch-interval LR scheduler of ``frequency`` f > 1: Lightning steps
@@ -605,10 +654,22 @@ class PruningCallback(Callback):
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rewind(trainer, pl_module)  # one a checkpoint written between two pruning callbacks' events left due
-        self._take_snapshot(trainer, pl_module)
+        self._snapshot_due = self._wants_snapshot(trainer)
+
+    def _wants_snapshot(self, trainer: Trainer) -> bool:
+        return self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # The snapshot of the rewind epoch's start is taken at its first step, after every `on_train_epoch_start`
+        # (other callbacks', whatever their order, and the module's): StochasticWeightAveraging replaces the LR
+        # scheduler in its own.
+        if self._snapshot_due:
+            self._take_snapshot(trainer, pl_module)
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
+        self._snapshot_due = False
+        if self._wants_snapshot(trainer):
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
 
     @override
@@ -664,6 +725,8 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._snapshot_due:  # an epoch without a step
+            self._take_snapshot(trainer, pl_module)
         self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
         self._rewind_all(trainer, pl_module)
 

@@ -24,7 +24,7 @@ import copy
 import hashlib
 import numbers
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -90,6 +90,8 @@ class Snapshot:
     tensors: dict[str, Tensor]
     optimizers: list[dict[str, Any]]
     schedulers: list[dict[str, Any]]
+    #: the optimizers' and schedulers' classes, by import path (``None``: not recorded, an older snapshot)
+    classes: tuple[list[str], list[str]] | None = None
 
     @classmethod
     @torch.no_grad()
@@ -98,6 +100,7 @@ class Snapshot:
             {k: v.detach().clone() for k, v in logical_tensors(module).items()},
             [copy.deepcopy(o.state_dict()) for o in optimizers],
             [copy.deepcopy(s.state_dict()) for s in schedulers],
+            _classes(optimizers, schedulers),
         )
 
     def check(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
@@ -129,6 +132,15 @@ class Snapshot:
                 f"Cannot rewind: the snapshot holds {len(self.optimizers)} optimizers and {len(self.schedulers)} "
                 f"schedulers, the trainer has {len(optimizers)} and {len(schedulers)}"
             )
+        if self.classes is not None:
+            for kind, before, after in zip(("optimizer", "scheduler"), self.classes, _classes(optimizers, schedulers)):
+                for i, (was, is_) in enumerate(zip(before, after)):
+                    if was != is_:
+                        raise RuntimeError(
+                            f"Cannot rewind: {kind} {i} is a {is_} now, the snapshot's was a {was} (was it replaced "
+                            f"after the snapshot, as StochasticWeightAveraging replaces the LR scheduler at its "
+                            f"`swa_epoch_start`? Start that at or before the rewind epoch)"
+                        )
         for i, (opt, state) in enumerate(zip(optimizers, self.optimizers)):
             saved = [len(g["params"]) for g in state["param_groups"]]
             now = [len(g["params"]) for g in opt.param_groups]
@@ -151,11 +163,18 @@ class Snapshot:
             sched.load_state_dict(copy.deepcopy(state))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tensors": self.tensors, "optimizers": self.optimizers, "schedulers": self.schedulers}
+        state = {"tensors": self.tensors, "optimizers": self.optimizers, "schedulers": self.schedulers}
+        return state if self.classes is None else {**state, "classes": [list(c) for c in self.classes]}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Snapshot:
-        return cls(dict(state["tensors"]), list(state["optimizers"]), list(state["schedulers"]))
+        classes = state.get("classes")  # absent from the snapshots of earlier versions
+        return cls(
+            dict(state["tensors"]),
+            list(state["optimizers"]),
+            list(state["schedulers"]),
+            None if classes is None else (list(classes[0]), list(classes[1])),
+        )
 
     def to(self, device: torch.device) -> Snapshot:
         """The snapshot with its module tensors on ``device``.
@@ -165,8 +184,15 @@ class Snapshot:
         """
         move = partial(apply_to_collection, dtype=Tensor, function=lambda t: t.to(device))
         if device.type != "cpu":
-            return Snapshot(move(self.tensors), self.optimizers, self.schedulers)
-        return Snapshot(move(self.tensors), move(self.optimizers), move(self.schedulers))
+            return Snapshot(move(self.tensors), self.optimizers, self.schedulers, self.classes)
+        return Snapshot(move(self.tensors), move(self.optimizers), move(self.schedulers), self.classes)
+
+
+def _classes(optimizers: Sequence[Any], schedulers: Sequence[Any]) -> tuple[list[str], list[str]]:
+    def path(obj: Any) -> str:
+        return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+    return [path(o) for o in optimizers], [path(s) for s in schedulers]
 
 
 @contextmanager
@@ -200,8 +226,9 @@ def reinitialize(module: nn.Module, seed: int) -> None:
     """Re-sample every submodule's parameters with its ``reset_parameters``, under ``seed``.
 
     Submodules are reset before the modules that hold them, as construction initialises them (a
-    ``nn.Transformer`` re-draws its layers' weights after they drew their own). The global RNG state
-    is left as it was. Masks are kept.
+    ``nn.Transformer`` re-draws its layers' weights after they drew their own), and a module's reset
+    that writes a submodule's pruned tensor (``nn.MultiheadAttention`` zeroes ``out_proj.bias``)
+    writes the tensor itself. The global RNG state is left as it was. Masks are kept.
 
     Example:
         >>> import torch
@@ -211,12 +238,14 @@ def reinitialize(module: nn.Module, seed: int) -> None:
         >>> torch.equal(before, layer.weight)
         False
     """
-    with seeded(seed, module.parameters()):
+    # every module plain for the whole pass: a module's reset may write its submodules' tensors
+    with seeded(seed, module.parameters()), ExitStack() as plain:
+        for sub in module.modules():
+            plain.enter_context(_plain(sub))
         for sub in reversed(list(module.modules())):
             reset = _reset(sub)
             if reset is not None:
-                with _plain(sub):
-                    reset()
+                reset()
 
 
 def uncovered_by_reset(module: nn.Module, names: Sequence[str]) -> list[str]:

@@ -562,6 +562,35 @@ def test_default_targets_that_leave_out_a_parametrized_weight_warn(tmp_path: Pat
     assert "['fc1.parametrizations.weight.original0', 'fc1.parametrizations.weight.original1']" in messages[0]
 
 
+class _WithNorm(TinyNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(self.fc1.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.norm(self.fc1(x))))
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_weight_averaging_with_buffers_refuses_the_reparametrization_before_training(tmp_path, masking) -> None:
+    """EMAWeightAveraging pairs parameters and buffers with its copy's by position: new mask buffers
+    would be copied into the batch norm's."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    model = make_model(cls=_WithNorm)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = make_trainer(
+        tmp_path, callbacks=[PruningCallback(schedule=0.5, masking=masking), EMAWeightAveraging()], max_epochs=2
+    )
+    if masking == "in_place":
+        trainer.fit(model, make_loader(), make_loader())
+        assert int((model.fc1.weight == 0).sum()) >= model.fc1.weight.numel() // 2
+        return
+    with pytest.raises(ValueError, match=r"EMAWeightAveraging pairs .* into the buffers \['norm.running_mean'"):
+        trainer.fit(model, make_loader(), make_loader())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
 def test_an_exclude_pattern_that_takes_out_no_target_warns(tmp_path: Path) -> None:
     callback = PruningCallback(schedule=0.5, exclude=["fc2.bias"])
     with warnings.catch_warnings(record=True) as caught:

@@ -299,6 +299,36 @@ def test_reinitialize_runs_the_attention_reset_and_submodules_first() -> None:
     assert torch.equal(attention.out_proj.bias, torch.zeros(8))
 
 
+class _ZeroInitBranch(nn.Module):
+    """A residual branch whose own reset zeroes its child's weight (after the child drew it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.fc.weight)
+
+
+def test_reinitialize_lets_a_module_reset_its_childrens_pruned_tensors() -> None:
+    """A parent's reset writes the pruned tensor itself (`weight_orig`), not the masked copy a
+    forward recomputes; as for `out_proj.bias` of an attention that prunes it."""
+    from lightning_prune import reparam
+    from lightning_prune.lottery import reinitialize
+
+    branch, attention = _ZeroInitBranch(), nn.MultiheadAttention(8, 2)
+    with torch.no_grad():
+        branch.fc.weight.fill_(1.0)
+        attention.out_proj.bias.fill_(1.0)
+    reparam.apply(branch.fc, "weight", torch.rand(4, 4, generator=torch.Generator().manual_seed(0)) > 0.5)
+    reparam.apply(attention.out_proj, "bias", torch.arange(8) % 2 == 0)
+    reinitialize(branch, seed=0)
+    reinitialize(attention, seed=0)
+    assert torch.equal(branch.fc.weight_orig, torch.zeros(4, 4)) and torch.equal(branch.fc.weight, torch.zeros(4, 4))
+    assert torch.equal(attention.out_proj.bias_orig, torch.zeros(8))
+
+
 def test_reinit_refuses_targets_no_reset_parameters_covers(tmp_path) -> None:
     class WithBare(Tiny):
         def __init__(self) -> None:
@@ -635,6 +665,50 @@ def _checkpoint_after_epoch_1(tmp_path: Path, rewind: Rewind | None) -> Path:
     _trainer(2, [callback, checkpoint], tmp_path, enable_checkpointing=True).fit(_model(), _data())
     (path,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
     return path
+
+
+def test_a_snapshot_refuses_an_lr_scheduler_replaced_since() -> None:
+    from lightning_prune.lottery import Snapshot
+
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    step = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    snapshot = Snapshot.from_state_dict(Snapshot.take(model, [opt], [step]).state_dict())
+    snapshot.check(model, [opt], [step])
+    swa = torch.optim.swa_utils.SWALR(opt, swa_lr=0.05)
+    with pytest.raises(RuntimeError, match=r"scheduler 0 is a torch.optim.swa_utils.SWALR now, the snapshot's was a "):
+        snapshot.check(model, [opt], [swa])
+    older = Snapshot.take(model, [opt], [step]).state_dict()
+    del older["classes"]  # written before the classes were recorded: not checked
+    Snapshot.from_state_dict(older).check(model, [opt], [swa])
+
+
+@pytest.mark.parametrize("order", ["pruning first", "averaging first"])
+def test_rounds_restore_the_scheduler_that_stochastic_weight_averaging_starts_at_the_rewind_epoch(
+    tmp_path, order: str
+) -> None:
+    """SWA replaces the LR scheduler in its `on_train_epoch_start`; the snapshot, taken at the epoch's
+    first step, holds the one it made, whatever the callbacks' order."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    callback = PruningCallback(schedule=Explicit({2: 0.5, 3: 0.75}), rewind=Rewind(epoch=1))
+    swa = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2, annealing_epochs=1)
+    probe = Probe("start")
+    callbacks = [callback, swa] if order == "pruning first" else [swa, callback]
+    _trainer(5, [*callbacks, probe], tmp_path).fit(_model(), _data())
+    assert [probe.seen[e]["lr"] for e in (3, 4)] == [probe.seen[1]["lr"]] * 2
+
+
+def test_a_rewind_before_stochastic_weight_averaging_starts_fails_before_training(tmp_path) -> None:
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    callback = PruningCallback(schedule=Explicit({2: 0.5, 3: 0.75}), rewind=Rewind(epoch=1))
+    swa = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=3)
+    model = _model()
+    before = _plain(model)
+    with pytest.raises(ValueError, match=r"replaces it at the start of epoch 2, before the event after epoch 2"):
+        _trainer(5, [callback, swa], tmp_path).fit(model, _data())
+    assert all(torch.equal(before[n], v) for n, v in _plain(model).items())
 
 
 @pytest.mark.parametrize("rewind", [Rewind(epoch=1), Rewind(epoch=0, reinit=True)], ids=["other-epoch", "other-arm"])
