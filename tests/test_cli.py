@@ -214,25 +214,29 @@ def test_an_error_from_a_users_class_keeps_the_usual_report(tmp_path, monkeypatc
         build_cli([f"--model=usernet.{cls}", "--model.final=1.5", "--trainer.logger=false"], run=False)
 
 
-def test_custom_method_by_import_path(tmp_path, monkeypatch):
+def _fit_with_method(tmp_path, monkeypatch, method: str, target: str):
+    """One epoch of the demo with one PruningCallback of `method` on `target`, its masks kept."""
     monkeypatch.chdir(tmp_path)
     config = _write(
         tmp_path,
-        """\
+        f"""\
         trainer:
           callbacks:
             - class_path: lightning_prune.PruningCallback
               init_args:
-                method: tests.custom_methods.FooBarPruningMethod
-                targets: ["net.fc3.bias"]
+                method: {method}
+                targets: ["{target}"]
                 schedule: 0.5
                 make_permanent: false
         """,
     )
-    cli = build_cli(
+    return build_cli(
         ["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]
     )
 
+
+def test_custom_method_by_import_path(tmp_path, monkeypatch):
+    cli = _fit_with_method(tmp_path, monkeypatch, "tests.custom_methods.FooBarPruningMethod", "net.fc3.bias")
     reference = nn.Linear(84, 10)
     FooBarPruningMethod.apply(reference, "bias")  # the tutorial's own call
     mask = cli.model.net.fc3.bias_mask
@@ -242,23 +246,7 @@ def test_custom_method_by_import_path(tmp_path, monkeypatch):
 
 def test_custom_method_keeps_its_own_dim(tmp_path, monkeypatch):
     """YAML that gives no `dim` leaves torch's `LnStructured` its `dim=-1` (columns), as torch would."""
-    monkeypatch.chdir(tmp_path)
-    config = _write(
-        tmp_path,
-        """\
-        trainer:
-          callbacks:
-            - class_path: lightning_prune.PruningCallback
-              init_args:
-                method: torch.nn.utils.prune.LnStructured
-                targets: ["net.fc3.weight"]
-                schedule: 0.5
-                make_permanent: false
-        """,
-    )
-    cli = build_cli(
-        ["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]
-    )
+    cli = _fit_with_method(tmp_path, monkeypatch, "torch.nn.utils.prune.LnStructured", "net.fc3.weight")
     mask = cli.model.net.fc3.weight_mask
     assert int((~mask).all(0).sum()) == mask.shape[1] // 2 and not (~mask).all(1).any()
 
