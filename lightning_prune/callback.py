@@ -541,7 +541,7 @@ class PruningCallback(Callback):
         # Run any event that the restored position says was missed (a checkpoint written between an
         # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
         missed = range(self._done_epoch + 1, trainer.current_epoch)
-        if getattr(self, "_stateless_resume", False) and trainer.current_epoch > 0:
+        if self._stateless_resume and trainer.current_epoch > 0:
             events = [e for e in missed if self._target(e) is not None]
             if events:
                 rank_zero_warn(
@@ -608,14 +608,14 @@ class PruningCallback(Callback):
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if type(callback).__name__ != "StochasticWeightAveraging":
                 continue
-            start = callback._swa_epoch_start  # the 1-based epoch, an int once its `on_fit_start` ran
-            if not isinstance(start, int) or max(start - 1, 0) <= self.rewind.epoch:
+            start = callback.swa_start  # 0-based, since its `on_fit_start`
+            if start <= self.rewind.epoch:
                 continue
-            later = [e for e in self._pruning_events(trainer) if e >= start - 1 and e > self._done_epoch]
+            later = [e for e in self._pruning_events(trainer) if e >= start and e > self._done_epoch]
             if later:
                 raise ValueError(
                     f"`rewind={self.rewind}` restores the LR scheduler of epoch {self.rewind.epoch}'s start, but "
-                    f"StochasticWeightAveraging replaces it at the start of epoch {start - 1}, before the event "
+                    f"StochasticWeightAveraging replaces it at the start of epoch {start}, before the event "
                     f"after epoch {later[0]}; start it at or before the rewind epoch "
                     f"(`swa_epoch_start={self.rewind.epoch + 1}`), or rewind to an epoch after it starts"
                 )

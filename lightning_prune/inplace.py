@@ -163,9 +163,10 @@ class InPlaceMasks:
         for target, mask in zip(targets, masks):
             param = target.parameter
             old = self.masks.get(target.qualname)
-            kept = old is None or replace  # stored as it is, not combined into a new tensor
-            new = mask.to(param.device, torch.bool, copy=copy and kept).contiguous()  # not an expanded view
-            self.masks[target.qualname] = new if old is None or replace else old & new
+            if old is None or replace:  # stored as it is: not an expanded all-True view
+                self.masks[target.qualname] = mask.to(param.device, torch.bool, copy=copy).contiguous()
+            else:
+                self.masks[target.qualname] = old & mask.to(param.device, torch.bool)
         self._params.update((t.qualname, t.parameter) for t in targets)
         previous = dict(zip(map(id, self._weights), self._factors))
         self._weights = [self._params[name] for name in self.masks]
