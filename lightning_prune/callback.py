@@ -131,14 +131,6 @@ def _prunes(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
 
 
-#: The arguments each built-in method ignores.
-_IGNORED_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "l1_unstructured": ("dim", "norm"),
-    "random_unstructured": ("dim", "norm"),
-    "random_structured": ("norm",),
-}
-
-
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
     """The Trainer's pruning callbacks, in its order."""
     return [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
@@ -199,7 +191,7 @@ class PruningCallback(Callback):
         targets: list[str] | None = None,
         exclude: Sequence[str] | None = (),
         dim: int | None = None,
-        norm: float | str | None = None,
+        norm: int | float | str | None = None,
         rewind: Rewind | None = None,
         make_permanent: bool = True,
         log_per_layer: bool = True,
@@ -227,9 +219,7 @@ class PruningCallback(Callback):
             raise ValueError(f"Expected `rewind` to be a Rewind(epoch=..., reinit=...) or None, got {rewind!r}")
         self.rewind = rewind
         ignored = [
-            a
-            for a, v in (("dim", dim), ("norm", norm))
-            if v is not None and a in _IGNORED_ARGUMENTS.get(self.method_name, ())
+            a for a, v, p in (("dim", dim, "dim"), ("norm", norm, "n")) if v is not None and p not in self._method.takes
         ]
         if ignored:
             rank_zero_warn(f"`method={self.method_name!r}` takes no {' or '.join(f'`{a}`' for a in ignored)}: ignored")
@@ -251,7 +241,7 @@ class PruningCallback(Callback):
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
         self._rewind_pending = False  # an event changed a mask; the last pruning callback runs the rewind
-        self._snapshot_due = False  # the rewind epoch started: its first step takes the snapshot
+        self._snapshot_recheck = False  # a snapshot just taken: its first step takes replaced optimizers anew
         self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
         self._stateless_resume = False  # resuming from a checkpoint without this callback's state
         self._trained = False  # whether this fit reached `on_train_start`
@@ -302,7 +292,7 @@ class PruningCallback(Callback):
         if stage != "fit":
             return
         self._stateless_resume = False  # until a checkpoint without this callback's state is loaded
-        self._snapshot_due = False
+        self._snapshot_recheck = False
         strategy = type(trainer.strategy).__name__
         if any(cls.__name__ in _SHARDED for cls in type(trainer.strategy).__mro__):
             raise NotImplementedError(
@@ -471,27 +461,28 @@ class PruningCallback(Callback):
         self._restore_pending()
 
     def _check_weight_averaging(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Refuse reparametrizing beside a ``WeightAveraging`` callback (``EMAWeightAveraging``) that would
-        copy the new mask buffers into the model's other buffers.
+        """Refuse reparametrizing beside a ``WeightAveraging`` callback (``EMAWeightAveraging``) on a model with
+        buffers.
 
         It pairs the model's parameters and buffers with those of its averaged copy, made at ``setup``,
-        by position; the copy of a model with buffers of its own (batch norm) lacks the masks added since.
+        by position, and copies the averages back at the end of training: the mask buffers added since
+        would shift a batch norm's out of line, and masks in the copy (a model pruned before) would be
+        averaged, and their average copied back over this fit's masks.
         """
         averaging = [
             type(c).__name__
             for c in trainer.callbacks  # type: ignore[attr-defined]
             if any(cls.__name__ == "WeightAveraging" for cls in type(c).__mro__)
         ]
-        if self._inplace is not None or not averaging or all(t.mask is not None for t in self._targets):
+        if self._inplace is not None or not averaging:
             return
-        masks = {t.qualname + "_mask" for t in self._targets}
-        others = [name for name, _ in pl_module.named_buffers() if name not in masks]
-        if others:
+        buffers = [name for name, _ in pl_module.named_buffers()]
+        if buffers:
             raise ValueError(
-                f"`masking='reparametrize'` adds a `<name>_mask` buffer to each target, and {averaging[0]} pairs "
-                f"the model's parameters and buffers with its averaged copy's by position: it would copy masks "
-                f"into the buffers {others[:3]}{'...' if len(others) > 3 else ''}. Use `masking='in_place'`, "
-                f"which adds no buffers"
+                f"`masking='reparametrize'` keeps a `<name>_mask` buffer per target, and {averaging[0]} pairs the "
+                f"model's parameters and buffers with its averaged copy's by position and copies the averages back: "
+                f"on this model, with the buffers {buffers[:3]}{'...' if len(buffers) > 3 else ''}, it would mix "
+                f"masks and other buffers. Use `masking='in_place'`, which adds no buffers"
             )
 
     def _restore_pending(self) -> None:
@@ -558,7 +549,7 @@ class PruningCallback(Callback):
         # within this epoch, which a snapshot due at its start would come from.
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if missed and batches >= trainer.num_training_batches:
-            self._snapshot_due = self._wants_snapshot(trainer)
+            self._take_snapshot(trainer, pl_module)
         self._check_snapshot_due(trainer)
 
     def _check_snapshot_fits(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -570,7 +561,18 @@ class PruningCallback(Callback):
             self._target(e) is not None for e in self._fit_epochs(trainer) if e > self._done_epoch
         ):
             return  # nothing left to rewind after
-        self._check_snapshot(trainer, pl_module, ": the snapshot restored from the checkpoint does not fit this run. ")
+        # StochasticWeightAveraging, resumed past its start, drops the LR schedulers and makes its own at this
+        # epoch's start: they are checked at the events
+        replaced = any(
+            type(c).__name__ == "StochasticWeightAveraging" and c.swa_start <= trainer.current_epoch
+            for c in trainer.callbacks  # type: ignore[attr-defined]
+        )
+        self._check_snapshot(
+            trainer,
+            pl_module,
+            ": the snapshot restored from the checkpoint does not fit this run. ",
+            schedulers=not replaced,
+        )
 
     def _pruning_events(self, trainer: Trainer) -> list[int]:
         """The epochs of this fit whose event targets more than every event before it: each prunes, and rewinds."""
@@ -585,7 +587,7 @@ class PruningCallback(Callback):
     def _check_snapshot_due(self, trainer: Trainer) -> None:
         """Refuse, before training, a run resumed past the start of the rewind's epoch from a checkpoint without
         a snapshot (written without rewinding), while an event would still prune: it would fail there."""
-        if self.rewind is None or self._snapshot is not None or self._snapshot_due:
+        if self.rewind is None or self._snapshot is not None:
             return
         epochs: Any = trainer.fit_loop.epoch_progress.current  # typed as a tracker without `started`
         if epochs.started <= self.rewind.epoch:
@@ -643,34 +645,40 @@ class PruningCallback(Callback):
                     f"did; place the events so that (event + 1 - {k}) % {f} == 0 for each"
                 )
 
-    def _check_snapshot(self, trainer: Trainer, pl_module: LightningModule, before: str, after: str = "") -> None:
-        """:meth:`Snapshot.check`, its error raised again as ``rewind=...<before><error><after>``."""
+    def _check_snapshot(
+        self, trainer: Trainer, pl_module: LightningModule, before: str, after: str = "", *, schedulers: bool = True
+    ) -> None:
+        """:meth:`Snapshot.check` (of the LR schedulers too, if ``schedulers``), its error raised again as
+        ``rewind=...<before><error><after>``."""
         assert self.rewind is not None and self._snapshot is not None
         try:
-            self._snapshot.check(pl_module, trainer.optimizers, self._schedulers(trainer))
+            self._snapshot.check(pl_module, trainer.optimizers, self._schedulers(trainer) if schedulers else None)
         except RuntimeError as err:
             raise RuntimeError(f"`rewind=Rewind(epoch={self.rewind.epoch})`{before}{err}{after}") from err
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rewind(trainer, pl_module)  # one a checkpoint written between two pruning callbacks' events left due
-        self._snapshot_due = self._wants_snapshot(trainer)
+        self._take_snapshot(trainer, pl_module)
 
-    def _wants_snapshot(self, trainer: Trainer) -> bool:
-        return self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch
+    def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
+            self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
+            self._snapshot_recheck = True
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        # The snapshot of the rewind epoch's start is taken at its first step, after every `on_train_epoch_start`
-        # (other callbacks', whatever their order, and the module's): StochasticWeightAveraging replaces the LR
-        # scheduler in its own.
-        if self._snapshot_due:
-            self._take_snapshot(trainer, pl_module)
+        if self._snapshot_recheck:
+            self._retake_replaced(trainer)
 
-    def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._snapshot_due = False
-        if self._wants_snapshot(trainer):
-            self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
+    def _retake_replaced(self, trainer: Trainer) -> None:
+        """At the rewind epoch's first step (or its end, without one), take anew the optimizers and LR schedulers
+        that another callback's ``on_train_epoch_start`` replaced after the snapshot: StochasticWeightAveraging
+        replaces the scheduler at its start, once. The rest stays as the epoch started, before the hooks that
+        each round runs again."""
+        self._snapshot_recheck = False
+        if self._snapshot is not None:
+            self._snapshot = self._snapshot.retake_replaced(trainer.optimizers, self._schedulers(trainer))
 
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
@@ -725,8 +733,8 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._snapshot_due:  # an epoch without a step
-            self._take_snapshot(trainer, pl_module)
+        if self._snapshot_recheck:  # an epoch without a step
+            self._retake_replaced(trainer)
         self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
         self._rewind_all(trainer, pl_module)
 

@@ -103,16 +103,30 @@ class Snapshot:
             _classes(optimizers, schedulers),
         )
 
-    def check(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
+    def retake_replaced(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> Snapshot:
+        """The snapshot with the states of ``optimizers`` and ``schedulers`` taken anew if any was replaced since
+        (another class or another number of them); itself otherwise."""
+        if self.classes is not None and _classes(optimizers, schedulers) == self.classes:
+            return self
+        return Snapshot(
+            self.tensors,
+            [copy.deepcopy(o.state_dict()) for o in optimizers],
+            [copy.deepcopy(s.state_dict()) for s in schedulers],
+            _classes(optimizers, schedulers),
+        )
+
+    def check(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any] | None) -> None:
         """Raise a ``RuntimeError`` if :meth:`restore` could not restore the snapshot into these objects.
 
         The module must hold the same tensors (names and shapes), and there must be as many optimizers
-        and schedulers, each optimizer with the same parameter groups (as many, of the same sizes).
-        Nothing is written.
+        and schedulers, of the same classes, each optimizer with the same parameter groups (as many, of
+        the same sizes). ``schedulers=None`` leaves them out of the check. Nothing is written.
         """
         self._checked(module, optimizers, schedulers)
 
-    def _checked(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> dict[str, Tensor]:
+    def _checked(
+        self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any] | None
+    ) -> dict[str, Tensor]:
         """:meth:`check`, returning the module's tensors by name."""
         live = logical_tensors(module)
         if live.keys() != self.tensors.keys():
@@ -127,13 +141,15 @@ class Snapshot:
         ]
         if resized:
             raise RuntimeError(f"Cannot rewind: tensors changed shape since the snapshot ({', '.join(resized)})")
-        if len(optimizers) != len(self.optimizers) or len(schedulers) != len(self.schedulers):
+        live_schedulers = len(self.schedulers) if schedulers is None else len(schedulers)
+        if len(optimizers) != len(self.optimizers) or live_schedulers != len(self.schedulers):
             raise RuntimeError(
                 f"Cannot rewind: the snapshot holds {len(self.optimizers)} optimizers and {len(self.schedulers)} "
-                f"schedulers, the trainer has {len(optimizers)} and {len(schedulers)}"
+                f"schedulers, the trainer has {len(optimizers)} and {live_schedulers}"
             )
         if self.classes is not None:
-            for kind, before, after in zip(("optimizer", "scheduler"), self.classes, _classes(optimizers, schedulers)):
+            kinds = zip(("optimizer", "scheduler"), self.classes, _classes(optimizers, schedulers or ()))
+            for kind, before, after in list(kinds)[: 1 if schedulers is None else 2]:
                 for i, (was, is_) in enumerate(zip(before, after)):
                     if was != is_:
                         raise RuntimeError(

@@ -44,6 +44,8 @@ class PruningMethod:
     name: str = ""
     structured: bool = False
     random: bool = False  # draws random numbers: :meth:`masks` takes a generator (seeded alike on every rank)
+    #: which of the callback's ``dim`` and ``norm`` (torch's ``n``) it uses
+    takes: frozenset[str] = frozenset()
 
     def masks(
         self,
@@ -138,6 +140,7 @@ def _check_dim(dim: int, qualname: str, shape: torch.Size) -> None:
 
 class _Structured(PruningMethod):
     structured = True
+    takes = frozenset({"dim"})
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -184,6 +187,7 @@ class LnStructured(_Structured):
     """
 
     name = "ln_structured"
+    takes = frozenset({"dim", "n"})
 
     def __init__(self, dim: int, norm: float) -> None:
         super().__init__(dim)
@@ -236,10 +240,11 @@ class CustomMethod(PruningMethod):
                 f"pass (it passes `amount`, `dim` and `n` only); give them defaults"
             )
         self.takes_amount = "amount" in parameters
+        self.takes = frozenset(name for name in ("dim", "n") if name in parameters)
         # `dim` and `n` as given, else the class's own defaults; the built-ins' 0 and 2 where it has none
         self.kwargs: dict[str, object] = {}
         for name, value, fallback in (("dim", dim, 0), ("n", norm, 2)):
-            if name in parameters and (value is not None or parameters[name].default is inspect.Parameter.empty):
+            if name in self.takes and (value is not None or parameters[name].default is inspect.Parameter.empty):
                 self.kwargs[name] = fallback if value is None else value
         self._probed: tuple[object] | None = None  # (its instances' `dim`,), once asked
         self.pruning_type = getattr(cls, "PRUNING_TYPE", "unstructured")
@@ -420,4 +425,6 @@ def resolve_method(method: MethodArg, dim: int | None = None, norm: object = Non
             f"`method={method.__name__}` is torch's container of pruning methods, not a method; expected one of "
             f"{list(BUILTIN_METHODS)} or a `BasePruningMethod` subclass that computes a mask"
         )
-    return CustomMethod(method, dim, norm)
+    # a real number as given (an int stays an int), a named norm as the number torch's `n` takes
+    given = None if norm is None else norm if isinstance(norm, numbers.Real) else n
+    return CustomMethod(method, dim, given)

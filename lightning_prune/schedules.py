@@ -178,7 +178,8 @@ class Polynomial(_Ramp):
         super().__init__(final_sparsity, start_epoch, end_epoch, initial_sparsity, every_n_epochs)
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
             raise ValueError(f"Expected `power` > 0, got {power!r}")
-        self.power: float = int(power) if isinstance(power, numbers.Integral) else float(power)
+        # a whole number as an int (YAML's `3.0` too): its ramp is then computed exactly
+        self.power: float = int(power) if float(power).is_integer() else float(power)
 
     def _progress(self, fraction: Fraction) -> Fraction:
         if isinstance(self.power, int) and self.power <= _EXACT_POWERS:

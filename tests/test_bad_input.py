@@ -535,6 +535,11 @@ def test_meta_parameters_are_refused_before_training(tmp_path: Path) -> None:
         pytest.param({"dim": 0}, r"takes no `dim`", id="l1-dim-given-as-the-default"),
         pytest.param({"method": "random_structured", "norm": 1}, r"'random_structured'` takes no `norm`", id="random"),
         pytest.param({"method": "ln_structured", "dim": 1, "norm": 1}, None, id="ln-takes-both"),
+        pytest.param(
+            {"method": prune.L1Unstructured, "dim": 1, "norm": 3}, r"takes no `dim` or `norm`", id="custom-neither"
+        ),
+        pytest.param({"method": prune.RandomStructured, "norm": 3}, r"takes no `norm`", id="custom-takes-no-n"),
+        pytest.param({"method": prune.LnStructured, "dim": 1, "norm": 1}, None, id="custom-takes-both"),
     ],
 )
 def test_arguments_a_method_ignores_warn(kwargs: dict[str, Any], match: str | None) -> None:
@@ -586,9 +591,23 @@ def test_weight_averaging_with_buffers_refuses_the_reparametrization_before_trai
         trainer.fit(model, make_loader(), make_loader())
         assert int((model.fc1.weight == 0).sum()) >= model.fc1.weight.numel() // 2
         return
-    with pytest.raises(ValueError, match=r"EMAWeightAveraging pairs .* into the buffers \['norm.running_mean'"):
+    with pytest.raises(ValueError, match=r"EMAWeightAveraging pairs .* with the buffers \['norm.running_mean'"):
         trainer.fit(model, make_loader(), make_loader())
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_weight_averaging_refuses_the_reparametrization_of_a_model_pruned_before(tmp_path) -> None:
+    """Its averaged copy would hold the masks of the fit before, and their average would come back
+    over the masks of this fit."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    model = make_model()
+    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=0.3, make_permanent=False)], max_epochs=1).fit(
+        model, make_loader()
+    )
+    again = make_trainer(tmp_path, callbacks=[PruningCallback(schedule=0.6), EMAWeightAveraging()], max_epochs=1)
+    with pytest.raises(ValueError, match=r"with the buffers \['fc1.weight_mask', 'fc2.weight_mask'\]"):
+        again.fit(model, make_loader())
 
 
 def test_an_exclude_pattern_that_takes_out_no_target_warns(tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def test_an_error_from_a_users_class_keeps_the_usual_report(tmp_path, monkeypatc
         build_cli([f"--model=usernet.{cls}", "--model.final=1.5", "--trainer.logger=false"], run=False)
 
 
-def _fit_with_method(tmp_path, monkeypatch, method: str, target: str):
+def _fit_with_method(tmp_path, monkeypatch, method: str, target: str, norm: str = "null"):
     """One epoch of the demo with one PruningCallback of `method` on `target`, its masks kept."""
     monkeypatch.chdir(tmp_path)
     config = _write(
@@ -227,6 +227,7 @@ def _fit_with_method(tmp_path, monkeypatch, method: str, target: str):
                 method: {method}
                 targets: ["{target}"]
                 schedule: 0.5
+                norm: {norm}
                 make_permanent: false
         """,
     )
@@ -249,6 +250,12 @@ def test_custom_method_keeps_its_own_dim(tmp_path, monkeypatch):
     cli = _fit_with_method(tmp_path, monkeypatch, "torch.nn.utils.prune.LnStructured", "net.fc3.weight")
     mask = cli.model.net.fc3.weight_mask
     assert int((~mask).all(0).sum()) == mask.shape[1] // 2 and not (~mask).all(1).any()
+
+
+def test_an_int_norm_in_yaml_reaches_a_custom_method_as_an_int(tmp_path, monkeypatch):
+    """`tests.test_methods._EveryNth` slices by its `n`, which a float would break."""
+    cli = _fit_with_method(tmp_path, monkeypatch, "tests.test_methods._EveryNth", "net.fc3.bias", norm="4")
+    assert cli.model.net.fc3.bias_mask.tolist() == [i % 4 != 0 for i in range(10)]
 
 
 def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeypatch):

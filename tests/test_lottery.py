@@ -329,6 +329,36 @@ def test_reinitialize_lets_a_module_reset_its_childrens_pruned_tensors() -> None
     assert torch.equal(attention.out_proj.bias_orig, torch.zeros(8))
 
 
+class _Probed(nn.Module):
+    """A data-dependent initialisation: its reset runs a forward through its pruned child."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("probe", torch.ones(2, 4))
+        self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.fc.weight.div_(self(self.probe).std())
+
+
+def test_reinitialize_runs_a_reset_that_calls_forward_through_a_pruned_child() -> None:
+    from lightning_prune import reparam
+    from lightning_prune.lottery import reinitialize
+
+    model = _Probed()
+    mask = torch.rand(4, 4, generator=torch.Generator().manual_seed(0)) > 0.5
+    reparam.apply(model.fc, "weight", mask)
+    before = model.fc.weight_orig.detach().clone()
+    reinitialize(model, seed=0)
+    assert not torch.equal(model.fc.weight_orig, before)
+    assert torch.equal(model.fc.weight, model.fc.weight_orig * mask)
+
+
 def test_reinit_refuses_targets_no_reset_parameters_covers(tmp_path) -> None:
     class WithBare(Tiny):
         def __init__(self) -> None:
@@ -697,6 +727,52 @@ def test_rounds_restore_the_scheduler_that_stochastic_weight_averaging_starts_at
     callbacks = [callback, swa] if order == "pruning first" else [swa, callback]
     _trainer(5, [*callbacks, probe], tmp_path).fit(_model(), _data())
     assert [probe.seen[e]["lr"] for e in (3, 4)] == [probe.seen[1]["lr"]] * 2
+
+
+def test_a_rewind_with_stochastic_weight_averaging_resumes(tmp_path) -> None:
+    """Resumed past its start, SWA drops the LR schedulers and makes its own at the epoch's start: the
+    snapshot's scheduler is checked at the event, not refused at train start."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    def callbacks() -> list:
+        return [
+            PruningCallback(schedule=Explicit({1: 0.5, 3: 0.7}), rewind=Rewind(epoch=1), make_permanent=False),
+            StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2),
+        ]
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    whole = _model()
+    _trainer(5, [*callbacks(), checkpoints], tmp_path, enable_checkpointing=True).fit(whole, _data())
+    for epoch in (1, 2):
+        resumed = _model()
+        _trainer(5, callbacks(), tmp_path).fit(resumed, _data(), ckpt_path=tmp_path / "ckpt" / f"epoch={epoch}.ckpt")
+        for name in WEIGHTS:
+            assert torch.equal(resumed.get_buffer(name + "_mask"), whole.get_buffer(name + "_mask")), (epoch, name)
+
+
+class _Annealed(Tiny):
+    """A buffer that each epoch's `on_train_epoch_start` halves: each round runs it again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    def on_train_epoch_start(self) -> None:
+        self.temperature.mul_(0.5)
+
+
+@pytest.mark.parametrize("pruning_first", [True, False])
+def test_rounds_start_as_the_rewind_epoch_did_after_epoch_start_hooks_run_again(tmp_path, pruning_first) -> None:
+    class FirstStep(Callback):
+        seen: dict[int, float] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 0:
+                self.seen[trainer.current_epoch] = float(pl_module.temperature)
+
+    callback, probe = PruningCallback(schedule=Explicit({1: 0.5, 2: 0.7}), rewind=Rewind(epoch=1)), FirstStep()
+    _trainer(4, [callback, probe] if pruning_first else [probe, callback], tmp_path).fit(_model(cls=_Annealed), _data())
+    assert probe.seen == {0: 0.5, 1: 0.25, 2: 0.25, 3: 0.25}
 
 
 def test_a_rewind_before_stochastic_weight_averaging_starts_fails_before_training(tmp_path) -> None:

@@ -320,6 +320,12 @@ class _EveryNth(prune.BasePruningMethod):
         ),
         pytest.param(_EveryNth, {}, lambda m: _EveryNth.apply(m, "weight"), id="own-int-n"),
         pytest.param(_EveryNth, {"norm": 4}, lambda m: _EveryNth.apply(m, "weight", n=4), id="int-n-given"),
+        pytest.param(
+            prune.LnStructured,
+            {"dim": 0, "norm": "inf"},
+            lambda m: prune.ln_structured(m, "weight", 0.5, n=float("inf"), dim=0),
+            id="named-norm-as-a-number",
+        ),
     ],
 )
 def test_custom_method_keeps_its_defaults_unless_given(cls, kwargs, reference) -> None:

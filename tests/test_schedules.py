@@ -120,3 +120,10 @@ def test_ramps_between_their_ends_are_the_exact_value_rounded_once(power: int | 
                     progress = t if power is None else 1 - (1 - t) ** power
                     exact = Fraction(str(initial)) + (Fraction(str(final)) - Fraction(str(initial))) * progress
                     assert ramp.sparsity_at(epoch) == float(exact), (final, initial, end, epoch)
+
+
+def test_a_whole_power_written_as_a_float_is_the_same_schedule() -> None:
+    """YAML and the command line give `power: 3` as 3.0: the same exact ramp as the int."""
+    for epoch in range(11):
+        assert Polynomial(0.5, 0, 10, power=3.0).sparsity_at(epoch) == Polynomial(0.5, 0, 10).sparsity_at(epoch)
+    assert Polynomial(0.5, 0, 10, power=3.0).sparsity_at(1) == 0.1355
