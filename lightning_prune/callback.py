@@ -131,6 +131,11 @@ def _prunes(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
 
 
+def _is_weight_averaging(callback: object) -> bool:
+    """Whether ``callback`` is one of Lightning's ``WeightAveraging`` callbacks (``EMAWeightAveraging``)."""
+    return any(cls.__name__ == "WeightAveraging" for cls in type(callback).__mro__)
+
+
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
     """The Trainer's pruning callbacks, in its order."""
     return [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
@@ -430,7 +435,7 @@ class PruningCallback(Callback):
         # Lightning calls the callbacks' `setup` before the module's `setup` and `configure_model`,
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
-        self._check_weight_averaging(trainer, pl_module)
+        self._check_weight_averaging(trainer)
         computed = computed_weights(pl_module) if self.target_patterns is None else {}
         if computed:
             rank_zero_warn(
@@ -460,29 +465,20 @@ class PruningCallback(Callback):
             self._snapshot = self._snapshot.to(pl_module.device)
         self._restore_pending()
 
-    def _check_weight_averaging(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Refuse reparametrizing beside a ``WeightAveraging`` callback (``EMAWeightAveraging``) on a model with
-        buffers.
+    def _check_weight_averaging(self, trainer: Trainer) -> None:
+        """Refuse reparametrizing beside a ``WeightAveraging`` callback (``EMAWeightAveraging``).
 
-        It pairs the model's parameters and buffers with those of its averaged copy, made at ``setup``,
-        by position, and copies the averages back at the end of training: the mask buffers added since
-        would shift a batch norm's out of line, and masks in the copy (a model pruned before) would be
-        averaged, and their average copied back over this fit's masks.
+        Its averaged copy of the model, made at ``setup``, is paired with the model parameter by parameter
+        and buffer by buffer: the mask buffers added since would shift the model's other buffers out of line
+        (or fail its strict pairing, with ``use_buffers=False``), and masks already in the copy (a model
+        pruned before) would be averaged, and their average copied back over this fit's masks.
         """
-        averaging = [
-            type(c).__name__
-            for c in trainer.callbacks  # type: ignore[attr-defined]
-            if any(cls.__name__ == "WeightAveraging" for cls in type(c).__mro__)
-        ]
-        if self._inplace is not None or not averaging:
-            return
-        buffers = [name for name, _ in pl_module.named_buffers()]
-        if buffers:
+        averaging = [c for c in trainer.callbacks if _is_weight_averaging(c)]  # type: ignore[attr-defined]
+        if self._inplace is None and averaging:
             raise ValueError(
-                f"`masking='reparametrize'` keeps a `<name>_mask` buffer per target, and {averaging[0]} pairs the "
-                f"model's parameters and buffers with its averaged copy's by position and copies the averages back: "
-                f"on this model, with the buffers {buffers[:3]}{'...' if len(buffers) > 3 else ''}, it would mix "
-                f"masks and other buffers. Use `masking='in_place'`, which adds no buffers"
+                f"`masking='reparametrize'` keeps a `<name>_mask` buffer per target, and {type(averaging[0]).__name__} "
+                f"pairs the model's parameters and buffers with those of its averaged copy, made before the masks: "
+                f"it would mix masks and other buffers. Use `masking='in_place'`, which adds no buffers"
             )
 
     def _restore_pending(self) -> None:
@@ -561,11 +557,14 @@ class PruningCallback(Callback):
             self._target(e) is not None for e in self._fit_epochs(trainer) if e > self._done_epoch
         ):
             return  # nothing left to rewind after
-        # StochasticWeightAveraging, resumed past its start, drops the LR schedulers and makes its own at this
-        # epoch's start: they are checked at the events
-        replaced = any(
+        # StochasticWeightAveraging, resumed past its start, drops the LR schedulers and makes its own at the next
+        # epoch start it sees: they are checked at the events, if that start comes before the next one
+        swa = any(
             type(c).__name__ == "StochasticWeightAveraging" and c.swa_start <= trainer.current_epoch
             for c in trainer.callbacks  # type: ignore[attr-defined]
+        )
+        replaced = swa and (
+            self._epoch_start_runs(trainer) or trainer.current_epoch not in self._pruning_events(trainer)
         )
         self._check_snapshot(
             trainer,
@@ -573,6 +572,17 @@ class PruningCallback(Callback):
             ": the snapshot restored from the checkpoint does not fit this run. ",
             schedulers=not replaced,
         )
+
+    def _epoch_start_runs(self, trainer: Trainer) -> bool:
+        """In ``on_train_start``: whether the current epoch's ``on_train_epoch_start`` is still to come. A resume
+        from within an epoch, or from its last batch before its end, skips it (``current_epoch`` is then the
+        epoch of that batch, or the one after it)."""
+        ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if ready == 0:
+            return True
+        if ready < trainer.num_training_batches:
+            return False
+        return self._done_epoch >= trainer.current_epoch - 1  # an epoch-end checkpoint, written after its end
 
     def _pruning_events(self, trainer: Trainer) -> list[int]:
         """The epochs of this fit whose event targets more than every event before it: each prunes, and rewinds."""
@@ -610,14 +620,16 @@ class PruningCallback(Callback):
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if type(callback).__name__ != "StochasticWeightAveraging":
                 continue
-            start = callback.swa_start  # 0-based, since its `on_fit_start`
+            start, skipped = callback.swa_start, ""  # 0-based, since its `on_fit_start`
+            if start == trainer.current_epoch and not self._epoch_start_runs(trainer):
+                start, skipped = start + 1, f" (this resume skips the start of epoch {start})"
             if start <= self.rewind.epoch:
                 continue
             later = [e for e in self._pruning_events(trainer) if e >= start and e > self._done_epoch]
             if later:
                 raise ValueError(
                     f"`rewind={self.rewind}` restores the LR scheduler of epoch {self.rewind.epoch}'s start, but "
-                    f"StochasticWeightAveraging replaces it at the start of epoch {start}, before the event "
+                    f"StochasticWeightAveraging replaces it at the start of epoch {start}{skipped}, before the event "
                     f"after epoch {later[0]}; start it at or before the rewind epoch "
                     f"(`swa_epoch_start={self.rewind.epoch + 1}`), or rewind to an epoch after it starts"
                 )
@@ -819,12 +831,29 @@ class PruningCallback(Callback):
         # the masks are this callback's own (computed, or loaded) and kept by no one else: no copies
         if self._inplace is not None:
             self._inplace.commit(self._targets, masks, replace=replace, copy=False)
+            self._mask_averages()
         else:
             core.commit_masks(self._targets, masks, replace=replace, copy=False)
             model = self._model() if self._model is not None else None
             if model is not None:
                 reparam.hook_parents(model)  # attention reads `out_proj.weight` without calling `out_proj`
             self._arm_refresh_check()
+
+    @torch.no_grad()
+    def _mask_averages(self) -> None:
+        """Zero the pruned entries in the averaged copies of the model that ``WeightAveraging`` callbacks keep
+        (``EMAWeightAveraging``; validation and checkpoints use them). The weights stay zero there from now on,
+        and so do their averages."""
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is None or self._inplace is None:
+            return
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            average = getattr(getattr(callback, "_average_model", None), "module", None)
+            if not _is_weight_averaging(callback) or not isinstance(average, torch.nn.Module):
+                continue
+            for name, mask in self._inplace.masks.items():
+                param = average.get_parameter(name)
+                param.mul_(mask.to(param.device, param.dtype))
 
     # ------------------------------------------------------------------ events
     @staticmethod

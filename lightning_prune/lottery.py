@@ -105,8 +105,14 @@ class Snapshot:
 
     def retake_replaced(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> Snapshot:
         """The snapshot with the states of ``optimizers`` and ``schedulers`` taken anew if any was replaced since
-        (another class or another number of them); itself otherwise."""
-        if self.classes is not None and _classes(optimizers, schedulers) == self.classes:
+        (another class or another number of them) or an optimizer has other parameter groups (more of them, or
+        of other sizes: ``BackboneFinetuning`` adds one); itself otherwise."""
+        groups = [[len(g["params"]) for g in state["param_groups"]] for state in self.optimizers]
+        if (
+            self.classes is not None
+            and _classes(optimizers, schedulers) == self.classes
+            and groups == [[len(g["params"]) for g in o.param_groups] for o in optimizers]
+        ):
             return self
         return Snapshot(
             self.tensors,
@@ -145,7 +151,8 @@ class Snapshot:
         if len(optimizers) != len(self.optimizers) or live_schedulers != len(self.schedulers):
             raise RuntimeError(
                 f"Cannot rewind: the snapshot holds {len(self.optimizers)} optimizers and {len(self.schedulers)} "
-                f"schedulers, the trainer has {len(optimizers)} and {live_schedulers}"
+                f"schedulers, the trainer has {len(optimizers)}"
+                + ("" if schedulers is None else f" and {len(schedulers)}")
             )
         if self.classes is not None:
             kinds = zip(("optimizer", "scheduler"), self.classes, _classes(optimizers, schedulers or ()))

@@ -653,6 +653,36 @@ def test_weights_written_at_train_end_are_masked(tmp_path) -> None:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
 
 
+def test_exponential_averages_are_pruned_for_validation_and_checkpoints(tmp_path) -> None:
+    """EMAWeightAveraging validates and checkpoints its averaged copy: each event zeroes its pruned entries,
+    which then stay zero (averages of zeros), on a model pruned before this fit too."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from tests.helpers import TinyNetEval, make_loader, make_model, make_trainer
+
+    class Seen(TinyNetEval):
+        def validation_step(self, batch, batch_idx):
+            self.zeros.append(int((self.fc1.weight == 0).sum()))
+            return super().validation_step(batch, batch_idx)
+
+    model = make_model(cls=Seen)
+    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=0.3, masking="in_place")], max_epochs=1).fit(
+        model, make_loader()
+    )
+    model.zeros = []
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    callbacks = [PruningCallback(schedule=Explicit({0: 0.6}), masking="in_place"), EMAWeightAveraging(), checkpoints]
+    trainer = make_trainer(
+        tmp_path, callbacks=callbacks, max_epochs=3, enable_checkpointing=True, num_sanity_val_steps=0
+    )
+    trainer.fit(model, make_loader(), make_loader(batch_size=48))
+    pruned = round(0.6 * model.fc1.weight.numel())
+    assert model.zeros[1:] == [pruned, pruned]  # epoch 0 validates before its event
+    for epoch in (1, 2):
+        saved = Seen.load_from_checkpoint(tmp_path / "ckpt" / f"epoch={epoch}.ckpt")
+        assert int((saved.fc1.weight == 0).sum()) == pruned
+
+
 def test_an_expanded_all_true_mask_is_stored_as_a_mask_of_its_own() -> None:
     layer = torch.nn.Linear(3, 2, bias=False)
     targets = resolve_targets(layer)

@@ -775,6 +775,49 @@ def test_rounds_start_as_the_rewind_epoch_did_after_epoch_start_hooks_run_again(
     assert probe.seen == {0: 0.5, 1: 0.25, 2: 0.25, 3: 0.25}
 
 
+class _Backbone(Tiny):
+    """`fc1` is the backbone that BackboneFinetuning freezes, then unfreezes into a new parameter group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = self.fc1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=LR, momentum=0.9)
+
+
+@pytest.mark.parametrize("pruning_first", [True, False])
+def test_a_parameter_group_added_at_the_rewind_epochs_start_is_in_the_snapshot(tmp_path, pruning_first) -> None:
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    callback = PruningCallback(schedule=Explicit({1: 0.5, 2: 0.7}), rewind=Rewind(epoch=1), targets=["fc2.weight"])
+    finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda epoch: 1.0)
+    callbacks = [callback, finetuning] if pruning_first else [finetuning, callback]
+    _trainer(4, callbacks, tmp_path).fit(_model(cls=_Backbone), _data())
+    assert callback._round == 2
+
+
+def test_a_resume_that_skips_the_start_where_stochastic_weight_averaging_makes_its_scheduler_fails_before_training(
+    tmp_path,
+) -> None:
+    """Resumed within epoch 1, whose end has an event that rewinds, SWA (started at epoch 1) makes its
+    scheduler again only at epoch 2's start: refused before the first step, not at the event."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    def callbacks() -> list:
+        return [
+            PruningCallback(schedule=Explicit({1: 0.5, 3: 0.7}), rewind=Rewind(epoch=1)),
+            StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2),
+        ]
+
+    steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    _trainer(3, [*callbacks(), steps], tmp_path, enable_checkpointing=True).fit(_model(), _data())
+    model = _model()
+    with pytest.raises(RuntimeError, match=r"does not fit this run. Cannot rewind: the snapshot holds 1 optimizers"):
+        _trainer(3, callbacks(), tmp_path).fit(model, _data(), ckpt_path=tmp_path / "ckpt" / "step=5.ckpt")
+    assert model.trainer.global_step == 5
+
+
 def test_a_rewind_before_stochastic_weight_averaging_starts_fails_before_training(tmp_path) -> None:
     from lightning.pytorch.callbacks import StochasticWeightAveraging
 

@@ -212,6 +212,22 @@ def test_per_sample_gradients_and_ensembles_with_torch_func_as_for_torch() -> No
     assert torch.allclose(results[0], results[1]) and results[1].shape == (5, 3, 4)
 
 
+def test_a_parametrized_orig_fails_loudly() -> None:
+    """`weight_orig` under `torch.nn.utils.parametrize` is no parameter of the module any more: the hook
+    says so, rather than leave the forward the masked weight of the last call."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    layer = nn.Linear(4, 4)
+    reparam.apply(layer, "weight", _mask((4, 4)))
+    parametrize.register_parametrization(layer, "weight_orig", Double())
+    with pytest.raises(KeyError, match="weight_orig"):
+        layer(torch.randn(2, 4))
+
+
 def test_a_mask_given_new_memory_shows_in_the_next_forward() -> None:
     """`weight_mask.data = other` moves no version counter; the cached float mask follows it all the same."""
     layer = nn.Linear(3, 2, bias=False)
