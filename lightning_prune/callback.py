@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from lightning_prune import core, reparam, reporting
 from lightning_prune.inplace import InPlaceMasks
-from lightning_prune.lottery import Rewind, Snapshot, reinit_seed, reinitialize, uncovered_by_reset
+from lightning_prune.lottery import Rewind, Snapshot, logical_tensors, reinit_seed, reinitialize, uncovered_by_reset
 from lightning_prune.methods import CustomMethod, MethodArg, resolve_method
 from lightning_prune.schedules import Schedule, as_schedule
 from lightning_prune.serialization import mask_checksum, pack_mask, plain_state_dict, unpack_mask
@@ -129,6 +129,18 @@ def _saves_at_epoch_end(checkpoint: Any, trainer: Trainer) -> bool:
 def _prunes(value: object) -> bool:
     """Whether a schedule's ``value`` is a sparsity above 0 (a later epoch's, unchecked: a bad one fails when asked)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
+
+
+def _resumed_at(trainer: Trainer) -> Literal["start", "mid", "end"]:
+    """In ``on_train_start``: ``"start"`` if the current epoch's ``on_train_epoch_start`` is still to come (a
+    fresh fit, a resume from an epoch-end checkpoint), ``"mid"`` for a resume from within it, ``"end"`` for
+    one from the last batch of the epoch before, before that epoch's end. Lightning runs no
+    ``on_train_epoch_start`` for the last two."""
+    loop: Any = trainer.fit_loop
+    if hasattr(loop, "restarted_mid_epoch"):  # lightning >= 2.5
+        return "mid" if loop.restarted_mid_epoch else "end" if loop.restarted_on_epoch_end else "start"
+    ready = loop.epoch_loop.batch_progress.current.ready
+    return "start" if ready == 0 else "mid" if ready < trainer.num_training_batches else "end"
 
 
 def _is_weight_averaging(callback: object) -> bool:
@@ -436,6 +448,7 @@ class PruningCallback(Callback):
         # where layers may be built; this hook comes after both, and before any training.
         self._targets = self._resolve_targets(pl_module)
         self._check_weight_averaging(trainer)
+        self._warn_averages_not_rewound(trainer)
         computed = computed_weights(pl_module) if self.target_patterns is None else {}
         if computed:
             rank_zero_warn(
@@ -464,6 +477,14 @@ class PruningCallback(Callback):
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
         self._restore_pending()
+
+    def _warn_averages_not_rewound(self, trainer: Trainer) -> None:
+        averaging = [type(c).__name__ for c in trainer.callbacks if _is_weight_averaging(c)]  # type: ignore[attr-defined]
+        if self.rewind is not None and averaging:
+            rank_zero_warn(
+                f"`rewind={self.rewind}` rewinds the model, not the averages of {averaging[0]}: they span the rounds, "
+                f"and so do the validation, checkpoints and final weights it makes of them"
+            )
 
     def _check_weight_averaging(self, trainer: Trainer) -> None:
         """Refuse reparametrizing beside a ``WeightAveraging`` callback (``EMAWeightAveraging``).
@@ -543,8 +564,7 @@ class PruningCallback(Callback):
         # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
         # without `on_train_epoch_start`: take a snapshot due there now. Not for a checkpoint written
         # within this epoch, which a snapshot due at its start would come from.
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if missed and batches >= trainer.num_training_batches:
+        if missed and _resumed_at(trainer) != "start":  # from the last batch of the epoch before
             self._take_snapshot(trainer, pl_module)
         self._check_snapshot_due(trainer)
 
@@ -564,7 +584,7 @@ class PruningCallback(Callback):
             for c in trainer.callbacks  # type: ignore[attr-defined]
         )
         replaced = swa and (
-            self._epoch_start_runs(trainer) or trainer.current_epoch not in self._pruning_events(trainer)
+            _resumed_at(trainer) == "start" or trainer.current_epoch not in self._pruning_events(trainer)
         )
         self._check_snapshot(
             trainer,
@@ -572,17 +592,6 @@ class PruningCallback(Callback):
             ": the snapshot restored from the checkpoint does not fit this run. ",
             schedulers=not replaced,
         )
-
-    def _epoch_start_runs(self, trainer: Trainer) -> bool:
-        """In ``on_train_start``: whether the current epoch's ``on_train_epoch_start`` is still to come. A resume
-        from within an epoch, or from its last batch before its end, skips it (``current_epoch`` is then the
-        epoch of that batch, or the one after it)."""
-        ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if ready == 0:
-            return True
-        if ready < trainer.num_training_batches:
-            return False
-        return self._done_epoch >= trainer.current_epoch - 1  # an epoch-end checkpoint, written after its end
 
     def _pruning_events(self, trainer: Trainer) -> list[int]:
         """The epochs of this fit whose event targets more than every event before it: each prunes, and rewinds."""
@@ -621,8 +630,11 @@ class PruningCallback(Callback):
             if type(callback).__name__ != "StochasticWeightAveraging":
                 continue
             start, skipped = callback.swa_start, ""  # 0-based, since its `on_fit_start`
-            if start == trainer.current_epoch and not self._epoch_start_runs(trainer):
-                start, skipped = start + 1, f" (this resume skips the start of epoch {start})"
+            if self._snapshot is None and start <= trainer.current_epoch:
+                # it makes its scheduler at the next epoch start it sees, again if resumed past its start
+                start = trainer.current_epoch
+                if _resumed_at(trainer) != "start":
+                    start, skipped = start + 1, f" (this resume skips the start of epoch {start})"
             if start <= self.rewind.epoch:
                 continue
             later = [e for e in self._pruning_events(trainer) if e >= start and e > self._done_epoch]
@@ -630,8 +642,13 @@ class PruningCallback(Callback):
                 raise ValueError(
                     f"`rewind={self.rewind}` restores the LR scheduler of epoch {self.rewind.epoch}'s start, but "
                     f"StochasticWeightAveraging replaces it at the start of epoch {start}{skipped}, before the event "
-                    f"after epoch {later[0]}; start it at or before the rewind epoch "
-                    f"(`swa_epoch_start={self.rewind.epoch + 1}`), or rewind to an epoch after it starts"
+                    f"after epoch {later[0]}; "
+                    + (
+                        "resume from a checkpoint written at an epoch's end"
+                        if skipped
+                        else f"start it at or before the rewind epoch (`swa_epoch_start={self.rewind.epoch + 1}`), "
+                        f"or rewind to an epoch after it starts"
+                    )
                 )
 
     def _check_scheduler_frequency(self, trainer: Trainer) -> None:
@@ -851,9 +868,9 @@ class PruningCallback(Callback):
             average = getattr(getattr(callback, "_average_model", None), "module", None)
             if not _is_weight_averaging(callback) or not isinstance(average, torch.nn.Module):
                 continue
+            tensors = logical_tensors(average)  # `<name>_orig` where the copy was made of a reparametrized model
             for name, mask in self._inplace.masks.items():
-                param = average.get_parameter(name)
-                param.mul_(mask.to(param.device, param.dtype))
+                tensors[name].mul_(mask.to(tensors[name].device, tensors[name].dtype))
 
     # ------------------------------------------------------------------ events
     @staticmethod

@@ -683,6 +683,33 @@ def test_exponential_averages_are_pruned_for_validation_and_checkpoints(tmp_path
         assert int((saved.fc1.weight == 0).sum()) == pruned
 
 
+def test_exponential_averages_of_a_model_reparametrized_before_are_pruned(tmp_path) -> None:
+    """The averaged copy, made of a model that an earlier fit left reparametrized, holds `<name>_orig`."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from tests.helpers import make_loader, make_model, make_trainer
+
+    model = make_model()
+    first = PruningCallback(schedule=0.3, make_permanent=False)
+    make_trainer(tmp_path, callbacks=[first], max_epochs=1).fit(model, make_loader())
+    callbacks = [PruningCallback(schedule=Explicit({0: 0.6}), masking="in_place"), EMAWeightAveraging()]
+    make_trainer(tmp_path, callbacks=callbacks, max_epochs=2).fit(model, make_loader())
+    assert int((model.fc1.weight == 0).sum()) >= round(0.6 * model.fc1.weight.numel())
+
+
+def test_a_rewind_beside_exponential_averages_warns_that_they_are_not_rewound(tmp_path) -> None:
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from tests.helpers import make_loader, make_model, make_trainer
+
+    callbacks = [
+        PruningCallback(schedule=Explicit({1: 0.5}), masking="in_place", rewind=Rewind(epoch=0)),
+        EMAWeightAveraging(),
+    ]
+    with pytest.warns(UserWarning, match="rewinds the model, not the averages of EMAWeightAveraging"):
+        make_trainer(tmp_path, callbacks=callbacks, max_epochs=2).fit(make_model(), make_loader())
+
+
 def test_an_expanded_all_true_mask_is_stored_as_a_mask_of_its_own() -> None:
     layer = torch.nn.Linear(3, 2, bias=False)
     targets = resolve_targets(layer)

@@ -818,6 +818,53 @@ def test_a_resume_that_skips_the_start_where_stochastic_weight_averaging_makes_i
     assert model.trainer.global_step == 5
 
 
+class _Unsized(torch.utils.data.IterableDataset):
+    """A dataset without a length: Lightning counts its batches as infinite."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __iter__(self):
+        yield from self.dataset
+
+
+def test_an_unsized_loader_resumes_from_the_last_batch_before_the_rewind_epoch(tmp_path) -> None:
+    """Lightning runs no `on_train_epoch_start` for epoch 1 after that resume: the snapshot is taken
+    when training starts, with a loader of unknown length too."""
+    loader = DataLoader(_Unsized(_data().dataset), batch_size=16)
+
+    def callback() -> PruningCallback:
+        return PruningCallback(schedule=Explicit({1: 0.5, 3: 0.7}), rewind=Rewind(epoch=1), make_permanent=False)
+
+    steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    whole, resumed = _model(), _model()
+    _trainer(5, [callback(), steps], tmp_path, enable_checkpointing=True).fit(whole, loader)
+    _trainer(5, [callback()], tmp_path).fit(resumed, loader, ckpt_path=tmp_path / "ckpt" / "step=4.ckpt")
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_a_resume_that_skips_the_rewind_epochs_start_past_stochastic_weight_averagings_fails_before_training(
+    tmp_path,
+) -> None:
+    """SWA, resumed past its start, makes its scheduler at the next epoch start it sees: after the rewind
+    epoch's, which this resume skips, so the snapshot could not hold it."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    def callbacks() -> list:
+        return [
+            PruningCallback(schedule=Explicit({1: 0.5, 2: 0.7}), rewind=Rewind(epoch=1)),
+            StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1),
+        ]
+
+    steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    _trainer(3, [*callbacks(), steps], tmp_path, enable_checkpointing=True).fit(_model(), _data())
+    model = _model()
+    with pytest.raises(ValueError, match=r"this resume skips the start of epoch 1.*written at an epoch's end"):
+        _trainer(3, callbacks(), tmp_path).fit(model, _data(), ckpt_path=tmp_path / "ckpt" / "step=4.ckpt")
+    assert model.trainer.global_step == 4
+
+
 def test_a_rewind_before_stochastic_weight_averaging_starts_fails_before_training(tmp_path) -> None:
     from lightning.pytorch.callbacks import StochasticWeightAveraging
 

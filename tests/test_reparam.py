@@ -228,6 +228,16 @@ def test_a_parametrized_orig_fails_loudly() -> None:
         layer(torch.randn(2, 4))
 
 
+def test_a_tensor_assigned_over_a_pruned_weight_is_refused_as_torch_refuses_it() -> None:
+    """`layer.weight = nn.Parameter(...)` beside `weight_orig`: the forward pre-hook's assignment fails,
+    as torch's does, rather than leave the new parameter unmasked."""
+    layer = nn.Linear(4, 4)
+    reparam.apply(layer, "weight", _mask((4, 4)))
+    layer.weight = nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(TypeError, match="cannot assign"):
+        layer(torch.randn(2, 4))
+
+
 def test_a_mask_given_new_memory_shows_in_the_next_forward() -> None:
     """`weight_mask.data = other` moves no version counter; the cached float mask follows it all the same."""
     layer = nn.Linear(3, 2, bias=False)
