@@ -131,16 +131,12 @@ def _prunes(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
 
 
-def _resumed_at(trainer: Trainer) -> Literal["start", "mid", "end"]:
-    """In ``on_train_start``: ``"start"`` if the current epoch's ``on_train_epoch_start`` is still to come (a
-    fresh fit, a resume from an epoch-end checkpoint), ``"mid"`` for a resume from within it, ``"end"`` for
-    one from the last batch of the epoch before, before that epoch's end. Lightning runs no
-    ``on_train_epoch_start`` for the last two."""
+def _skips_epoch_start(trainer: Trainer) -> bool:
+    """In ``on_train_start``: whether Lightning runs no ``on_train_epoch_start`` for the current epoch, as after a
+    resume from within an epoch or from its last batch before its end (Lightning >= 2.5; earlier versions run
+    it always)."""
     loop: Any = trainer.fit_loop
-    if hasattr(loop, "restarted_mid_epoch"):  # lightning >= 2.5
-        return "mid" if loop.restarted_mid_epoch else "end" if loop.restarted_on_epoch_end else "start"
-    ready = loop.epoch_loop.batch_progress.current.ready
-    return "start" if ready == 0 else "mid" if ready < trainer.num_training_batches else "end"
+    return bool(getattr(loop, "restarted_mid_epoch", False) or getattr(loop, "restarted_on_epoch_end", False))
 
 
 def _is_weight_averaging(callback: object) -> bool:
@@ -479,7 +475,11 @@ class PruningCallback(Callback):
         self._restore_pending()
 
     def _warn_averages_not_rewound(self, trainer: Trainer) -> None:
-        averaging = [type(c).__name__ for c in trainer.callbacks if _is_weight_averaging(c)]  # type: ignore[attr-defined]
+        averaging = [
+            type(c).__name__
+            for c in trainer.callbacks  # type: ignore[attr-defined]
+            if _is_weight_averaging(c) or type(c).__name__ == "StochasticWeightAveraging"
+        ]
         if self.rewind is not None and averaging:
             rank_zero_warn(
                 f"`rewind={self.rewind}` rewinds the model, not the averages of {averaging[0]}: they span the rounds, "
@@ -564,7 +564,8 @@ class PruningCallback(Callback):
         # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
         # without `on_train_epoch_start`: take a snapshot due there now. Not for a checkpoint written
         # within this epoch, which a snapshot due at its start would come from.
-        if missed and _resumed_at(trainer) != "start":  # from the last batch of the epoch before
+        epochs: Any = trainer.fit_loop.epoch_progress.current  # typed as a tracker without `started`
+        if _skips_epoch_start(trainer) and epochs.started <= trainer.current_epoch:  # this epoch has not started
             self._take_snapshot(trainer, pl_module)
         self._check_snapshot_due(trainer)
 
@@ -583,9 +584,8 @@ class PruningCallback(Callback):
             type(c).__name__ == "StochasticWeightAveraging" and c.swa_start <= trainer.current_epoch
             for c in trainer.callbacks  # type: ignore[attr-defined]
         )
-        replaced = swa and (
-            _resumed_at(trainer) == "start" or trainer.current_epoch not in self._pruning_events(trainer)
-        )
+        events = [e for e in self._pruning_events(trainer) if e > self._done_epoch]  # the missed ones included
+        replaced = swa and (not _skips_epoch_start(trainer) or not events or events[0] > trainer.current_epoch)
         self._check_snapshot(
             trainer,
             pl_module,
@@ -630,10 +630,10 @@ class PruningCallback(Callback):
             if type(callback).__name__ != "StochasticWeightAveraging":
                 continue
             start, skipped = callback.swa_start, ""  # 0-based, since its `on_fit_start`
-            if self._snapshot is None and start <= trainer.current_epoch:
+            if self._snapshot is None and self.rewind.epoch >= trainer.current_epoch and start <= trainer.current_epoch:
                 # it makes its scheduler at the next epoch start it sees, again if resumed past its start
                 start = trainer.current_epoch
-                if _resumed_at(trainer) != "start":
+                if _skips_epoch_start(trainer):
                     start, skipped = start + 1, f" (this resume skips the start of epoch {start})"
             if start <= self.rewind.epoch:
                 continue

@@ -989,6 +989,31 @@ def test_resume_past_the_rewind_epoch_without_a_snapshot_fails_before_training(t
     _trainer(3, [done], tmp_path).fit(_model(), _data(), ckpt_path=path)
 
 
+@pytest.mark.parametrize("step", [5, 6])
+def test_a_resume_within_the_rewind_epoch_from_a_checkpoint_without_the_callback_fails_before_training(
+    tmp_path, step: int
+) -> None:
+    """The epoch's start has passed: a snapshot taken when training resumes would hold its middle."""
+    steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    _trainer(2, [steps], tmp_path, enable_checkpointing=True).fit(_model(), _data())
+    callback = PruningCallback(schedule=Explicit({1: 0.5, 2: 0.7}), rewind=Rewind(epoch=1))
+    trainer = _trainer(3, [callback], tmp_path)
+    with pytest.raises(RuntimeError, match=r"holds no snapshot .* resumes past the start of epoch 1"):
+        trainer.fit(_model(), _data(), ckpt_path=tmp_path / "ckpt" / f"step={step}.ckpt")
+    assert trainer.global_step == step
+
+
+def test_a_lightning_without_restart_stages_runs_every_epoch_start() -> None:
+    """Before 2.5 Lightning calls `on_train_epoch_start` after every resume."""
+    from types import SimpleNamespace
+
+    from lightning_prune.callback import _skips_epoch_start
+
+    assert not _skips_epoch_start(SimpleNamespace(fit_loop=SimpleNamespace()))
+    stages = SimpleNamespace(restarted_mid_epoch=True, restarted_on_epoch_end=False)
+    assert _skips_epoch_start(SimpleNamespace(fit_loop=stages))
+
+
 class Crash(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.current_epoch == 2 and batch_idx == 2:
