@@ -797,27 +797,6 @@ def test_a_parameter_group_added_at_the_rewind_epochs_start_is_in_the_snapshot(t
     assert callback._round == 2
 
 
-def test_a_resume_that_skips_the_start_where_stochastic_weight_averaging_makes_its_scheduler_fails_before_training(
-    tmp_path,
-) -> None:
-    """Resumed within epoch 1, whose end has an event that rewinds, SWA (started at epoch 1) makes its
-    scheduler again only at epoch 2's start: refused before the first step, not at the event."""
-    from lightning.pytorch.callbacks import StochasticWeightAveraging
-
-    def callbacks() -> list:
-        return [
-            PruningCallback(schedule=Explicit({1: 0.5, 3: 0.7}), rewind=Rewind(epoch=1)),
-            StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2),
-        ]
-
-    steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
-    _trainer(3, [*callbacks(), steps], tmp_path, enable_checkpointing=True).fit(_model(), _data())
-    model = _model()
-    with pytest.raises(RuntimeError, match=r"does not fit this run. Cannot rewind: the snapshot holds 1 optimizers"):
-        _trainer(3, callbacks(), tmp_path).fit(model, _data(), ckpt_path=tmp_path / "ckpt" / "step=5.ckpt")
-    assert model.trainer.global_step == 5
-
-
 class _Unsized(torch.utils.data.IterableDataset):
     """A dataset without a length: Lightning counts its batches as infinite."""
 
@@ -844,25 +823,35 @@ def test_an_unsized_loader_resumes_from_the_last_batch_before_the_rewind_epoch(t
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
-def test_a_resume_that_skips_the_rewind_epochs_start_past_stochastic_weight_averagings_fails_before_training(
-    tmp_path,
+@pytest.mark.parametrize(
+    ("events", "swa_epoch_start", "step", "error", "match"),
+    [
+        # resumed within epoch 1, whose end rewinds: SWA (started at 1) makes its scheduler again at epoch 2's start
+        ({1: 0.5, 3: 0.7}, 2, 5, RuntimeError, r"does not fit this run. Cannot rewind: the snapshot holds 1 optim"),
+        # resumed from epoch 0's last batch: the rewind epoch's start, where SWA would make it again, is skipped
+        ({1: 0.5, 2: 0.7}, 1, 4, ValueError, r"this resume skips the start of epoch 1.*written at an epoch's end"),
+    ],
+    ids=["within-an-event-epoch", "skipping-the-rewind-epochs-start"],
+)
+def test_a_resume_that_skips_the_start_where_stochastic_weight_averaging_makes_its_scheduler_fails_before_training(
+    tmp_path, events, swa_epoch_start: int, step: int, error: type[Exception], match: str
 ) -> None:
-    """SWA, resumed past its start, makes its scheduler at the next epoch start it sees: after the rewind
-    epoch's, which this resume skips, so the snapshot could not hold it."""
+    """SWA, resumed past its start, makes its scheduler at the next epoch start Lightning runs: refused before
+    the first step where an event would rewind before it, not at the event."""
     from lightning.pytorch.callbacks import StochasticWeightAveraging
 
     def callbacks() -> list:
         return [
-            PruningCallback(schedule=Explicit({1: 0.5, 2: 0.7}), rewind=Rewind(epoch=1)),
-            StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1),
+            PruningCallback(schedule=Explicit(events), rewind=Rewind(epoch=1)),
+            StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=swa_epoch_start),
         ]
 
     steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
     _trainer(3, [*callbacks(), steps], tmp_path, enable_checkpointing=True).fit(_model(), _data())
     model = _model()
-    with pytest.raises(ValueError, match=r"this resume skips the start of epoch 1.*written at an epoch's end"):
-        _trainer(3, callbacks(), tmp_path).fit(model, _data(), ckpt_path=tmp_path / "ckpt" / "step=4.ckpt")
-    assert model.trainer.global_step == 4
+    with pytest.raises(error, match=match):
+        _trainer(3, callbacks(), tmp_path).fit(model, _data(), ckpt_path=tmp_path / "ckpt" / f"step={step}.ckpt")
+    assert model.trainer.global_step == step
 
 
 def test_a_rewind_before_stochastic_weight_averaging_starts_fails_before_training(tmp_path) -> None:
