@@ -139,6 +139,15 @@ def _skips_epoch_start(trainer: Trainer) -> bool:
     return bool(getattr(loop, "restarted_mid_epoch", False) or getattr(loop, "restarted_on_epoch_end", False))
 
 
+def _has_started(trainer: Trainer, epoch: int) -> bool:
+    """In ``on_train_start``: whether training of ``epoch`` started before (in the run that wrote the checkpoint)."""
+    loop: Any = trainer.fit_loop
+    if hasattr(loop, "restarted_mid_epoch"):  # Lightning >= 2.5 counts the epochs started
+        return loop.epoch_progress.current.started > epoch
+    # earlier versions count a restarted epoch as not started: it has if some of its batches ran
+    return trainer.current_epoch + (loop.epoch_loop.batch_progress.current.ready > 0) > epoch
+
+
 def _is_weight_averaging(callback: object) -> bool:
     """Whether ``callback`` is one of Lightning's ``WeightAveraging`` callbacks (``EMAWeightAveraging``)."""
     return any(cls.__name__ == "WeightAveraging" for cls in type(callback).__mro__)
@@ -564,8 +573,7 @@ class PruningCallback(Callback):
         # Such a resume (its checkpoint written at the last batch of the epoch before) enters this epoch
         # without `on_train_epoch_start`: take a snapshot due there now. Not for a checkpoint written
         # within this epoch, which a snapshot due at its start would come from.
-        epochs: Any = trainer.fit_loop.epoch_progress.current  # typed as a tracker without `started`
-        if _skips_epoch_start(trainer) and epochs.started <= trainer.current_epoch:  # this epoch has not started
+        if _skips_epoch_start(trainer) and not _has_started(trainer, trainer.current_epoch):
             self._take_snapshot(trainer, pl_module)
         self._check_snapshot_due(trainer)
 
@@ -608,9 +616,8 @@ class PruningCallback(Callback):
         a snapshot (written without rewinding), while an event would still prune: it would fail there."""
         if self.rewind is None or self._snapshot is not None:
             return
-        epochs: Any = trainer.fit_loop.epoch_progress.current  # typed as a tracker without `started`
-        if epochs.started <= self.rewind.epoch:
-            return  # the epoch has not started: its `on_train_epoch_start` takes the snapshot
+        if not _has_started(trainer, self.rewind.epoch):
+            return  # its `on_train_epoch_start` takes the snapshot
         later = [e for e in self._pruning_events(trainer) if e > self._done_epoch]
         if later:
             raise RuntimeError(

@@ -1003,6 +1003,25 @@ def test_a_lightning_without_restart_stages_runs_every_epoch_start() -> None:
     assert _skips_epoch_start(SimpleNamespace(fit_loop=stages))
 
 
+@pytest.mark.parametrize(
+    ("current_epoch", "ready", "started"),
+    [(1, 2, True), (1, 0, False), (0, 4, False), (2, 0, True)],
+    ids=["within-epoch-1", "at-epoch-1s-start", "epoch-0s-last-batch", "at-epoch-2s-start"],
+)
+def test_a_lightning_without_restart_stages_tells_a_started_epoch_by_its_batches(
+    current_epoch: int, ready: int, started: bool
+) -> None:
+    """Before 2.5 Lightning counts the epoch a resume restarts as not started: whether the rewind
+    epoch 1 started then shows in the batches that ran in it."""
+    from types import SimpleNamespace
+
+    from lightning_prune.callback import _has_started
+
+    batches = SimpleNamespace(current=SimpleNamespace(ready=ready))
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=batches))
+    assert _has_started(SimpleNamespace(fit_loop=loop, current_epoch=current_epoch), 1) is started
+
+
 class Crash(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.current_epoch == 2 and batch_idx == 2:
