@@ -148,9 +148,11 @@ def _has_started(trainer: Trainer, epoch: int) -> bool:
     return trainer.current_epoch + (loop.epoch_loop.batch_progress.current.ready > 0) > epoch
 
 
-def _is_weight_averaging(callback: object) -> bool:
-    """Whether ``callback`` is one of Lightning's ``WeightAveraging`` callbacks (``EMAWeightAveraging``)."""
-    return any(cls.__name__ == "WeightAveraging" for cls in type(callback).__mro__)
+def _averaging_callbacks(trainer: Trainer, *, swa: bool = False) -> list[Any]:
+    """The Trainer's ``WeightAveraging`` callbacks (``EMAWeightAveraging``), or its ``StochasticWeightAveraging``
+    ones (``swa``), matched by class name: older Lightning versions have no ``WeightAveraging``."""
+    names = {"StochasticWeightAveraging"} if swa else {"WeightAveraging"}
+    return [c for c in trainer.callbacks if names & {cls.__name__ for cls in type(c).__mro__}]  # type: ignore[attr-defined]
 
 
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
@@ -484,11 +486,7 @@ class PruningCallback(Callback):
         self._restore_pending()
 
     def _warn_averages_not_rewound(self, trainer: Trainer) -> None:
-        averaging = [
-            type(c).__name__
-            for c in trainer.callbacks  # type: ignore[attr-defined]
-            if _is_weight_averaging(c) or type(c).__name__ == "StochasticWeightAveraging"
-        ]
+        averaging = [type(c).__name__ for c in _averaging_callbacks(trainer) + _averaging_callbacks(trainer, swa=True)]
         if self.rewind is not None and averaging:
             rank_zero_warn(
                 f"`rewind={self.rewind}` rewinds the model, not the averages of {averaging[0]}: they span the rounds, "
@@ -503,7 +501,7 @@ class PruningCallback(Callback):
         (or fail its strict pairing, with ``use_buffers=False``), and masks already in the copy (a model
         pruned before) would be averaged, and their average copied back over this fit's masks.
         """
-        averaging = [c for c in trainer.callbacks if _is_weight_averaging(c)]  # type: ignore[attr-defined]
+        averaging = _averaging_callbacks(trainer)
         if self._inplace is None and averaging:
             raise ValueError(
                 f"`masking='reparametrize'` keeps a `<name>_mask` buffer per target, and {type(averaging[0]).__name__} "
@@ -588,10 +586,7 @@ class PruningCallback(Callback):
             return  # nothing left to rewind after
         # StochasticWeightAveraging, resumed past its start, drops the LR schedulers and makes its own at the next
         # epoch start it sees: they are checked at the events, if that start comes before the next one
-        swa = any(
-            type(c).__name__ == "StochasticWeightAveraging" and c.swa_start <= trainer.current_epoch
-            for c in trainer.callbacks  # type: ignore[attr-defined]
-        )
+        swa = any(c.swa_start <= trainer.current_epoch for c in _averaging_callbacks(trainer, swa=True))
         events = [e for e in self._pruning_events(trainer) if e > self._done_epoch]  # the missed ones included
         replaced = swa and (not _skips_epoch_start(trainer) or not events or events[0] > trainer.current_epoch)
         self._check_snapshot(
@@ -633,9 +628,7 @@ class PruningCallback(Callback):
         restored into the new one."""
         if self.rewind is None:
             return
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            if type(callback).__name__ != "StochasticWeightAveraging":
-                continue
+        for callback in _averaging_callbacks(trainer, swa=True):
             start, skipped = callback.swa_start, ""  # 0-based, since its `on_fit_start`
             if self._snapshot is None and self.rewind.epoch >= trainer.current_epoch and start <= trainer.current_epoch:
                 # it makes its scheduler at the next epoch start it sees, again if resumed past its start
@@ -871,9 +864,9 @@ class PruningCallback(Callback):
         trainer = self._trainer() if self._trainer is not None else None
         if trainer is None or self._inplace is None:
             return
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        for callback in _averaging_callbacks(trainer):
             average = getattr(getattr(callback, "_average_model", None), "module", None)
-            if not _is_weight_averaging(callback) or not isinstance(average, torch.nn.Module):
+            if not isinstance(average, torch.nn.Module):
                 continue
             tensors = logical_tensors(average)  # `<name>_orig` where the copy was made of a reparametrized model
             for name, mask in self._inplace.masks.items():

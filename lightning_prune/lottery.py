@@ -96,30 +96,20 @@ class Snapshot:
     @classmethod
     @torch.no_grad()
     def take(cls, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> Snapshot:
-        return cls(
-            {k: v.detach().clone() for k, v in logical_tensors(module).items()},
-            [copy.deepcopy(o.state_dict()) for o in optimizers],
-            [copy.deepcopy(s.state_dict()) for s in schedulers],
-            _classes(optimizers, schedulers),
-        )
+        tensors = {k: v.detach().clone() for k, v in logical_tensors(module).items()}
+        return cls(tensors, *_states(optimizers, schedulers))
 
     def retake_replaced(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> Snapshot:
         """The snapshot with the states of ``optimizers`` and ``schedulers`` taken anew if any was replaced since
         (another class or another number of them) or an optimizer has other parameter groups (more of them, or
         of other sizes: ``BackboneFinetuning`` adds one); itself otherwise."""
-        groups = [[len(g["params"]) for g in state["param_groups"]] for state in self.optimizers]
         if (
             self.classes is not None
             and _classes(optimizers, schedulers) == self.classes
-            and groups == [[len(g["params"]) for g in o.param_groups] for o in optimizers]
+            and [_group_sizes(state) for state in self.optimizers] == [_group_sizes(o) for o in optimizers]
         ):
             return self
-        return Snapshot(
-            self.tensors,
-            [copy.deepcopy(o.state_dict()) for o in optimizers],
-            [copy.deepcopy(s.state_dict()) for s in schedulers],
-            _classes(optimizers, schedulers),
-        )
+        return Snapshot(self.tensors, *_states(optimizers, schedulers))
 
     def check(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any] | None) -> None:
         """Raise a ``RuntimeError`` if :meth:`restore` could not restore the snapshot into these objects.
@@ -165,8 +155,7 @@ class Snapshot:
                             f"`swa_epoch_start`? Start that at or before the rewind epoch)"
                         )
         for i, (opt, state) in enumerate(zip(optimizers, self.optimizers)):
-            saved = [len(g["params"]) for g in state["param_groups"]]
-            now = [len(g["params"]) for g in opt.param_groups]
+            saved, now = _group_sizes(state), _group_sizes(opt)
             if saved != now:
                 raise RuntimeError(
                     f"Cannot rewind: optimizer {i} has parameter groups of sizes {now}, the snapshot's had {saved} "
@@ -209,6 +198,23 @@ class Snapshot:
         if device.type != "cpu":
             return Snapshot(move(self.tensors), self.optimizers, self.schedulers, self.classes)
         return Snapshot(move(self.tensors), move(self.optimizers), move(self.schedulers), self.classes)
+
+
+def _states(
+    optimizers: Sequence[Any], schedulers: Sequence[Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], tuple[list[str], list[str]]]:
+    """Copies of the optimizers' and schedulers' states, and their classes: a :class:`Snapshot`'s last fields."""
+    return (
+        [copy.deepcopy(o.state_dict()) for o in optimizers],
+        [copy.deepcopy(s.state_dict()) for s in schedulers],
+        _classes(optimizers, schedulers),
+    )
+
+
+def _group_sizes(optimizer: Any) -> list[int]:
+    """The sizes of the parameter groups of an optimizer, or of its saved ``state_dict``."""
+    groups = optimizer["param_groups"] if isinstance(optimizer, dict) else optimizer.param_groups
+    return [len(g["params"]) for g in groups]
 
 
 def _classes(optimizers: Sequence[Any], schedulers: Sequence[Any]) -> tuple[list[str], list[str]]:
