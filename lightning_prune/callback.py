@@ -133,19 +133,15 @@ def _prunes(value: object) -> bool:
 
 def _skips_epoch_start(trainer: Trainer) -> bool:
     """In ``on_train_start``: whether Lightning runs no ``on_train_epoch_start`` for the current epoch, as after a
-    resume from within an epoch or from its last batch before its end (Lightning >= 2.5; earlier versions run
-    it always)."""
+    resume from within an epoch or from its last batch before its end."""
     loop: Any = trainer.fit_loop
-    return bool(getattr(loop, "restarted_mid_epoch", False) or getattr(loop, "restarted_on_epoch_end", False))
+    return bool(loop.restarted_mid_epoch or loop.restarted_on_epoch_end)
 
 
 def _has_started(trainer: Trainer, epoch: int) -> bool:
     """In ``on_train_start``: whether training of ``epoch`` started before (in the run that wrote the checkpoint)."""
     loop: Any = trainer.fit_loop
-    if hasattr(loop, "restarted_mid_epoch"):  # Lightning >= 2.5 counts the epochs started
-        return loop.epoch_progress.current.started > epoch
-    # earlier versions count a restarted epoch as not started: it has if some of its batches ran
-    return trainer.current_epoch + (loop.epoch_loop.batch_progress.current.ready > 0) > epoch
+    return loop.epoch_progress.current.started > epoch
 
 
 def _averaging_callbacks(trainer: Trainer, *, swa: bool = False) -> list[Any]:
@@ -553,8 +549,8 @@ class PruningCallback(Callback):
         self._check_snapshot_fits(trainer, pl_module)
         self._check_swa_start(trainer)
         self._check_scheduler_frequency(trainer)
-        # Run any event that the restored position says was missed (a checkpoint written between an
-        # epoch's last batch and its end, resumed by a Lightning version that does not replay that end).
+        # Run any event that the restored position says was missed (a checkpoint written after an epoch's
+        # last batch but before this callback's event at its end, by a callback listed before it, say).
         missed = range(self._done_epoch + 1, trainer.current_epoch)
         if self._stateless_resume and trainer.current_epoch > 0:
             events = [e for e in missed if self._target(e) is not None]

@@ -98,19 +98,22 @@ def log_event(
 
     ``surviving()`` yields each target's surviving weights, one at a time; a logger whose ``experiment`` has
     ``add_histogram``/``add_figure`` (TensorBoard) gets ``weights/<name>`` histograms of their
-    magnitudes and a ``sparsity/per_layer`` bar chart (with a ``namespace`` as :func:`tag` puts it).
+    magnitudes and a ``sparsity/per_layer`` bar chart (with a ``namespace`` as :func:`tag` puts it),
+    behind the logger's ``prefix`` as its scalars are.
     """
     for logger in loggers:
         logger.log_metrics(dict(metrics), step=step)
         experiment: Any = getattr(logger, "experiment", None)
+        prefix = getattr(logger, "_prefix", "")  # what `log_metrics` puts before each key, joined by "-"
+        head = f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', '-')}" if prefix else ""
         if hasattr(experiment, "add_histogram"):
             for name, values in surviving():
                 if values.numel():
                     magnitudes = values.abs().to(torch.float32).cpu()
-                    experiment.add_histogram(tag("weights", namespace, name), magnitudes, step)
+                    experiment.add_histogram(head + tag("weights", namespace, name), magnitudes, step)
         if hasattr(experiment, "add_figure"):
             try:
                 figure = _bar_chart(stats)
             except ImportError:
                 continue
-            experiment.add_figure(tag("sparsity", namespace, "per_layer"), figure, step, close=True)
+            experiment.add_figure(head + tag("sparsity", namespace, "per_layer"), figure, step, close=True)

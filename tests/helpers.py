@@ -9,13 +9,16 @@ change every epoch (a resume that forgets either is visible in the weights).
 from __future__ import annotations
 
 import socket
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from packaging.version import Version
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -154,6 +157,20 @@ def assert_tensors_equal(actual: dict[str, Tensor], expected: dict[str, Tensor])
     assert sorted(actual) == sorted(expected)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def lightning_at_least(release: str) -> bool:
+    """Whether the installed Lightning is ``release`` or later (CI runs the suite at the lowest one allowed too)."""
+    return Version(version("lightning")) >= Version(release)
+
+
+def ema_weight_averaging() -> type[Callback]:
+    """Lightning's ``EMAWeightAveraging`` (Lightning >= 2.6); skips the calling test on earlier versions."""
+    from lightning.pytorch import callbacks
+
+    if not hasattr(callbacks, "EMAWeightAveraging"):
+        pytest.skip("EMAWeightAveraging needs Lightning >= 2.6")
+    return callbacks.EMAWeightAveraging
 
 
 def free_port() -> int:

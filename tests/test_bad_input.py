@@ -31,6 +31,7 @@ from tests.helpers import (
     TinyNet,
     assert_same_state,
     assert_tensors_equal,
+    ema_weight_averaging,
     make_loader,
     make_model,
     make_trainer,
@@ -581,7 +582,7 @@ class _WithNorm(TinyNet):
 def test_weight_averaging_refuses_the_reparametrization_before_training(tmp_path, cls, use_buffers) -> None:
     """EMAWeightAveraging pairs parameters and buffers with those of a copy made before the masks: the
     mask buffers would be copied into a batch norm's, or fail its strict pairing (`use_buffers=False`)."""
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+    EMAWeightAveraging = ema_weight_averaging()
 
     model = make_model(cls=cls)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -595,7 +596,7 @@ def test_weight_averaging_refuses_the_reparametrization_before_training(tmp_path
 def test_weight_averaging_refuses_the_reparametrization_of_a_model_pruned_before(tmp_path) -> None:
     """Its averaged copy would hold the masks of the fit before, and their average would come back
     over the masks of this fit."""
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+    EMAWeightAveraging = ema_weight_averaging()
 
     model = make_model()
     make_trainer(tmp_path, callbacks=[PruningCallback(schedule=0.3, make_permanent=False)], max_epochs=1).fit(

@@ -243,6 +243,20 @@ def test_logs_schedule_values_to_every_logger(tmp_path) -> None:
     assert "sparsity/per_layer" in tags["images"]
 
 
+def test_histograms_and_bar_chart_take_the_loggers_prefix_as_its_scalars_do(tmp_path) -> None:
+    """Runs that share a log directory, told apart by `TensorBoardLogger(prefix=...)`, keep apart every tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb", prefix="runA")
+    _fit(PruningCallback(schedule=Explicit({0: 0.5})), tmp_path, epochs=1, logger=[logger])
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "runA-sparsity/global" in tags["scalars"]
+    assert set(tags["histograms"]) == {f"runA-weights/{n}" for n in WEIGHTS}
+    assert tags["images"] == ["runA-sparsity/per_layer"]
+
+
 @pytest.mark.parametrize(
     ("second_method", "names"),
     [("l1_unstructured", ["l1_unstructured_1", "l1_unstructured_2"]), ("random_unstructured", None)],

@@ -15,7 +15,7 @@ from lightning_prune import PruningCallback, Rewind, core
 from lightning_prune.inplace import ZERO_PRESERVING, InPlaceMasks
 from lightning_prune.schedules import Explicit
 from lightning_prune.targets import resolve_targets
-from tests.helpers import free_port, make_lenet_trainer
+from tests.helpers import ema_weight_averaging, free_port, make_lenet_trainer
 from tests.tutorial import LitLeNet, lenet_data
 
 WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -656,7 +656,7 @@ def test_weights_written_at_train_end_are_masked(tmp_path) -> None:
 def test_exponential_averages_are_pruned_for_validation_and_checkpoints(tmp_path) -> None:
     """EMAWeightAveraging validates and checkpoints its averaged copy: each event zeroes its pruned entries,
     which then stay zero (averages of zeros), on a model pruned before this fit too."""
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+    EMAWeightAveraging = ema_weight_averaging()
 
     from tests.helpers import TinyNetEval, make_loader, make_model, make_trainer
 
@@ -685,7 +685,7 @@ def test_exponential_averages_are_pruned_for_validation_and_checkpoints(tmp_path
 
 def test_exponential_averages_of_a_model_reparametrized_before_are_pruned(tmp_path) -> None:
     """The averaged copy, made of a model that an earlier fit left reparametrized, holds `<name>_orig`."""
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+    EMAWeightAveraging = ema_weight_averaging()
 
     from tests.helpers import make_loader, make_model, make_trainer
 
@@ -698,7 +698,7 @@ def test_exponential_averages_of_a_model_reparametrized_before_are_pruned(tmp_pa
 
 
 def test_a_rewind_beside_exponential_averages_warns_that_they_are_not_rewound(tmp_path) -> None:
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+    EMAWeightAveraging = ema_weight_averaging()
 
     from tests.helpers import make_loader, make_model, make_trainer
 

@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import PruningCallback, Rewind
 from lightning_prune.schedules import Constant, Explicit, Geometric, Polynomial
-from tests.helpers import assert_tensors_equal, effective_weights, make_loader, make_model, make_trainer
+from tests.helpers import (
+    assert_tensors_equal,
+    effective_weights,
+    lightning_at_least,
+    make_loader,
+    make_model,
+    make_trainer,
+)
 
 LR = 0.1
 WEIGHTS = ["fc1.weight", "fc2.weight"]
@@ -461,9 +468,12 @@ def test_monitored_checkpoints_without_validation_warn_and_a_time_interval_does_
         warnings.simplefilter("always")
         trainer.fit(_model(cls=TinyVal), _data())  # a `validation_step`, but no loader for it
     assert [w for w in caught if "holds the rewound weights" in str(w.message)]
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss")
-    trainer = _trainer(1, [callback, checkpoint], tmp_path, enable_checkpointing=True, val_check_interval="00:00:00:10")
-    trainer.fit(_model(cls=TinyVal), _data(), _data())
+    if lightning_at_least("2.6"):  # validation at a time interval
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss")
+        trainer = _trainer(
+            1, [callback, checkpoint], tmp_path, enable_checkpointing=True, val_check_interval="00:00:00:10"
+        )
+        trainer.fit(_model(cls=TinyVal), _data(), _data())
 
 
 def test_checkpoint_at_the_event_holds_the_rewound_weights_and_a_warning_says_so(tmp_path) -> None:
@@ -990,36 +1000,6 @@ def test_a_resume_within_the_rewind_epoch_from_a_checkpoint_without_the_callback
     with pytest.raises(RuntimeError, match=r"holds no snapshot .* resumes past the start of epoch 1"):
         trainer.fit(_model(), _data(), ckpt_path=tmp_path / "ckpt" / f"step={step}.ckpt")
     assert trainer.global_step == step
-
-
-def test_a_lightning_without_restart_stages_runs_every_epoch_start() -> None:
-    """Before 2.5 Lightning calls `on_train_epoch_start` after every resume."""
-    from types import SimpleNamespace
-
-    from lightning_prune.callback import _skips_epoch_start
-
-    assert not _skips_epoch_start(SimpleNamespace(fit_loop=SimpleNamespace()))
-    stages = SimpleNamespace(restarted_mid_epoch=True, restarted_on_epoch_end=False)
-    assert _skips_epoch_start(SimpleNamespace(fit_loop=stages))
-
-
-@pytest.mark.parametrize(
-    ("current_epoch", "ready", "started"),
-    [(1, 2, True), (1, 0, False), (0, 4, False), (2, 0, True)],
-    ids=["within-epoch-1", "at-epoch-1s-start", "epoch-0s-last-batch", "at-epoch-2s-start"],
-)
-def test_a_lightning_without_restart_stages_tells_a_started_epoch_by_its_batches(
-    current_epoch: int, ready: int, started: bool
-) -> None:
-    """Before 2.5 Lightning counts the epoch a resume restarts as not started: whether the rewind
-    epoch 1 started then shows in the batches that ran in it."""
-    from types import SimpleNamespace
-
-    from lightning_prune.callback import _has_started
-
-    batches = SimpleNamespace(current=SimpleNamespace(ready=ready))
-    loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=batches))
-    assert _has_started(SimpleNamespace(fit_loop=loop, current_epoch=current_epoch), 1) is started
 
 
 class Crash(Callback):
