@@ -84,6 +84,29 @@ def count_pruned(model: Any) -> int:
     return sum(buf.numel() - int(torch.count_nonzero(buf).item()) for buf in masks)
 
 
+def compare_masks(size_m: float, device: str = "cpu", after: float = 0.0) -> int:
+    """Prune two copies of one model, ours and torch's, as the measured runs do; the entries whose
+    masks differ, all at the final threshold's magnitude (a tie that torch breaks otherwise), or raise."""
+    models = {v: build_model(round(size_m * 1e6)).to(device) for v in VARIANTS}
+    for variant, model in models.items():
+        prune = prune_ours if variant == "ours" else prune_torch
+        if after:
+            prune(model, after)
+        prune(model, SPARSITY, count_pruned(model))
+    if count_pruned(models["ours"]) != count_pruned(models["torch"]):
+        raise RuntimeError("ours and torch pruned different numbers of entries")
+    layers = list(zip(models["ours"], models["torch"]))
+    magnitudes = [m.weight_orig.detach().abs() for m, _ in layers]
+    threshold = max(float(a[~m.weight_mask].max()) for a, (m, _) in zip(magnitudes, layers) if not m.weight_mask.all())
+    differ = 0
+    for a, (mine, theirs) in zip(magnitudes, layers):
+        other = mine.weight_mask != theirs.weight_mask.bool()
+        if not (a[other] == threshold).all():
+            raise RuntimeError("the masks differ from torch's away from the threshold")
+        differ += int(other.sum())
+    return differ
+
+
 def warm_up(variant: str, device: str) -> None:
     """Not measured: imports and first-call setup of every kernel the event uses (above 131,072
     weights: small selections take another path)."""
@@ -283,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     torch_exact = all(r["pruned"] == r["expected_pruned"] for s in sizes for r in results[s, "torch"])
     print(f"torch pruned exactly round(0.5 N) in every run: {'yes' if torch_exact else 'NO'}.")
+    checked = min(sizes)
+    differ = compare_masks(checked, args.device, args.after)
+    print(
+        f"Masks compared with torch's at {format_size(checked)}, in this process: "
+        + ("the same." if not differ else f"{differ} entries differ, all tied at the threshold (broken by position).")
+    )
     if args.device.startswith("cuda"):
         print("Extra B/param = (peak CUDA allocation during the event - allocated right before it) / parameters.")
     else:

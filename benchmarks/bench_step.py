@@ -142,7 +142,24 @@ def make_variants(build: Callable[[], nn.Module], device: str = "cpu") -> dict[s
     prune_torch(models["torch"])
     prune_ours(models["ours"])
     prune_in_place(models["in_place"])
+    check_same_pruning(models)
     return models
+
+
+def check_same_pruning(models: dict[str, nn.Module]) -> None:
+    """Raise unless ``torch``, ``ours`` and ``in_place`` prune the same entries and mask the same weights."""
+    ours, plain = dict(models["ours"].named_modules()), dict(models["in_place"].named_parameters())
+    held = models["in_place"].in_place_masks.masks
+    pruned = {f"{n}.weight": m for n, m in models["torch"].named_modules() if hasattr(m, "weight_mask")}
+    if not pruned or set(pruned) != set(held):
+        raise RuntimeError(f"torch pruned {sorted(pruned)}, in_place {sorted(held)}")
+    for key, module in pruned.items():
+        mine = ours[key.removesuffix(".weight")]
+        mask = module.weight_mask.bool()
+        if not (torch.equal(mask, mine.weight_mask) and torch.equal(mask, held[key])):
+            raise RuntimeError(f"{key}: the masks differ from torch's")
+        if not (torch.equal(module.weight, mine.weight) and torch.equal(module.weight, plain[key])):
+            raise RuntimeError(f"{key}: the masked weights differ from torch's")
 
 
 def _tensors_in(value: object) -> list[Tensor]:
@@ -440,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [f"{res.ratio(a, b):.3f}" for a, b in pairs]
         print(f"| {name} | {MODELS[name][3]} | " + " | ".join([*ms, *ratios, f"{max(res.loads):.2f}"]) + " |")
     print()
+    print("torch, ours and in_place pruned the same entries of every model, with the same masked weights.")
     print("ms: median milliseconds per step over rounds; ratios: median over rounds of the per-round ratio;")
     print("other load: most CPU cores used by other processes during a kept round.")
     discarded = ", ".join(f"{name} {res.discarded}" for name, res in results.items())

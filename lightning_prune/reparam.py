@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
+from lightning_prune.masks import one_cpu_thread
+
 __all__ = [
     "READ_DIRECTLY",
     "MaskHook",
@@ -240,9 +242,10 @@ def refresh(module: nn.Module, name: str) -> None:
     # the bool mask into a float temporary as large as the tensor, and in pieces each piece's
     # temporary is memory the allocator keeps. Chunks keep the two passes within the cache.
     flat_w, flat_o, flat_m = weight.view(-1), orig.reshape(-1), mask.reshape(-1)
-    for start in range(0, flat_w.numel(), _CHUNK):
-        piece = flat_w[start : start + _CHUNK]
-        piece.copy_(flat_m[start : start + _CHUNK]).mul_(flat_o[start : start + _CHUNK])
+    with one_cpu_thread(weight.device):  # two small ops a chunk
+        for start in range(0, flat_w.numel(), _CHUNK):
+            piece = flat_w[start : start + _CHUNK]
+            piece.copy_(flat_m[start : start + _CHUNK]).mul_(flat_o[start : start + _CHUNK])
     setattr(module, name, weight)
 
 

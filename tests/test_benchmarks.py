@@ -38,6 +38,7 @@ def test_bench_global_quick(after: list[str]) -> None:
     assert "| size | torch s | ours s | time ratio (torch/ours) | torch B/param | ours B/param |" in proc.stdout
     assert "| yes |" in proc.stdout, "ours prunes exactly round(0.5 N) entries"
     assert "torch pruned exactly round(0.5 N) in every run: yes." in proc.stdout
+    assert "Masks compared with torch's at 1M, in this process: the same." in proc.stdout
 
 
 @pytest.mark.slow
@@ -73,6 +74,9 @@ def test_bench_step_quick() -> None:
         assert ", malloc thresholds fixed" in proc.stdout.splitlines()[0], "timed in the fixed heap"
     assert "| model | batch | dense ms | torch ms | ours ms | in_place ms | torch / dense |" in proc.stdout
     assert "| in_place |" in proc.stdout
+    assert (
+        "torch, ours and in_place pruned the same entries of every model, with the same masked weights." in proc.stdout
+    )
     assert "| variant | MiB | vs dense |" in proc.stdout
     peak_header = "| model | dense MiB | torch MiB | ours MiB | in_place MiB | ours / torch | in_place / torch |"
     assert peak_header in proc.stdout

@@ -159,6 +159,43 @@ def test_prune_smallest_mixed_dtypes(layout: str) -> None:
     assert out[0].tolist() == [False, True] and out[1].tolist() == [True, False]
 
 
+def test_chunk_loops_run_on_one_cpu_thread_and_give_the_threads_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many small ops, each a parallel region that waits for a thread another process holds: one thread."""
+    monkeypatch.setattr(M, "_SMALL", 0)
+    monkeypatch.setattr(M, "_CHUNK", 64)
+    seen = []
+    histogram = M._histogram
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return histogram(*args)
+
+    monkeypatch.setattr(M, "_histogram", spy)
+    threads = torch.get_num_threads()
+    scores = [torch.randn(500, generator=torch.Generator().manual_seed(0))]
+    alive = [torch.ones(500, dtype=torch.bool)]
+    try:
+        torch.set_num_threads(2)
+        got = M.prune_smallest(scores, alive, 123)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        assert torch.equal(got[0], _reference(scores, alive, 123, False)[0])
+
+        def fail(*args):
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(M, "_histogram", fail)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            M.prune_smallest(scores, alive, 123)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_prune_smallest_of_no_tensors() -> None:
+    assert M.prune_smallest([], [], 0) == []
+
+
 def test_prune_smallest_handles_nan_inf_and_negative_zero() -> None:
     scores = [torch.tensor([float("nan"), float("inf"), -0.0, 0.0, -5.0])]
     out = M.prune_smallest(scores, [torch.ones(5, dtype=torch.bool)], 3)
