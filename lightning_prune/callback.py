@@ -144,6 +144,12 @@ def _has_started(trainer: Trainer, epoch: int) -> bool:
     return loop.epoch_progress.current.started > epoch
 
 
+def _has_comm_hooks(trainer: Trainer) -> bool:
+    """Whether the DDP model has a communication hook, which may change gradient values after backward has
+    masked them (PowerSGD); registered before training or since (in the LightningModule's ``on_train_start``)."""
+    return bool(getattr(trainer.strategy.model, "_comm_hooks", None))
+
+
 def _averaging_callbacks(trainer: Trainer, *, swa: bool = False) -> list[Any]:
     """The Trainer's ``WeightAveraging`` callbacks (``EMAWeightAveraging``), or its ``StochasticWeightAveraging``
     ones (``swa``), matched by class name: older Lightning versions have no ``WeightAveraging``."""
@@ -262,7 +268,8 @@ class PruningCallback(Callback):
         self._round = 0  # pruning events that changed a mask
         self._rewind_pending = False  # an event changed a mask; the last pruning callback runs the rewind
         self._snapshot_recheck = False  # a snapshot just taken: its first step takes replaced optimizers anew
-        self._validated_epoch = -1  # the epoch of the last validation run (not the sanity check)
+        # the epoch of the last validation run (not the sanity check) and, with a rewind, its `val*` metrics
+        self._validated: tuple[int, dict[str, float]] = (-1, {})
         self._stateless_resume = False  # resuming from a checkpoint without this callback's state
         self._trained = False  # whether this fit reached `on_train_start`
         self._fitting = False  # from `on_fit_start` to the end of the fit
@@ -543,9 +550,7 @@ class PruningCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._trained = True
         if self._inplace is not None:
-            # a DDP communication hook may change gradient values after backward has masked them
-            comm_hooks = bool(getattr(trainer.strategy.model, "_comm_hooks", None))
-            self._inplace.attach(trainer.optimizers, per_step=comm_hooks)
+            self._inplace.attach(trainer.optimizers, per_step=_has_comm_hooks(trainer))
         self._check_snapshot_fits(trainer, pl_module)
         self._check_swa_start(trainer)
         self._check_scheduler_frequency(trainer)
@@ -711,12 +716,12 @@ class PruningCallback(Callback):
         # are taken in before backward, so whatever reads the gradients sees them masked; otherwise
         # this is a few identity and flag checks
         if self._inplace is not None:
-            self._inplace.sync(trainer.optimizers)
+            self._inplace.sync(trainer.optimizers, per_step=_has_comm_hooks(trainer))
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         if self._inplace is not None:  # and whatever changed between backward and the step
-            self._inplace.sync(trainer.optimizers)
+            self._inplace.sync(trainer.optimizers, per_step=_has_comm_hooks(trainer))
 
     def _arm_refresh_check(self) -> None:
         """Note each target's masked weight as set now, for :meth:`_check_refreshed` at the next batch's end."""
@@ -754,7 +759,8 @@ class PruningCallback(Callback):
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._validated_epoch = trainer.current_epoch
+            values = trainer.callback_metrics.items() if self.rewind is not None else ()
+            self._validated = (trainer.current_epoch, {k: float(v) for k, v in values if k.startswith("val")})
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -966,14 +972,9 @@ class PruningCallback(Callback):
         metrics = reporting.scalars(after, per_layer=self.log_per_layer, namespace=namespace)
         if self.rewind is not None:
             metrics[reporting.tag("lottery", namespace, "round")] = float(self._round)
-            if getattr(self, "_validated_epoch", -1) == epoch:  # else the values are an earlier round's
-                metrics.update(
-                    {
-                        reporting.tag("lottery", namespace, f"round_end/{k}"): float(v)
-                        for k, v in trainer.callback_metrics.items()
-                        if k.startswith("val")
-                    }
-                )
+            validated, values = getattr(self, "_validated", (-1, {}))
+            if validated == epoch:  # else the values are an earlier round's
+                metrics.update({reporting.tag("lottery", namespace, f"round_end/{k}"): v for k, v in values.items()})
         reporting.log_event(trainer.loggers, metrics, after, self._surviving, trainer.global_step, namespace)
         shapes = {t.qualname: tuple(t.parameter.shape) for t in self._targets}
         if log.isEnabledFor(logging.INFO):  # the table costs statistics no one reads otherwise
@@ -1010,6 +1011,7 @@ class PruningCallback(Callback):
             "seed": self.seed,
             "masks": masks,
             "snapshot": None if self._snapshot is None else self._snapshot.state_dict(),
+            "validated": dict(zip(("epoch", "metrics"), getattr(self, "_validated", (-1, {})))),
         }
 
     def _rewind_state(self) -> dict[str, Any] | None:
@@ -1039,6 +1041,8 @@ class PruningCallback(Callback):
         self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
+        validated = state_dict.get("validated", {})  # a checkpoint saved at validation end, before the event
+        self._validated = (validated.get("epoch", -1), dict(validated.get("metrics", {})))
         if getattr(self, "_fitting", False) and self._targets:
             # restored within a running fit (the learning-rate and batch-size finders save the state and
             # load it back): `on_fit_start` has passed, so set the saved masks now (`_commit` moves them)

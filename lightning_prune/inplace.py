@@ -241,15 +241,18 @@ class InPlaceMasks:
 
         handle = optimizer.register_step_post_hook(once)
 
-    def sync(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    def sync(self, optimizers: Sequence[torch.optim.Optimizer], *, per_step: bool = False) -> None:
         """Catch up with changes since :meth:`attach`; call it before each backward and optimizer step.
 
         Optimizers other than the attached ones (rebuilt during training) are attached in their
         place; a masked weight that requires gradients since (unfrozen) gets its gradient hook,
-        its present gradient masked and its state zeroed. Otherwise this costs a few identity and
-        flag checks.
+        its present gradient masked and its state zeroed; ``per_step=True`` (a DDP communication
+        hook registered since) attaches again as ``attach(per_step=True)``, for good. Otherwise
+        this costs a few identity and flag checks.
         """
-        if len(optimizers) != len(self._optimizers) or any(a is not b for a, b in zip(optimizers, self._optimizers)):
+        if per_step and not self._per_step:
+            self.attach(optimizers, per_step=True)
+        elif len(optimizers) != len(self._optimizers) or any(a is not b for a, b in zip(optimizers, self._optimizers)):
             self.attach(optimizers, per_step=self._per_step)
         elif len(self._grad_handles) < len(self._weights) and any(
             w.requires_grad and id(w) not in self._grad_handles for w in self._weights

@@ -63,13 +63,32 @@ def plain_state_dict(state_dict: MutableMapping[str, Tensor], keys: Iterable[str
 
 
 _CHUNK = 1 << 22
+_HASH_PRIME = (1 << 31) - 1
+_LOW32 = (1 << 32) - 1
+
+
+def _mix(indices: Tensor) -> Tensor:
+    """A 32-bit integer hash of each int64 index (xor-shift-multiply, 0x45D9F3B), each step within int64."""
+    x = (indices ^ (indices >> 32)) & _LOW32
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & _LOW32
+    return (x >> 16) ^ x
 
 
 def mask_checksum(masks: Iterable[Tensor]) -> Tensor:
-    """Per mask: the number of surviving entries and the sum of their flat indices (int64, on the masks' device).
+    """Per mask: the number of surviving entries, the sum of their flat indices, and the sum of a hash of each
+    (int64, on the masks' device).
 
-    Two ranks with equal checksums hold equal masks unless entries were swapped in a way that
-    keeps both sums, which no pruning method here produces.
+    The index sum alone misses two sets with equal sums, such as rows {0, 3} against {1, 2} of a
+    structured mask, and so does any polynomial in the indices for some sets; :func:`_mix` is not
+    one, and its sum (modulo the prime ``2**31 - 1``) tells such sets apart but for a chance of
+    about one in two billion. (Beyond 2**32 entries the index sum wraps around, alike on every rank.)
+
+    Example:
+        >>> import torch
+        >>> mask_checksum([torch.tensor([True, False, False, True]), torch.tensor([False, True, True, False])])
+        tensor([[         2,          3, 1605816902],
+                [         2,          3,  399289920]])
     """
     sums = []
     offsets: Tensor | None = None  # 0 .. _CHUNK - 1, made once: fresh chunk-sized tensors cost page faults
@@ -79,9 +98,11 @@ def mask_checksum(masks: Iterable[Tensor]) -> Tensor:
             offsets = torch.arange(min(flat.numel(), _CHUNK), device=flat.device)
         count = torch.count_nonzero(flat)
         index_sum = torch.zeros((), dtype=torch.int64, device=flat.device)
+        hashed = torch.zeros((), dtype=torch.int64, device=flat.device)
         for start in range(0, flat.numel(), _CHUNK):
             chunk = flat[start : start + _CHUNK]
             picked = offsets[: chunk.numel()][chunk]
             index_sum += picked.sum() + start * picked.numel()
-        sums.append(torch.stack([count, index_sum]))
-    return torch.stack(sums) if sums else torch.zeros(0, 2, dtype=torch.int64)
+            hashed = (hashed + _mix(picked + start).sum()) % _HASH_PRIME
+        sums.append(torch.stack([count, index_sum, hashed]))
+    return torch.stack(sums) if sums else torch.zeros(0, 3, dtype=torch.int64)

@@ -608,13 +608,33 @@ def test_a_resume_from_a_checkpoint_written_without_the_callback_warns_of_the_ev
     assert (~model.fc1.weight_mask).float().mean() == pytest.approx(0.6, abs=0.01)
 
 
+def _mixed(i: int) -> int:
+    x = (i ^ (i >> 32)) & 0xFFFFFFFF
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
 def test_mask_checksum_counts_and_sums_flat_indices_across_chunks(monkeypatch) -> None:
-    """The ranks' mask check: surviving entries and the sum of their flat indices, chunk by chunk."""
+    """The ranks' mask check: surviving entries, the sum of their flat indices and of their hashes, chunk by
+    chunk."""
     monkeypatch.setattr(serialization, "_CHUNK", 8)
     g = torch.Generator().manual_seed(0)
     masks = [torch.rand(shape, generator=g) > 0.5 for shape in [(3,), (5, 7), (4, 4, 3), (1,)]]
-    expected = torch.tensor([[int(m.sum()), int(m.reshape(-1).nonzero().sum())] for m in masks])
+    kept = [m.reshape(-1).nonzero().flatten().tolist() for m in masks]
+    expected = torch.tensor([[len(k), sum(k), sum(map(_mixed, k)) % (2**31 - 1)] for k in kept])
     assert torch.equal(serialization.mask_checksum(masks), expected)
+    assert _mixed(2**40 + 5) == int(serialization._mix(torch.tensor([2**40 + 5])))
+
+
+def test_mask_checksum_tells_apart_row_sets_with_equal_index_sums() -> None:
+    """Rows {0, 3} against {1, 2}, and {0, 3, 5, 6} against {1, 2, 4, 7} (equal sums of indices and of
+    their squares): a structured method's picks on two ranks whose weights diverged."""
+    for first, second in [([0, 3], [1, 2]), ([0, 3, 5, 6], [1, 2, 4, 7])]:
+        a, b = torch.zeros(8, 4, dtype=torch.bool), torch.zeros(8, 4, dtype=torch.bool)
+        a[first], b[second] = True, True
+        sums = serialization.mask_checksum([a, b])
+        assert torch.equal(sums[0, :2], sums[1, :2]) and not torch.equal(sums[0], sums[1])
 
 
 # ---------------------------------------------------------------- after fit, and the same model again

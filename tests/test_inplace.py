@@ -585,9 +585,21 @@ def test_zero_eps_is_not_zero_preserving() -> None:
 
 
 class PowerSGD(Callback):
-    """Register PowerSGD on the DDP model (Lightning's `ddp_comm_hook` option registers only on CUDA)."""
+    """Register PowerSGD on the DDP model (Lightning's `ddp_comm_hook` option registers only on CUDA), at fit
+    start or, listed after the pruning callback, once its `on_train_start` has run."""
+
+    def __init__(self, at_train_start: bool = False) -> None:
+        self.at_train_start = at_train_start
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        if not self.at_train_start:
+            self._register(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.at_train_start:
+            self._register(trainer)
+
+    def _register(self, trainer) -> None:
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
         state = powerSGD_hook.PowerSGDState(
@@ -598,8 +610,10 @@ class PowerSGD(Callback):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_ddp_communication_hook_gets_the_per_step_pass(tmp_path, monkeypatch) -> None:
-    """PowerSGD's low-rank gradients are non-zero at pruned entries after backward has masked them."""
+@pytest.mark.parametrize("at_train_start", [False, True], ids=["before-training", "after-on-train-start"])
+def test_ddp_communication_hook_gets_the_per_step_pass(tmp_path, monkeypatch, at_train_start: bool) -> None:
+    """PowerSGD's low-rank gradients are non-zero at pruned entries after backward has masked them, whether
+    its hook is registered before training or after the callback's `on_train_start` (in the module's)."""
     from lightning.pytorch.strategies import DDPStrategy
 
     # PowerSGD calls `torch.cuda.synchronize(device)` whenever CUDA is available, which fails for
@@ -611,7 +625,8 @@ def test_ddp_communication_hook_gets_the_per_step_pass(tmp_path, monkeypatch) ->
     torch.manual_seed(0)
     try:
         strategy = DDPStrategy(process_group_backend="gloo")
-        make_lenet_trainer(tmp_path, [PowerSGD(), callback, check], strategy=strategy).fit(LitLeNet(), lenet_data())
+        hooks = [callback, PowerSGD(at_train_start), check] if at_train_start else [PowerSGD(), callback, check]
+        make_lenet_trainer(tmp_path, hooks, strategy=strategy).fit(LitLeNet(), lenet_data())
     finally:
         if torch.distributed.is_initialized():  # a one-process group, left for the rest of the session otherwise
             torch.distributed.destroy_process_group()

@@ -562,6 +562,29 @@ def test_round_end_metrics_come_from_the_rounds_own_validation(tmp_path) -> None
     assert rows[1]["lottery/round_end/val_loss"] == ""
 
 
+def test_round_end_metrics_survive_a_resume_from_the_checkpoint_of_the_rounds_validation(tmp_path) -> None:
+    """The checkpoint saved at validation end, before the event: the resumed run logs the round's
+    validation as the uninterrupted one does, though Lightning restores no `callback_metrics`."""
+
+    def fit(root: Path, epochs: int, ckpt_path: Path | None = None) -> list[tuple[str, str, str]]:
+        logger = CSVLogger(root, name="csv")
+        callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5, 2: 0.7}), rewind=Rewind(epoch=0))
+        checkpoints = ModelCheckpoint(
+            dirpath=root / "ckpt", filename="{epoch}", save_top_k=-1, save_on_train_epoch_end=False
+        )
+        trainer = _trainer(epochs, [callback, checkpoints], root, logger=logger, enable_checkpointing=True)
+        trainer.fit(_model(cls=TinyVal), _data(), _data(), ckpt_path=ckpt_path)
+        logger.save()
+        with open(Path(logger.log_dir) / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("lottery/round")]
+        return [(r["step"], r["lottery/round"], r["lottery/round_end/val_loss"]) for r in rows]
+
+    uninterrupted = fit(tmp_path / "a", 3)
+    assert len(uninterrupted) == 3 and all(value for _, _, value in uninterrupted)
+    fit(tmp_path / "b", 2)
+    assert fit(tmp_path / "c", 3, tmp_path / "b" / "ckpt" / "epoch=1.ckpt") == uninterrupted[1:]
+
+
 def test_round_tags_of_one_callback_among_several_carry_its_name(tmp_path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     rewinding = PruningCallback(
