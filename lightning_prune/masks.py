@@ -139,6 +139,9 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
     global event over 10M entries took 0.04 s on two idle threads, 0.08 s on one, and 0.16-2.4 s
     on two beside one busy process; on one thread it stays at 0.08 s.
 
+    ``torch.set_num_threads`` also sets the default that a thread takes the first time it runs a
+    torch op: a thread of the caller's that first does so within the block keeps one thread.
+
     Example:
         >>> import torch
         >>> threads = torch.get_num_threads()
