@@ -347,6 +347,7 @@ class PruningCallback(Callback):
             )
 
         self._fitting = False  # an earlier fit may have ended without our `on_exception`
+        self._validated = (-1, {})  # a resumed fit's comes with the checkpoint's state, loaded after this
         same_model = self._model is not None and self._model() is pl_module
         if not same_model:
             self._pending_masks, self._snapshot = None, None  # any masks belong to another model
@@ -758,7 +759,7 @@ class PruningCallback(Callback):
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if self._fitting and not trainer.sanity_checking:  # not `trainer.validate()`: no round ends there
             values = trainer.callback_metrics.items() if self.rewind is not None else ()
             self._validated = (trainer.current_epoch, {k: float(v) for k, v in values if k.startswith("val")})
 

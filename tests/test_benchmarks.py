@@ -74,9 +74,8 @@ def test_bench_step_quick() -> None:
         assert ", malloc thresholds fixed" in proc.stdout.splitlines()[0], "timed in the fixed heap"
     assert "| model | batch | dense ms | torch ms | ours ms | in_place ms | torch / dense |" in proc.stdout
     assert "| in_place |" in proc.stdout
-    assert (
-        "torch, ours and in_place pruned the same entries of every model, with the same masked weights." in proc.stdout
-    )
+    same = "torch, ours and in_place pruned the same entries of every model (but for ties at a threshold"
+    assert same in proc.stdout, "checked before timing"
     assert "| variant | MiB | vs dense |" in proc.stdout
     peak_header = "| model | dense MiB | torch MiB | ours MiB | in_place MiB | ours / torch | in_place / torch |"
     assert peak_header in proc.stdout

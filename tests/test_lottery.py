@@ -585,6 +585,26 @@ def test_round_end_metrics_survive_a_resume_from_the_checkpoint_of_the_rounds_va
     assert fit(tmp_path / "c", 3, tmp_path / "b" / "ckpt" / "epoch=1.ckpt") == uninterrupted[1:]
 
 
+@pytest.mark.parametrize("before", ["validate", "another-fit"])
+def test_round_end_metrics_never_come_from_a_validation_outside_the_fit(tmp_path, before: str) -> None:
+    """A baseline `trainer.validate()` before the fit, or an earlier fit of the same callback: epoch 0 of
+    this fit has no validation of its own, so its event logs no round-end metrics."""
+    callback = PruningCallback(schedule=Explicit({0: 0.3}), rewind=Rewind(epoch=0))
+    if before == "validate":
+        trainer = _trainer(1, [callback], tmp_path / "a", logger=CSVLogger(tmp_path, name="a"))
+        trainer.validate(_model(cls=TinyVal), _data())
+    else:
+        _trainer(1, [callback], tmp_path / "b").fit(_model(cls=TinyVal), _data(), _data())
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = _trainer(2, [callback], tmp_path / "c", logger=logger, check_val_every_n_epoch=2)
+    trainer.fit(_model(cls=TinyVal), _data(), _data())
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lottery/round")]
+    assert [float(r["lottery/round"]) for r in rows] == [1.0]
+    assert not rows[0].get("lottery/round_end/val_loss")
+
+
 def test_round_tags_of_one_callback_among_several_carry_its_name(tmp_path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     rewinding = PruningCallback(
