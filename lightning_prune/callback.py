@@ -270,6 +270,7 @@ class PruningCallback(Callback):
         self._snapshot_recheck = False  # a snapshot just taken: its first step takes replaced optimizers anew
         # the epoch of the last validation run (not the sanity check) and, with a rewind, its `val*` metrics
         self._validated: tuple[int, dict[str, float]] = (-1, {})
+        self._metrics_before: dict[str, Any] = {}  # `callback_metrics` as the running validation started
         self._stateless_resume = False  # resuming from a checkpoint without this callback's state
         self._trained = False  # whether this fit reached `on_train_start`
         self._fitting = False  # from `on_fit_start` to the end of the fit
@@ -758,10 +759,24 @@ class PruningCallback(Callback):
             )
 
     @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.rewind is not None and self._fitting and not trainer.sanity_checking:
+            self._metrics_before = dict(trainer.callback_metrics)
+
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._fitting and not trainer.sanity_checking:  # not `trainer.validate()`: no round ends there
-            values = trainer.callback_metrics.items() if self.rewind is not None else ()
-            self._validated = (trainer.current_epoch, {k: float(v) for k, v in values if k.startswith("val")})
+            self._validated = (trainer.current_epoch, self._validation_metrics(trainer))
+
+    def _validation_metrics(self, trainer: Trainer) -> dict[str, float]:
+        """With a rewind, the ``val*`` metrics that the running validation logged. ``callback_metrics`` also
+        keeps those an earlier one logged and this one did not (a metric measured every other epoch): an earlier
+        round's. Lightning computes a new tensor for each metric logged."""
+        if self.rewind is None:
+            return {}
+        before = getattr(self, "_metrics_before", {})
+        fresh = ((k, v) for k, v in trainer.callback_metrics.items() if before.get(k) is not v)
+        return {k: float(v) for k, v in fresh if k.startswith("val")}
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -1012,8 +1027,17 @@ class PruningCallback(Callback):
             "seed": self.seed,
             "masks": masks,
             "snapshot": None if self._snapshot is None else self._snapshot.state_dict(),
-            "validated": dict(zip(("epoch", "metrics"), getattr(self, "_validated", (-1, {})))),
+            "validated": dict(zip(("epoch", "metrics"), self._validated_now())),
         }
+
+    def _validated_now(self) -> tuple[int, dict[str, float]]:
+        """The last validation's epoch and metrics; the running one's if a checkpoint is saved at its end before
+        this callback's ``on_validation_end`` (by a callback listed before it)."""
+        trainer = None if self._trainer is None else self._trainer()
+        if trainer is not None and getattr(self, "_fitting", False):
+            if trainer.validating and not trainer.sanity_checking:
+                return trainer.current_epoch, self._validation_metrics(trainer)
+        return getattr(self, "_validated", (-1, {}))
 
     def _rewind_state(self) -> dict[str, Any] | None:
         return None if self.rewind is None else {"epoch": self.rewind.epoch, "reinit": self.rewind.reinit}

@@ -562,17 +562,36 @@ def test_round_end_metrics_come_from_the_rounds_own_validation(tmp_path) -> None
     assert rows[1]["lottery/round_end/val_loss"] == ""
 
 
-def test_round_end_metrics_survive_a_resume_from_the_checkpoint_of_the_rounds_validation(tmp_path) -> None:
+class _SaverAtValidationEnd(Callback):
+    """Saves ``epoch={epoch}.ckpt`` at validation end; not a ``ModelCheckpoint``, which Lightning moves last."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.directory / f"epoch={trainer.current_epoch}.ckpt")
+
+
+@pytest.mark.parametrize("saver_first", [False, True], ids=["model-checkpoint", "a-callback-listed-first"])
+def test_round_end_metrics_survive_a_resume_from_the_checkpoint_of_the_rounds_validation(
+    tmp_path, saver_first: bool
+) -> None:
     """The checkpoint saved at validation end, before the event: the resumed run logs the round's
-    validation as the uninterrupted one does, though Lightning restores no `callback_metrics`."""
+    validation as the uninterrupted one does, though Lightning restores no `callback_metrics`; also when
+    the checkpoint is saved before this callback has seen that validation end."""
 
     def fit(root: Path, epochs: int, ckpt_path: Path | None = None) -> list[tuple[str, str, str]]:
         logger = CSVLogger(root, name="csv")
         callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5, 2: 0.7}), rewind=Rewind(epoch=0))
-        checkpoints = ModelCheckpoint(
-            dirpath=root / "ckpt", filename="{epoch}", save_top_k=-1, save_on_train_epoch_end=False
-        )
-        trainer = _trainer(epochs, [callback, checkpoints], root, logger=logger, enable_checkpointing=True)
+        if saver_first:
+            callbacks = [_SaverAtValidationEnd(root / "ckpt"), callback]
+        else:
+            checkpoints = ModelCheckpoint(
+                dirpath=root / "ckpt", filename="{epoch}", save_top_k=-1, save_on_train_epoch_end=False
+            )
+            callbacks = [callback, checkpoints]
+        trainer = _trainer(epochs, callbacks, root, logger=logger, enable_checkpointing=not saver_first)
         trainer.fit(_model(cls=TinyVal), _data(), _data(), ckpt_path=ckpt_path)
         logger.save()
         with open(Path(logger.log_dir) / "metrics.csv") as f:
@@ -583,6 +602,49 @@ def test_round_end_metrics_survive_a_resume_from_the_checkpoint_of_the_rounds_va
     assert len(uninterrupted) == 3 and all(value for _, _, value in uninterrupted)
     fit(tmp_path / "b", 2)
     assert fit(tmp_path / "c", 3, tmp_path / "b" / "ckpt" / "epoch=1.ckpt") == uninterrupted[1:]
+
+
+class TinyValSometimes(TinyVal):
+    """Logs `val_acc` in even epochs only, `val_loss` in every one."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        if self.current_epoch % 2 == 0:
+            x, y = batch
+            self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+
+def test_round_end_metrics_are_those_of_the_rounds_validation_key_by_key(tmp_path) -> None:
+    """`callback_metrics` keeps `val_acc` from epoch 0 through epoch 1's validation, which did not measure it:
+    round 2 logs only its own `val_loss`."""
+    logger = CSVLogger(tmp_path, name="csv")
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.5, 2: 0.7}), rewind=Rewind(epoch=0))
+    _trainer(3, [callback], tmp_path, logger=logger).fit(_model(cls=TinyValSometimes), _data(), _data())
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lottery/round")]
+    assert [bool(r["lottery/round_end/val_loss"]) for r in rows] == [True, True, True]
+    assert [bool(r["lottery/round_end/val_acc"]) for r in rows] == [True, False, True]
+
+
+def test_round_end_metrics_of_a_resumed_fit_never_come_from_a_validation_after_the_fit(tmp_path) -> None:
+    """`trainer.validate()` after a fit, then a checkpoint: the resumed fit's event after epoch 4, which
+    runs no validation of its own, logs no round-end metrics."""
+    callback = PruningCallback(schedule=Explicit({e: 0.1 * (e + 1) for e in range(5)}), rewind=Rewind(epoch=0))
+    trainer = _trainer(4, [callback], tmp_path / "a", check_val_every_n_epoch=2)
+    model = _model(cls=TinyVal)
+    trainer.fit(model, _data(), _data())
+    trainer.validate(model, _data())
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    logger = CSVLogger(tmp_path, name="csv")
+    resumed = PruningCallback(schedule=Explicit({e: 0.1 * (e + 1) for e in range(5)}), rewind=Rewind(epoch=0))
+    trainer = _trainer(5, [resumed], tmp_path / "b", logger=logger, check_val_every_n_epoch=2)
+    trainer.fit(_model(cls=TinyVal), _data(), _data(), ckpt_path=tmp_path / "after.ckpt")
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lottery/round")]
+    assert [float(r["lottery/round"]) for r in rows] == [5.0]
+    assert not rows[0].get("lottery/round_end/val_loss")
 
 
 @pytest.mark.parametrize("before", ["validate", "another-fit"])
