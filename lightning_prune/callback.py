@@ -718,11 +718,12 @@ class PruningCallback(Callback):
         # are taken in before backward, so whatever reads the gradients sees them masked; otherwise
         # this is a few identity and flag checks
         if self._inplace is not None:
-            self._inplace.sync(trainer.optimizers, per_step=_has_comm_hooks(trainer))
+            self._inplace.sync(trainer.optimizers)
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
-        if self._inplace is not None:  # and whatever changed between backward and the step
+        # and whatever changed between backward and the step, a DDP communication hook registered since included
+        if self._inplace is not None:
             self._inplace.sync(trainer.optimizers, per_step=_has_comm_hooks(trainer))
 
     def _arm_refresh_check(self) -> None:

@@ -226,19 +226,28 @@ def _classes(optimizers: Sequence[Any], schedulers: Sequence[Any]) -> tuple[list
 
 @contextmanager
 def _plain(module: nn.Module) -> Iterator[None]:
-    """Inside, every tensor of ``module`` pruned by a ``MaskHook`` is a plain parameter again."""
+    """Inside, every tensor of ``module`` pruned by a ``MaskHook`` is a plain parameter again, its hook idle (a
+    reset may run a forward pass)."""
     names = [n for n in list(module._parameters) if n.endswith("_orig") and reparam.is_reparametrized(module, n[:-5])]
+    hooks = module._forward_pre_hooks
+    idle = {k: h for k, h in hooks.items() if isinstance(h, reparam.MaskHook) and h._tensor_name + "_orig" in names}
     for orig_name in names:
         name = orig_name[: -len("_orig")]
         module.__dict__.pop(name, None)
         reparam.rename_parameter(module, orig_name, name)
+    hooks.update(dict.fromkeys(idle, _idle_hook))  # in their places: the order of the other hooks stays
     try:
         yield
     finally:
+        hooks.update(idle)
         for orig_name in names:
             name = orig_name[: -len("_orig")]
             reparam.rename_parameter(module, name, orig_name)
             reparam.refresh(module, name)
+
+
+def _idle_hook(module: nn.Module, inputs: Any) -> None:
+    return None
 
 
 def _reset(module: nn.Module) -> Callable[[], None] | None:

@@ -287,12 +287,12 @@ def _prune_in_chunks(
     ties_left = n_pruned - below
 
     out = []
-    for s, a, full in zip(scores, alive, (p is None for p in partial)):
+    for s, a, p in zip(scores, alive, partial):
         flat_s, new = s.reshape(-1), a.reshape(-1).clone()
         chunk = _chunk_size(new)
         for start in range(0, flat_s.numel(), chunk):
             kept = new[start : start + chunk]
-            keys = _keys(flat_s[start : start + chunk], None if full else kept, largest, scratch)
+            keys = _keys(flat_s[start : start + chunk], None if p is None else kept, largest, scratch)
             n = keys.numel()
             prune = torch.lt(keys, threshold, out=scratch.flags[:n])
             if ties_left > 0:

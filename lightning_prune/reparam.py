@@ -122,8 +122,6 @@ class MaskHook(torch_prune.BasePruningMethod):
         return cached[3]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
-        if self._tensor_name in module._parameters and self._tensor_name + "_orig" not in module._parameters:
-            return  # plain for now: a forward run by `reset_parameters` during `lottery.reinitialize`
         weight = self.apply_mask(module)
         setattr(module, self._tensor_name, weight)
         self._last = weakref.ref(weight)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, MutableMapping
 import torch
 from torch import Tensor
 
+from lightning_prune.masks import one_cpu_thread
+
 __all__ = ["mask_checksum", "pack_mask", "plain_state_dict", "unpack_mask"]
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -99,10 +101,11 @@ def mask_checksum(masks: Iterable[Tensor]) -> Tensor:
         count = torch.count_nonzero(flat)
         index_sum = torch.zeros((), dtype=torch.int64, device=flat.device)
         hashed = torch.zeros((), dtype=torch.int64, device=flat.device)
-        for start in range(0, flat.numel(), _CHUNK):
-            chunk = flat[start : start + _CHUNK]
-            picked = offsets[: chunk.numel()][chunk]
-            index_sum += picked.sum() + start * picked.numel()
-            hashed = (hashed + _mix(picked + start).sum()) % _HASH_PRIME
+        with one_cpu_thread(flat.device):  # a dozen small ops a chunk
+            for start in range(0, flat.numel(), _CHUNK):
+                chunk = flat[start : start + _CHUNK]
+                picked = offsets[: chunk.numel()][chunk]
+                index_sum += picked.sum() + start * picked.numel()
+                hashed = (hashed + _mix(picked + start).sum()) % _HASH_PRIME
         sums.append(torch.stack([count, index_sum, hashed]))
     return torch.stack(sums) if sums else torch.zeros(0, 3, dtype=torch.int64)
