@@ -57,10 +57,20 @@ class Target:
         """The current bool mask, or ``None`` while the tensor is not reparametrized.
 
         A float mask (``torch.nn.utils.prune``'s, until the first commit adopts it) is read as ``mask != 0``.
+        Holders of a tied tensor share one mask, but torch's pruning of one holder alone gives that one its
+        own: the entries pruned in any holder's count as pruned.
         """
-        module, name = self.holders[0]
-        mask = module._buffers.get(name + "_mask")
-        return mask if mask is None or mask.dtype == torch.bool else mask != 0
+        found: list[Tensor] = []
+        for module, name in self.holders:
+            mask = module._buffers.get(name + "_mask")
+            if mask is not None and all(mask is not other for other in found):
+                found.append(mask if mask.dtype == torch.bool else mask != 0)
+        if not found:
+            return None
+        combined = found[0]
+        for other in found[1:]:
+            combined = combined & other
+        return combined
 
 
 def _logical_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, object]]:

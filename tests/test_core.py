@@ -113,3 +113,25 @@ def test_an_all_true_mask_committed_to_a_tied_tensor_is_one_buffer() -> None:
     assert [len(t.holders) for t in targets] == [2]
     core.commit_masks(targets, core.current_masks(targets))
     assert first.weight_mask is second.weight_mask and first.weight_mask.is_contiguous()
+
+
+def test_a_tied_tensor_that_torch_pruned_in_one_holder_counts_those_zeros() -> None:
+    """``prune.random_unstructured(lm.head, ...)`` masks the tensor in the head only: its zeros count for the
+    one tensor, and both holders end up with the same mask."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    embedding, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+    head.weight = embedding.weight
+    model = nn.Sequential(embedding, head)
+    prune.random_unstructured(head, "weight", amount=0.5)
+    targets = resolve_targets(model)
+    method = resolve_method("l1_unstructured")
+    assert core.sparsity_stats(targets, method).per_target[targets[0].qualname] == core.Counts(20, 40)
+    for sparsity, pruned in ((0.5, 20), (0.75, 30)):  # 0.5 is met already: nothing changes
+        core.commit_masks(targets, core.compute_masks(targets, method, sparsity, scope="layer"))
+        assert torch.equal(embedding.weight_mask, head.weight_mask)
+        assert int((~head.weight_mask).sum()) == pruned
+        assert int((head.weight == 0).sum()) == int((embedding.weight == 0).sum()) == pruned
+    core.make_permanent(targets)
+    assert head.weight is embedding.weight and int((head.weight == 0).sum()) == 30
