@@ -271,7 +271,8 @@ def _adopt(module: nn.Module, name: str, hook: torch_prune.BasePruningMethod) ->
 def _register_hooks(module: nn.Module, name: str) -> MaskHook:
     hook = MaskHook(name)
     hook._handles = [
-        module.register_forward_pre_hook(hook),
+        # first: the hooks of `weight_norm` and `spectral_norm` read the masked tensor
+        module.register_forward_pre_hook(hook, prepend=True),
         module.register_load_state_dict_pre_hook(_LoadPlain(name)),
     ]
     refresh(module, name)

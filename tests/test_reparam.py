@@ -10,6 +10,7 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
@@ -409,3 +410,19 @@ def test_attention_hook_with_torch_pruning_stacked_on_out_proj() -> None:
     prune.remove(out_proj, "weight")
     _used_out_proj_weight(attention)
     assert not attention._forward_pre_hooks
+
+
+def test_the_mask_hook_runs_before_the_hooks_of_old_style_weight_norm() -> None:
+    """`nn.utils.weight_norm` computes `weight` from `weight_v` in its own forward pre-hook, registered first:
+    ours runs before it, so the forward reads the current masked `weight_v` and trains `weight_v_orig`."""
+    torch.manual_seed(0)
+    layer = nn.utils.weight_norm(nn.Linear(4, 3))
+    reparam.apply(layer, "weight_v", torch.rand(3, 4, generator=torch.Generator().manual_seed(0)) > 0.5)
+    x = torch.randn(5, 4)
+    layer(x).sum().backward()
+    assert layer.weight_v_orig.grad is not None and layer.weight_v_orig.grad.abs().sum() > 0
+    with torch.no_grad():
+        layer.weight_v_orig.add_(1.0)  # an optimizer step
+        v = layer.weight_v_orig * layer.weight_v_mask
+        expected = F.linear(x, layer.weight_g * v / v.norm(dim=1, keepdim=True), layer.bias)
+        assert torch.allclose(layer(x), expected)
