@@ -323,7 +323,7 @@ class CustomMethod(PruningMethod):
         effective = weight * mask
         if alive == total or self.pruning_type == "global":
             # what torch.nn.utils.prune shows a method that prunes a tensor for the first time
-            index: tuple[Any, ...] = (slice(None),)
+            index: tuple[Any, ...] = (...,)  # a 0-dim tensor too
         elif self.pruning_type == "unstructured":
             index = (mask,)
         elif self.pruning_type == "structured":
@@ -332,6 +332,12 @@ class CustomMethod(PruningMethod):
         part = effective[index]
         default = mask[index].to(weight.dtype)
         computed = method.compute_mask(part, default_mask=default)
+        if not isinstance(computed, Tensor) or computed.shape != part.shape:
+            got = f"shape {tuple(computed.shape)}" if isinstance(computed, Tensor) else type(computed).__name__
+            raise ValueError(
+                f"`method={self.cls.__name__}`: its `compute_mask` returned a mask of {got} for a tensor of shape "
+                f"{tuple(part.shape)}; it must return a tensor of the shape of the tensor it is given"
+            )
         new = mask.clone()
         new[index] = computed.to(device=mask.device) != 0
         return new & mask

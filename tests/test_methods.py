@@ -259,6 +259,40 @@ def test_foobar_unchanged_matches_tutorial() -> None:
     assert mask.tolist() == [False, True] * 5
 
 
+def test_foobar_prunes_a_scalar_as_torch_does() -> None:
+    """A 0-dim parameter (a learned scale): torch's `FooBarPruningMethod.apply` masks its one entry."""
+    reference, ours = nn.Module(), nn.Module()
+    reference.scale, ours.scale = nn.Parameter(torch.tensor(2.0)), nn.Parameter(torch.tensor(2.0))
+    FooBarPruningMethod.apply(reference, "scale")
+    for scope in ("layer", "global"):
+        (mask,) = resolve_method(FooBarPruningMethod).masks(
+            [ours.scale.detach()], [_ones(ours.scale)], 0.9, scope=scope
+        )
+        assert mask.shape == () and torch.equal(mask, reference.scale_mask.bool())
+
+
+class _ReturnsNone(prune.BasePruningMethod):
+    PRUNING_TYPE = "unstructured"
+
+    def compute_mask(self, t, default_mask):
+        return None
+
+
+class _ReturnsARow(prune.BasePruningMethod):
+    PRUNING_TYPE = "unstructured"
+
+    def compute_mask(self, t, default_mask):
+        return default_mask[:1]
+
+
+@pytest.mark.parametrize(("cls", "got"), [(_ReturnsNone, "NoneType"), (_ReturnsARow, r"shape \(1, 3\)")])
+def test_a_custom_mask_that_is_no_tensor_of_the_shape_given_is_named(cls, got: str) -> None:
+    weight = torch.randn(4, 3)
+    message = rf"`method={cls.__name__}`: its `compute_mask` returned a mask of {got} for a tensor of shape \(4, 3\)"
+    with pytest.raises(ValueError, match=message):
+        resolve_method(cls).masks([weight], [_ones(weight)], 0.5, scope="layer")
+
+
 def test_custom_method_iterates_like_torch_container() -> None:
     torch.manual_seed(0)
     reference = nn.Linear(5, 4)
