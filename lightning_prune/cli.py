@@ -103,7 +103,6 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PruneCLI:
         datamodule_class=None,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
     )

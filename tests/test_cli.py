@@ -115,6 +115,20 @@ def test_design_yaml_fits_with_rewind(tmp_path, monkeypatch):
     assert (tmp_path / "config.yaml").is_file()  # SaveConfigCallback, under default_root_dir
 
 
+def test_a_fit_without_a_logger_never_writes_over_a_config_yaml(tmp_path, monkeypatch):
+    """Lightning saves the resolved config as `config.yaml` in `default_root_dir` when there is no logger: one
+    there already (the user's own, given as `--config`, or an earlier run's) stops the fit, untouched."""
+    monkeypatch.chdir(tmp_path)
+    mine = "# my experiment, do not edit\n" + DESIGN_YAML + "model: tests.tutorial.LitLeNet\n"
+    config = tmp_path / "config.yaml"
+    config.write_text(mine)
+    with pytest.raises(RuntimeError, match="to NOT exist"):
+        build_cli(
+            ["fit", "--config", str(config), "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]
+        )
+    assert config.read_text() == mine
+
+
 def test_builtin_model_names_live_under_net(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _write(
