@@ -12,17 +12,18 @@ import fnmatch
 import logging
 import numbers
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 from typing_extensions import override
 
@@ -157,6 +158,32 @@ def _averaging_callbacks(trainer: Trainer, *, swa: bool = False) -> list[Any]:
     return [c for c in trainer.callbacks if names & {cls.__name__ for cls in type(c).__mro__}]  # type: ignore[attr-defined]
 
 
+def _renamed_finetuning_state(state: Any, rename: Callable[[str], str]) -> Any:
+    """A copy of a ``BaseFinetuning`` state (its optimizers' parameter groups by parameter name) with every name
+    passed through ``rename``; the state as it is where it has another layout."""
+    try:
+        metadata = state["internal_optimizer_metadata"]
+        renamed = {
+            i: [{**group, "params": [rename(name) for name in group["params"]]} for group in groups]
+            for i, groups in metadata.items()
+        }
+    except (KeyError, TypeError, AttributeError):
+        return state
+    return {**state, "internal_optimizer_metadata": renamed}
+
+
+def _parameter_names(module: nn.Module) -> dict[str, str]:
+    """Each parameter's name in ``module.named_parameters()``, keyed by that name with a reparametrized tensor's
+    ``<name>_orig`` read as ``<name>`` (its name in a checkpoint, and before and after pruning)."""
+    names = {}
+    for qualname, _ in module.named_parameters():
+        prefix, _, name = qualname.rpartition(".")
+        owner = module.get_submodule(prefix) if prefix else module
+        pruned = name.endswith("_orig") and name[: -len("_orig")] + "_mask" in owner._buffers
+        names[qualname[: -len("_orig")] if pruned else qualname] = qualname
+    return names
+
+
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
     """The Trainer's pruning callbacks, in its order."""
     return [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
@@ -184,14 +211,16 @@ class PruningCallback(Callback):
             ``__init__`` takes ``n`` gets it as given, else keeps its own default.
         rewind: a :class:`~lightning_prune.Rewind` for lottery-ticket experiments.
         make_permanent: at the end of ``fit``, remove every reparametrization (plain
-            parameters with zeros where pruned).
+            parameters with zeros where pruned). With ``masking="in_place"`` the weights are
+            plain all along: ``False`` keeps no masking on the model after ``fit`` either.
         log_per_layer: log ``sparsity/<name>`` for every target besides ``sparsity/global``
             (``sparsity/<method>/...`` when the Trainer has several pruning callbacks, numbered
             ``<method>_1``, ``<method>_2`` in its order where two share a method).
         seed: seed of the random methods and of ``Rewind(reinit=True)``, an int in
             ``[-2**63, 2**64)``; ``None`` takes one from torch's global RNG on rank 0, without
             advancing it (a fit's dropout and batch order stay as without the callback), and
-            shares it with every rank.
+            shares it with every rank: anew for each Trainer that fits with the callback, the
+            same for fits with one Trainer and for a resume (the checkpoint holds it).
         masking: ``"reparametrize"``: the layout of ``torch.nn.utils.prune`` (``<name>_orig``,
             a bool ``<name>_mask`` buffer, a forward pre-hook); ``"in_place"``: weights stay
             plain parameters, the callback keeps the masks, zeroes pruned entries' gradients as
@@ -258,6 +287,7 @@ class PruningCallback(Callback):
         ):
             raise ValueError(f"Expected `seed` to be None or an int in [-2**63, 2**64) (torch's seeds), got {seed!r}")
         self.seed: int | None = None if seed is None else int(seed)
+        self._given_seed = self.seed  # `None`: drawn at each new Trainer's fit
         if masking not in ("reparametrize", "in_place"):
             raise ValueError(f"Expected `masking` to be 'reparametrize' or 'in_place', got {masking!r}")
         self.masking = masking
@@ -267,6 +297,7 @@ class PruningCallback(Callback):
         self._done_epoch = -1  # the last epoch whose end was handled
         self._round = 0  # pruning events that changed a mask
         self._rewind_pending = False  # an event changed a mask; the last pruning callback runs the rewind
+        self._restate_epoch: int | None = None  # the epoch at whose start the snapshot's optimizer states return
         self._snapshot_recheck = False  # a snapshot just taken: its first step takes replaced optimizers anew
         # the epoch of the last validation run (not the sanity check) and, with a rewind, its `val*` metrics
         self._validated: tuple[int, dict[str, float]] = (-1, {})
@@ -354,6 +385,8 @@ class PruningCallback(Callback):
             self._pending_masks, self._snapshot = None, None  # any masks belong to another model
         if self._trainer is None or self._trainer() is not trainer:
             self._done_epoch, self._round, self._snapshot, self._rewind_pending = -1, 0, None, False
+            self._restate_epoch = None
+            self.seed = getattr(self, "_given_seed", self.seed)  # a callback pickled earlier keeps its seed
         if same_model and self._pending_masks is None:
             self._pending_masks = self._held_masks()
         if self._inplace is not None:
@@ -489,6 +522,33 @@ class PruningCallback(Callback):
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
         self._restore_pending()
+        self._rename_finetuning_groups(trainer, pl_module)
+
+    def _rename_finetuning_groups(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Name the parameters in the state of a resuming ``BaseFinetuning`` (``BackboneFinetuning``) as the model
+        names them now, in case the masks just set renamed them: its ``on_fit_start``, later in the callbacks'
+        order, looks its parameter groups up by name. Checkpoints hold the plain names (``on_save_checkpoint``)."""
+        current = _parameter_names(pl_module)
+
+        def rename(name: str) -> str:
+            return current.get(name) or (current.get(name[: -len("_orig")]) if name.endswith("_orig") else None) or name
+
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, BaseFinetuning) and getattr(callback, "_restarting", False):
+                state = _renamed_finetuning_state(callback.state_dict(), rename)
+                callback._internal_optimizer_metadata = state["internal_optimizer_metadata"]
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # the plain names, as the checkpoint's weights: `BaseFinetuning` records them by name, as the model had
+        # them when it changed its parameter groups (before or after a pruning event)
+        plain = {qualname: name for name, qualname in _parameter_names(pl_module).items()}
+        states = checkpoint.get("callbacks", {})
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, BaseFinetuning) and callback.state_key in states:
+                states[callback.state_key] = _renamed_finetuning_state(
+                    states[callback.state_key], lambda name: plain.get(name, name)
+                )
 
     def _warn_averages_not_rewound(self, trainer: Trainer) -> None:
         averaging = [type(c).__name__ for c in _averaging_callbacks(trainer) + _averaging_callbacks(trainer, swa=True)]
@@ -691,10 +751,35 @@ class PruningCallback(Callback):
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rewind(trainer, pl_module)  # one a checkpoint written between two pruning callbacks' events left due
+        self._restate(trainer)
         self._take_snapshot(trainer, pl_module)
+
+    def _restate(self, trainer: Trainer) -> None:
+        """At the start of the epoch after a rewind, restore the snapshot's optimizer and LR-scheduler states again.
+
+        Between the rewind, at the event's epoch end, and this hook, whatever runs later may step them: the model's
+        own ``on_train_epoch_end`` (manual optimization steps its schedulers there), callbacks listed after this
+        one, Lightning's ``ReduceLROnPlateau`` step, and the epoch-start hooks of callbacks listed before this one.
+        The snapshot was taken at this same hook of epoch ``k``, so the round starts as epoch ``k`` did. States
+        that no longer fit the snapshot (a scheduler replaced, parameter groups added) are left as they are.
+        """
+        epoch, self._restate_epoch = getattr(self, "_restate_epoch", None), None  # absent if pickled earlier
+        if epoch != trainer.current_epoch or self._snapshot is None:
+            return
+        if self._snapshot.restore_states(trainer.optimizers, self._schedulers(trainer)):
+            for callback in _pruning_callbacks(trainer):
+                if callback._inplace is not None:
+                    callback._inplace.reapply()  # the restored momentum at entries pruned since
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
+            lazy = [name for name, tensor in logical_tensors(pl_module).items() if is_lazy(tensor)]
+            if lazy:
+                raise ValueError(
+                    f"`rewind={self.rewind}` snapshots every parameter and buffer at the start of epoch "
+                    f"{self.rewind.epoch}, but {lazy} are not initialised yet (lazy modules, which the first forward "
+                    f"pass initialises): run a batch through the model before `fit`, or rewind to an epoch >= 1"
+                )
             self._snapshot = Snapshot.take(pl_module, trainer.optimizers, self._schedulers(trainer))
             self._snapshot_recheck = True
 
@@ -784,19 +869,20 @@ class PruningCallback(Callback):
         if self._snapshot_recheck:  # an epoch without a step
             self._retake_replaced(trainer)
         self._end_of_epoch(trainer, pl_module, trainer.current_epoch)
-        self._rewind_all(trainer, pl_module)
+        self._rewind_all(trainer, pl_module, restate=True)
 
-    def _rewind_all(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _rewind_all(self, trainer: Trainer, pl_module: LightningModule, *, restate: bool = False) -> None:
         """In the last pruning callback of the Trainer, run the rewinds that the events of all of them left due.
 
         Every callback's event ranks the weights the epoch trained (a rewind between two events would hand
         the second the rewound ones), and the model is rewound before anything after the pruning
-        callbacks sees it (checkpoints among them).
+        callbacks sees it (checkpoints among them). ``restate``: at an epoch's end, where hooks that run later
+        may step the optimizers and schedulers before the next epoch starts (see :meth:`_restate`).
         """
         callbacks = _pruning_callbacks(trainer)
         if callbacks and callbacks[-1] is self:
             for callback in callbacks:
-                callback._rewind(trainer, pl_module)
+                callback._rewind(trainer, pl_module, restate=restate)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -951,8 +1037,9 @@ class PruningCallback(Callback):
                 f"unchanged. The ranks' weights have diverged (is the model wrapped by DDP?)"
             )
 
-    def _rewind(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Run the rewind an event left pending, if any: restore the snapshot, re-apply the masks."""
+    def _rewind(self, trainer: Trainer, pl_module: LightningModule, *, restate: bool = False) -> None:
+        """Run the rewind an event left pending, if any: restore the snapshot, re-apply the masks; with ``restate``,
+        restore the optimizer and scheduler states again at the next epoch's start."""
         if not self._rewind_pending:
             return
         assert self.rewind is not None
@@ -963,6 +1050,8 @@ class PruningCallback(Callback):
             assert self.seed is not None
             reinitialize(pl_module, reinit_seed(self.seed, self._round))
         self._rewind_pending = False
+        if restate:
+            self._restate_epoch = trainer.current_epoch + 1
         self._commit(self._current_masks())
         for other in _pruning_callbacks(trainer):
             # the rewind wrote every weight and the optimizers' state, the targets another callback masks
@@ -1024,6 +1113,7 @@ class PruningCallback(Callback):
             "done_epoch": self._done_epoch,
             "round": self._round,
             "rewind_pending": self._rewind_pending,
+            "restate_epoch": self._restate_epoch,
             "rewind": self._rewind_state(),
             "seed": self.seed,
             "masks": masks,
@@ -1055,13 +1145,16 @@ class PruningCallback(Callback):
         self._done_epoch = state_dict.get("done_epoch", -1)
         self._round = state_dict.get("round", 0)
         self._rewind_pending = bool(state_dict.get("rewind_pending", False))
+        self._restate_epoch = state_dict.get("restate_epoch") if self.rewind is not None else None
         if self._rewind_pending and self.rewind is None:
             self._rewind_pending = False
             rank_zero_warn(
                 "The checkpoint was written after a pruning event whose rewind had not run yet, and this callback "
                 "has no `rewind`: training resumes from the weights as trained, not rewound"
             )
-        self.seed = state_dict.get("seed", self.seed)
+        saved_seed = state_dict.get("seed")  # `None` from a callback that never fit (a `ddp_spawn` main process)
+        if saved_seed is not None:
+            self.seed = int(saved_seed)
         masks = state_dict.get("masks", {})
         # an empty dict is restored too: the checkpoint predates the first event
         self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}

@@ -137,6 +137,11 @@ class Snapshot:
         ]
         if resized:
             raise RuntimeError(f"Cannot rewind: tensors changed shape since the snapshot ({', '.join(resized)})")
+        self._check_states(optimizers, schedulers)
+        return live
+
+    def _check_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any] | None) -> None:
+        """The part of :meth:`check` about the optimizers and schedulers."""
         live_schedulers = len(self.schedulers) if schedulers is None else len(schedulers)
         if len(optimizers) != len(self.optimizers) or live_schedulers != len(self.schedulers):
             raise RuntimeError(
@@ -161,7 +166,6 @@ class Snapshot:
                     f"Cannot rewind: optimizer {i} has parameter groups of sizes {now}, the snapshot's had {saved} "
                     f"(were parameters added to it after the snapshot, as BackboneFinetuning does?)"
                 )
-        return live
 
     @torch.no_grad()
     def restore(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
@@ -169,6 +173,28 @@ class Snapshot:
         live = self._checked(module, optimizers, schedulers)
         for name, tensor in live.items():
             tensor.copy_(self.tensors[name])
+        self._load_states(optimizers, schedulers)
+
+    def restore_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> bool:
+        """Copy the snapshot's optimizer and scheduler states back, not the module's tensors, where they fit
+        (as :meth:`check` asks); return whether they did. Nothing is written where they do not.
+
+        Example:
+            >>> import torch
+            >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+            >>> snap = Snapshot.take(torch.nn.Identity(), [opt], [])
+            >>> opt.param_groups[0]["lr"] = 0.05
+            >>> snap.restore_states([opt], []), opt.param_groups[0]["lr"]
+            (True, 0.1)
+        """
+        try:
+            self._check_states(optimizers, schedulers)
+        except RuntimeError:
+            return False
+        self._load_states(optimizers, schedulers)
+        return True
+
+    def _load_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
         for opt, state in zip(optimizers, self.optimizers):
             opt.load_state_dict(copy.deepcopy(state))
         for sched, state in zip(schedulers, self.schedulers):

@@ -645,6 +645,21 @@ def test_excluding_a_lazy_layer_neither_fails_nor_warns(tmp_path: Path) -> None:
     assert [t.qualname for t in callback.targets] == ["fc1.weight", "fc2.weight"]
 
 
+def test_a_rewind_to_the_start_of_a_lazy_model_fails_before_training(tmp_path: Path) -> None:
+    callback = PruningCallback(schedule=0.5, targets=["fc1.weight"], rewind=Rewind(epoch=0))
+    model = make_model(cls=_LazyHead)
+    before = model.fc1.weight.detach().clone()
+    message = (
+        r"`rewind=Rewind\(epoch=0, reinit=False\)` snapshots .* \['head.weight', 'head.bias'\] are not initialised"
+    )
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(model, make_loader())
+    assert torch.equal(model.fc1.weight, before)
+    # a batch through it first, as the message says
+    model(next(iter(make_loader()))[0])
+    make_trainer(tmp_path, callbacks=[callback], max_epochs=2).fit(model, make_loader())
+
+
 def test_norm_inf_is_accepted() -> None:
     """The one string `norm` allows (and its spelling as YAML writes it)."""
     for norm in ("inf", math.inf):

@@ -337,6 +337,44 @@ def test_a_drawn_seed_leaves_training_as_without_the_callback(tmp_path) -> None:
     assert [c.seed for c in again] == seeds, "and the same ones from the same global state"
 
 
+def test_a_callback_fit_by_a_new_trainer_draws_a_new_seed(tmp_path) -> None:
+    """A seed sweep that reuses one callback object gets each run's own random masks; one Trainer keeps its seed."""
+    callback = PruningCallback(method="random_unstructured", schedule=Explicit({0: 0.5}))
+    seeds, masks = [], []
+    for run in (1, 2):
+        model = make_model()  # seeds the global RNG with 0
+        seed_everything(run)
+        make_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(model, make_loader())
+        seeds.append(callback.seed)
+        masks.append(model.fc1.weight != 0)
+        fresh = PruningCallback(method="random_unstructured", schedule=Explicit({0: 0.5}))
+        model = make_model()
+        seed_everything(run)
+        make_trainer(tmp_path, callbacks=[fresh], max_epochs=1).fit(model, make_loader())
+        assert fresh.seed == callback.seed, "as a fresh callback would draw"
+    assert seeds[0] != seeds[1] and not torch.equal(masks[0], masks[1])
+    trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=1)
+    trainer.fit(make_model(), make_loader())
+    drawn = callback.seed
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(make_model(), make_loader())
+    assert callback.seed == drawn
+    given = PruningCallback(method="random_unstructured", seed=7)
+    make_trainer(tmp_path, callbacks=[given], max_epochs=1).fit(make_model(), make_loader())
+    assert given.seed == 7
+
+
+def test_a_checkpoint_without_a_seed_keeps_the_callbacks() -> None:
+    """A callback that never fit (the main process of a `ddp_spawn` fit) saves `seed: None`."""
+    never_fit = PruningCallback(method="random_unstructured").state_dict()
+    assert never_fit["seed"] is None
+    callback = PruningCallback(method="random_unstructured", seed=123)
+    callback.load_state_dict(never_fit)
+    assert callback.seed == 123
+    callback.load_state_dict({**never_fit, "seed": 5})
+    assert callback.seed == 5
+
+
 @pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
 def test_a_compiled_module_trains_pruned(tmp_path, masking: str) -> None:
     """`trainer.fit(torch.compile(model, fullgraph=True))`: no graph break, the schedule's sparsity, zeros seen."""

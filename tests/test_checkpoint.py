@@ -970,3 +970,53 @@ def test_a_resume_with_no_epoch_left_warns_of_an_event_it_cannot_run(tmp_path: P
             longer, make_loader(), ckpt_path=tmp_path / "e2.ckpt"
         )
     assert [int((~m).sum()) for m in masks_of(longer).values()] == [round(0.8 * 91), round(0.8 * 39)]
+
+
+class _WithBackbone(TinyNet):
+    """`fc1` is the backbone that `BackboneFinetuning` freezes and later unfreezes into a new parameter group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(self.fc1)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("order", ["pruning first", "finetuning first"])
+@pytest.mark.parametrize("unfreeze", [1, 3], ids=["unfrozen-before-the-checkpoint", "after"])
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_a_fit_with_backbone_finetuning_resumes(tmp_path: Path, order: str, unfreeze: int, masking: str) -> None:
+    """`BackboneFinetuning` keeps its parameter groups by parameter name, taken before or after an event
+    reparametrized them: checkpoints hold the plain names, and a resume looks them up under the model's own.
+
+    Resumed after its unfreeze, `BackboneFinetuning` itself does not end as the uninterrupted fit, even
+    without pruning (measured): there the resume is only checked to run, with the schedule's counts."""
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    def run(epochs: int, root: Path, ckpt_path: Path | None = None) -> TinyNet:
+        pruning = PruningCallback(scope="global", schedule=Explicit({0: 0.3, 1: 0.5, 2: 0.7}), masking=masking)
+        finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=unfreeze, backbone_initial_ratio_lr=1.0)
+        checkpoints = ModelCheckpoint(dirpath=root, save_top_k=-1, filename="{epoch}")
+        callbacks = [pruning, finetuning] if order == "pruning first" else [finetuning, pruning]
+        model = make_model(cls=_WithBackbone)
+        trainer = make_trainer(root, callbacks=[*callbacks, checkpoints], max_epochs=epochs, enable_checkpointing=True)
+        trainer.fit(model, make_loader(), ckpt_path=ckpt_path)
+        return model
+
+    whole = run(4, tmp_path / "whole")
+    saved = torch.load(tmp_path / "whole" / "epoch=1.ckpt", weights_only=False)
+    names = [
+        n
+        for state in saved["callbacks"].values()
+        for groups in state.get("internal_optimizer_metadata", {}).values()
+        for g in groups
+        for n in g["params"]
+    ]
+    assert names and not [n for n in names if n.endswith("_orig")]
+    resumed = run(4, tmp_path / "resumed", tmp_path / "whole" / "epoch=1.ckpt")
+    weights = [resumed.fc1.weight, resumed.fc2.weight]
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.7 * sum(w.numel() for w in weights))
+    if unfreeze > 1:
+        for name, value in effective_weights(whole).items():
+            assert torch.equal(effective_weights(resumed)[name], value), name

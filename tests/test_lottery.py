@@ -7,6 +7,7 @@ epoch, so a rewind that forgets either is visible.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import warnings
@@ -783,22 +784,121 @@ class OnPlateau(TinyVal):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
 
-def test_a_plateau_scheduler_is_one_step_past_the_snapshot(tmp_path) -> None:
-    """Lightning steps ``ReduceLROnPlateau`` after ``on_train_epoch_end``, where the rewind ran."""
-    seen = {}
+def _assert_equal(a: object, b: object, path: str = "") -> None:
+    """Nested dicts, lists and tensors, equal value for value (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for key in a:
+            _assert_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
 
-    class Look(Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            config = trainer.lr_scheduler_configs[0]
-            seen[trainer.current_epoch] = (config.scheduler.state_dict(), trainer.optimizers[0].param_groups[0]["lr"])
 
+class LookAtStates(Callback):
+    """Records the optimizers' and LR schedulers' states at every epoch start (after the callbacks before it)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.seen[trainer.current_epoch] = (
+            [copy.deepcopy(o.state_dict()) for o in trainer.optimizers],
+            [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+        )
+
+
+def test_a_plateau_scheduler_starts_each_round_as_at_the_snapshot(tmp_path) -> None:
+    """Lightning steps ``ReduceLROnPlateau`` after ``on_train_epoch_end``, where the rewind ran: the next epoch's
+    start restores its state again."""
+    look = LookAtStates()
     torch.manual_seed(0)
     callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
-    _trainer(3, [callback, Look()], tmp_path).fit(OnPlateau(), _data(), _data())
-    assert seen[1][1] == LR / 2, "stepped on a plateau after epoch 0 (no improvement by 10x)"
-    # restored at the event, then stepped once on the round's last metric, as the README says
-    (state_0, _), (state_2, lr_2) = seen[0], seen[2]
-    assert state_2["last_epoch"] == state_0["last_epoch"] + 1 and lr_2 == LR / 2
+    _trainer(3, [callback, look], tmp_path).fit(OnPlateau(), _data(), _data())
+    assert look.seen[1][0][0]["param_groups"][0]["lr"] == LR / 2, "stepped on a plateau after epoch 0 (no 10x gain)"
+    (opt_0, (plateau_0,)), (opt_2, (plateau_2,)) = look.seen[0], look.seen[2]
+    assert plateau_2 == plateau_0 and opt_2 == opt_0  # no state at epoch 0's start: no momentum yet
+
+
+class StepsItsSchedulersAtEpochEnd(Tiny):
+    """Manual optimization with two optimizers, whose LR schedulers the model steps in `on_train_epoch_end`,
+    which Lightning calls after the callbacks' `on_train_epoch_end`, where the rewind ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        first, second = self.optimizers()
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        second.step()
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+
+    def configure_optimizers(self):
+        first = torch.optim.SGD(self.fc1.parameters(), lr=LR, momentum=0.9)
+        second = torch.optim.Adam([*self.bn.parameters(), *self.fc2.parameters()], lr=0.01)
+        schedulers = [
+            torch.optim.lr_scheduler.StepLR(first, 1, 0.5),
+            torch.optim.lr_scheduler.ExponentialLR(second, 0.9),
+        ]
+        return [first, second], schedulers
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_rounds_start_as_the_rewind_epoch_when_the_model_steps_its_schedulers_at_epoch_end(
+    tmp_path, masking: str
+) -> None:
+    look = LookAtStates()
+    torch.manual_seed(0)
+    callback = PruningCallback(
+        scope="global", schedule=Explicit({1: 0.3, 2: 0.5}), rewind=Rewind(epoch=1), masking=masking
+    )
+    _trainer(4, [callback, look], tmp_path).fit(StepsItsSchedulersAtEpochEnd(), _data())
+    optimizers, schedulers = look.seen[1]
+    assert optimizers[0]["param_groups"][0]["lr"] == LR / 2  # stepped once, after epoch 0
+    for epoch in (2, 3):  # the rounds after the events after epochs 1 and 2
+        assert look.seen[epoch][1] == schedulers
+        assert [o["param_groups"] for o in look.seen[epoch][0]] == [o["param_groups"] for o in optimizers]
+    if masking == "reparametrize":  # in place, the momentum at entries pruned since is zeroed
+        _assert_equal(look.seen[3][0], optimizers)
+
+
+def test_a_resume_from_the_events_epoch_end_restores_the_plateau_scheduler_as_the_uninterrupted_fit(
+    tmp_path,
+) -> None:
+    """The checkpoint saved at the event's epoch end comes before Lightning's plateau step: the resumed fit's round
+    starts where the uninterrupted one's does."""
+
+    def fit(root: Path, ckpt_path: Path | None = None) -> tuple[LookAtStates, dict]:
+        look = LookAtStates()
+        checkpoints = ModelCheckpoint(dirpath=root, save_top_k=-1, filename="{epoch}")
+        torch.manual_seed(0)
+        model = OnPlateau()
+        callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 2: 0.5}), rewind=Rewind(epoch=0))
+        trainer = _trainer(4, [callback, look, checkpoints], root.parent, enable_checkpointing=True)
+        trainer.fit(model, _data(), _data(), ckpt_path=ckpt_path)
+        return look, _plain(model)
+
+    whole, weights = fit(tmp_path / "whole")
+    resumed, resumed_weights = fit(tmp_path / "resumed", tmp_path / "whole" / "epoch=1.ckpt")
+    assert resumed.seen[2][1] == whole.seen[2][1] == whole.seen[0][1]
+    assert resumed.seen[3][1] == whole.seen[3][1]
+    _assert_equal(resumed.seen[2][0], whole.seen[2][0])
+    for name, value in weights.items():
+        assert torch.equal(resumed_weights[name], value), name
 
 
 # ---------------------------------------------------------------------------- resume
