@@ -73,7 +73,7 @@ def run(
     start = time.perf_counter()
     trainer.fit(model, data)
     seconds = time.perf_counter() - start
-    weights = [m.weight for m in model.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     total, zeros = sum(w.numel() for w in weights), sum(int((w == 0).sum()) for w in weights)
     if variant != "dense":  # both callbacks prune round(rate * remaining) after every epoch
         expected = total

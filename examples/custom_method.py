@@ -38,10 +38,10 @@ class FooBarPruningMethod(prune.BasePruningMethod):  # the tutorial's class, exa
 
 
 class PrintMask(Callback):
-    """Print ``net.fc3.bias_mask`` at every epoch end (placed after the pruning callback)."""
+    """Print ``fc3.bias_mask`` at every epoch end (placed after the pruning callback)."""
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        print(f"after epoch {trainer.current_epoch}: {pl_module.get_buffer('net.fc3.bias_mask').cpu()}")
+        print(f"after epoch {trainer.current_epoch}: {pl_module.get_buffer('fc3.bias_mask').cpu()}")
 
 
 def main(argv: Sequence[str] | None = None) -> torch.Tensor:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> torch.Tensor:
     model = ImageClassifier(model="lenet")
     pruning = PruningCallback(
         method=FooBarPruningMethod,  # in YAML: its import path, e.g. `method: my_package.FooBarPruningMethod`
-        targets=["net.fc3.bias"],
+        targets=["fc3.bias"],
         schedule=Explicit({0: 0.5, 1: 0.75}),  # FooBar decides the zeros; these targets say when to call it
         make_permanent=False,  # keep the reparametrization, to show the mask at the end
     )
@@ -69,9 +69,9 @@ def main(argv: Sequence[str] | None = None) -> torch.Tensor:
     )
     trainer.fit(model, datamodule=DigitsDataModule(image_size=32))
 
-    mask = model.get_buffer("net.fc3.bias_mask")
+    mask = model.get_buffer("fc3.bias_mask")
     print(f"prune.is_pruned: {prune.is_pruned(model)}")
-    print(f"buffers of fc3: {[name for name, _ in model.net.get_submodule('fc3').named_buffers()]}")
+    print(f"buffers of fc3: {[name for name, _ in model.get_submodule('fc3').named_buffers()]}")
     print(mask)
     return mask
 

@@ -19,7 +19,7 @@ from torch.nn.utils import prune
 from lightning_prune import PruningCallback, Rewind
 from lightning_prune.cli import build_cli, main
 from lightning_prune.demo import DigitsDataModule, ImageClassifier
-from lightning_prune.schedules import Constant, Polynomial
+from lightning_prune.schedules import Polynomial
 from tests.custom_methods import FooBarPruningMethod
 from tests.tutorial import LitLeNet
 
@@ -129,28 +129,19 @@ def test_a_fit_without_a_logger_never_writes_over_a_config_yaml(tmp_path, monkey
     assert config.read_text() == mine
 
 
-def test_builtin_model_names_live_under_net(tmp_path, monkeypatch):
+def test_design_yaml_runs_as_it_is_on_the_builtin_model(tmp_path, monkeypatch):
+    """The built-in classifier holds LeNet's layers under LeNet's names: DESIGN.md's `fc3.weight` names one."""
     monkeypatch.chdir(tmp_path)
-    config = _write(
-        tmp_path,
-        """\
-        trainer:
-          callbacks:
-            - class_path: lightning_prune.PruningCallback
-              init_args:
-                scope: layer
-                schedule: 0.5
-                exclude: ["net.fc3.weight"]
-        """,
-    )
+    config = _write(tmp_path, DESIGN_YAML)
     cli = build_cli(
-        ["fit", "--config", config, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", *FAST]
+        ["fit", "--config", config, "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}", *FAST]
     )
+    assert type(cli.model) is ImageClassifier
     callback = _pruning(cli)
-    assert isinstance(callback.schedule, Constant) and callback.schedule.sparsity == 0.5
-    for target in callback.targets:
-        assert int((target.parameter == 0).sum()) == round(0.5 * target.parameter.numel()), target.qualname
-    assert "net.fc3.weight" not in [t.qualname for t in callback.targets]
+    assert [t.qualname for t in callback.targets] == ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    n = sum(t.parameter.numel() for t in callback.targets)
+    assert _zero_fraction(callback) == round(callback.schedule.sparsity_at(1) * n) / n
+    assert (cli.model.fc3.weight != 0).all()
 
 
 def test_bad_scope_fails_while_parsing(tmp_path, monkeypatch, capsys):
@@ -251,25 +242,25 @@ def _fit_with_method(tmp_path, monkeypatch, method: str, target: str, norm: str 
 
 
 def test_custom_method_by_import_path(tmp_path, monkeypatch):
-    cli = _fit_with_method(tmp_path, monkeypatch, "tests.custom_methods.FooBarPruningMethod", "net.fc3.bias")
+    cli = _fit_with_method(tmp_path, monkeypatch, "tests.custom_methods.FooBarPruningMethod", "fc3.bias")
     reference = nn.Linear(84, 10)
     FooBarPruningMethod.apply(reference, "bias")  # the tutorial's own call
-    mask = cli.model.net.fc3.bias_mask
+    mask = cli.model.fc3.bias_mask
     assert mask.dtype == torch.bool
     assert torch.equal(mask, reference.bias_mask.bool())  # tensor([0., 1., 0., 1., ...]) in the tutorial
 
 
 def test_custom_method_keeps_its_own_dim(tmp_path, monkeypatch):
     """YAML that gives no `dim` leaves torch's `LnStructured` its `dim=-1` (columns), as torch would."""
-    cli = _fit_with_method(tmp_path, monkeypatch, "torch.nn.utils.prune.LnStructured", "net.fc3.weight")
-    mask = cli.model.net.fc3.weight_mask
+    cli = _fit_with_method(tmp_path, monkeypatch, "torch.nn.utils.prune.LnStructured", "fc3.weight")
+    mask = cli.model.fc3.weight_mask
     assert int((~mask).all(0).sum()) == mask.shape[1] // 2 and not (~mask).all(1).any()
 
 
 def test_an_int_norm_in_yaml_reaches_a_custom_method_as_an_int(tmp_path, monkeypatch):
     """`tests.test_methods._EveryNth` slices by its `n`, which a float would break."""
-    cli = _fit_with_method(tmp_path, monkeypatch, "tests.test_methods._EveryNth", "net.fc3.bias", norm="4")
-    assert cli.model.net.fc3.bias_mask.tolist() == [i % 4 != 0 for i in range(10)]
+    cli = _fit_with_method(tmp_path, monkeypatch, "tests.test_methods._EveryNth", "fc3.bias", norm="4")
+    assert cli.model.fc3.bias_mask.tolist() == [i % 4 != 0 for i in range(10)]
 
 
 def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeypatch):
@@ -282,7 +273,7 @@ def test_console_script_finds_modules_in_the_current_directory(tmp_path, monkeyp
         trainer:
           callbacks:
             - class_path: lightning_prune.PruningCallback
-              init_args: {method: beside_the_yaml.EveryOther, targets: ["net.fc3.bias"], schedule: 0.5}
+              init_args: {method: beside_the_yaml.EveryOther, targets: ["fc3.bias"], schedule: 0.5}
         """,
     )
     monkeypatch.chdir(tmp_path)

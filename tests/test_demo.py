@@ -165,7 +165,8 @@ def test_classifier_fits_and_reloads(tmp_path, model, data) -> None:
     )
     trainer.fit(module, DigitsDataModule(**data))
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(trainer.callback_metrics)
-    assert all(name.startswith("net.") for name, _ in module.named_parameters())
+    network = {"lenet": LeNet, "lenet_300_100": LeNet300100, "small_convnet": SmallConvNet}[model]
+    assert [name for name, _ in module.named_parameters()] == [name for name, _ in network().named_parameters()]
     trainer.save_checkpoint(tmp_path / "x.ckpt")
     loaded = ImageClassifier.load_from_checkpoint(tmp_path / "x.ckpt")
     assert loaded.hparams.model == model and loaded.hparams.lr_step_size == 1

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,10 @@ MODELS = ("lenet", "lenet_300_100", "small_convnet")
 
 
 class ImageClassifier(LightningModule):
-    """Classify images with one of :data:`MODELS`; the network is ``self.net``.
+    """Classify images with one of :data:`MODELS`, whose layers are the classifier's own.
+
+    Their names are the network's (``conv1.weight`` ... ``fc3.weight`` for the tutorial's LeNet), so
+    ``targets``/``exclude`` patterns name them as for the network itself.
 
     Args:
         model: ``"lenet"`` (1x32x32 inputs), ``"lenet_300_100"`` (any input, flattened to
@@ -36,8 +40,8 @@ class ImageClassifier(LightningModule):
     Example:
         >>> import torch
         >>> classifier = ImageClassifier(model="lenet_300_100")
-        >>> classifier(torch.zeros(2, 64)).shape, sorted(classifier.net.state_dict())[:2]
-        (torch.Size([2, 10]), ['fc1.bias', 'fc1.weight'])
+        >>> classifier(torch.zeros(2, 64)).shape, [name for name, _ in classifier.named_parameters()][:2]
+        (torch.Size([2, 10]), ['fc1.weight', 'fc1.bias'])
     """
 
     def __init__(
@@ -64,19 +68,23 @@ class ImageClassifier(LightningModule):
         if not 0 < lr_gamma <= 1:
             raise ValueError(f"Expected `lr_gamma` in (0, 1], got {lr_gamma!r}")
         self.save_hyperparameters()
-        self.net: nn.Module
+        net: nn.Module
         if model == "lenet":
-            self.net = LeNet(num_classes)
+            net = LeNet(num_classes)
         elif model == "lenet_300_100":
-            self.net = LeNet300100(in_features, num_classes)
+            net = LeNet300100(in_features, num_classes)
         else:
-            self.net = SmallConvNet(num_classes)
+            net = SmallConvNet(num_classes)
+        for name, layer in net.named_children():  # held here, under the network's names
+            self.add_module(name, layer)
+        # the network's forward, for this module: it reads only the layers, which this module holds
+        self._network_forward = cast("Callable[[nn.Module, torch.Tensor], torch.Tensor]", type(net).forward)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self._network_forward(self, x)
 
     def check_data(self, size: int, flatten: bool) -> None:
         """Raise a ``ValueError`` if the network cannot take ``size`` x ``size`` images (flattened or not).
