@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.callbacks import BaseFinetuning, Callback, LearningRateMonitor
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -182,6 +182,22 @@ def _parameter_names(module: nn.Module) -> dict[str, str]:
         pruned = name.endswith("_orig") and name[: -len("_orig")] + "_mask" in owner._buffers
         names[qualname[: -len("_orig")] if pruned else qualname] = qualname
     return names
+
+
+def _finetuning_renamer(module: nn.Module, *, plain: bool) -> Callable[[str], str]:
+    """Maps a parameter name that ``BaseFinetuning`` recorded (plain, or ``<name>_orig`` of a tensor reparametrized
+    then) to the name ``module`` gives that parameter now, or to its plain name (``plain``); other names as they
+    are."""
+    current = _parameter_names(module)  # plain name -> the name now
+    plain_of = {now: name for name, now in current.items()}
+
+    def rename(name: str) -> str:
+        if name.endswith("_orig") and name not in plain_of and name[: -len("_orig")] in current:
+            name = name[: -len("_orig")]  # reparametrized when recorded, plain now
+        name = plain_of.get(name, name)
+        return name if plain else current.get(name, name)
+
+    return rename
 
 
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
@@ -527,28 +543,29 @@ class PruningCallback(Callback):
     def _rename_finetuning_groups(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Name the parameters in the state of a resuming ``BaseFinetuning`` (``BackboneFinetuning``) as the model
         names them now, in case the masks just set renamed them: its ``on_fit_start``, later in the callbacks'
-        order, looks its parameter groups up by name. Checkpoints hold the plain names (``on_save_checkpoint``)."""
-        current = _parameter_names(pl_module)
-
-        def rename(name: str) -> str:
-            return current.get(name) or (current.get(name[: -len("_orig")]) if name.endswith("_orig") else None) or name
-
+        order, looks its parameter groups up by name (see :meth:`on_load_checkpoint` for the earlier ones)."""
+        rename = _finetuning_renamer(pl_module, plain=False)
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, BaseFinetuning) and getattr(callback, "_restarting", False):
                 state = _renamed_finetuning_state(callback.state_dict(), rename)
                 callback._internal_optimizer_metadata = state["internal_optimizer_metadata"]
 
+    @staticmethod
+    def _rename_finetuning_states(
+        trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any], *, plain: bool
+    ) -> None:
+        """Rename the parameters in the checkpoint's ``BaseFinetuning`` states (see :func:`_finetuning_renamer`)."""
+        states = checkpoint.get("callbacks", {})
+        rename = _finetuning_renamer(pl_module, plain=plain)
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, BaseFinetuning) and callback.state_key in states:
+                states[callback.state_key] = _renamed_finetuning_state(states[callback.state_key], rename)
+
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # the plain names, as the checkpoint's weights: `BaseFinetuning` records them by name, as the model had
-        # them when it changed its parameter groups (before or after a pruning event)
-        plain = {qualname: name for name, qualname in _parameter_names(pl_module).items()}
-        states = checkpoint.get("callbacks", {})
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(callback, BaseFinetuning) and callback.state_key in states:
-                states[callback.state_key] = _renamed_finetuning_state(
-                    states[callback.state_key], lambda name: plain.get(name, name)
-                )
+        # them when it changed its parameter groups (before or after a pruning event, or after `fit`)
+        self._rename_finetuning_states(trainer, pl_module, checkpoint, plain=True)
 
     def _warn_averages_not_rewound(self, trainer: Trainer) -> None:
         averaging = [type(c).__name__ for c in _averaging_callbacks(trainer) + _averaging_callbacks(trainer, swa=True)]
@@ -614,6 +631,7 @@ class PruningCallback(Callback):
         if self._inplace is not None:
             self._inplace.attach(trainer.optimizers, per_step=_has_comm_hooks(trainer))
         self._check_snapshot_fits(trainer, pl_module)
+        self._warn_monitors_before(trainer, pl_module)
         self._check_swa_start(trainer)
         self._check_scheduler_frequency(trainer)
         # Run any event that the restored position says was missed (a checkpoint written after an epoch's
@@ -637,6 +655,24 @@ class PruningCallback(Callback):
         if _skips_epoch_start(trainer) and not _has_started(trainer, trainer.current_epoch):
             self._take_snapshot(trainer, pl_module)
         self._check_snapshot_due(trainer)
+
+    def _warn_monitors_before(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Warn where a ``LearningRateMonitor`` listed before this callback would log, at each round's start, a
+        learning rate stepped after the rewind that :meth:`_restate` takes back after it logged."""
+        if self.rewind is None:
+            return
+        stepped_after = any(config.reduce_on_plateau for config in trainer.lr_scheduler_configs) or (
+            not pl_module.automatic_optimization and is_overridden("on_train_epoch_end", pl_module, LightningModule)
+        )
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        before = callbacks[: callbacks.index(self)]
+        if stepped_after and any(isinstance(c, LearningRateMonitor) for c in before):
+            rank_zero_warn(
+                f"`rewind={self.rewind}`: LearningRateMonitor is listed before PruningCallback, so at each round's "
+                f"first epoch it logs the learning rate that ReduceLROnPlateau or the model's `on_train_epoch_end` "
+                f"stepped after the rewind, which PruningCallback's `on_train_epoch_start` then takes back to the "
+                f"rewind epoch's; list LearningRateMonitor after PruningCallback"
+            )
 
     def _check_snapshot_fits(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Refuse, before training, a rewind snapshot (restored from a checkpoint) that a later event could not
@@ -761,15 +797,25 @@ class PruningCallback(Callback):
         own ``on_train_epoch_end`` (manual optimization steps its schedulers there), callbacks listed after this
         one, Lightning's ``ReduceLROnPlateau`` step, and the epoch-start hooks of callbacks listed before this one.
         The snapshot was taken at this same hook of epoch ``k``, so the round starts as epoch ``k`` did. States
-        that no longer fit the snapshot (a scheduler replaced, parameter groups added) are left as they are.
+        that no longer fit the snapshot (a scheduler replaced, parameter groups added, by a callback listed
+        before this one) are left as they are, with a warning.
         """
         epoch, self._restate_epoch = getattr(self, "_restate_epoch", None), None  # absent if pickled earlier
         if epoch != trainer.current_epoch or self._snapshot is None:
             return
-        if self._snapshot.restore_states(trainer.optimizers, self._schedulers(trainer)):
-            for callback in _pruning_callbacks(trainer):
-                if callback._inplace is not None:
-                    callback._inplace.reapply()  # the restored momentum at entries pruned since
+        try:
+            self._snapshot.restore_states(trainer.optimizers, self._schedulers(trainer))
+        except RuntimeError as err:
+            rank_zero_warn(
+                f"`rewind={self.rewind}`: the optimizer and LR-scheduler states could not be restored again at the "
+                f"start of epoch {epoch}, so this round starts with any step taken after the rewind (by "
+                f"ReduceLROnPlateau, or the model's own `on_train_epoch_end`). {err}. A callback listed before "
+                f"PruningCallback changed them in its `on_train_epoch_start`: list it after PruningCallback"
+            )
+            return
+        for callback in _pruning_callbacks(trainer):
+            if callback._inplace is not None:
+                callback._inplace.reapply()  # the restored momentum at entries pruned since
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:
@@ -1224,3 +1270,6 @@ class PruningCallback(Callback):
                 f"schedule position are not restored"
             )
         self._stateless_resume = self.state_key not in saved and not others
+        # before every callback's `load_state_dict`: a `BaseFinetuning` listed before this callback looks its
+        # parameters up in its `on_fit_start`, before this one's sets the masks, under the names the model has now
+        self._rename_finetuning_states(trainer, pl_module, checkpoint, plain=False)

@@ -175,24 +175,21 @@ class Snapshot:
             tensor.copy_(self.tensors[name])
         self._load_states(optimizers, schedulers)
 
-    def restore_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> bool:
-        """Copy the snapshot's optimizer and scheduler states back, not the module's tensors, where they fit
-        (as :meth:`check` asks); return whether they did. Nothing is written where they do not.
+    def restore_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
+        """Copy the snapshot's optimizer and scheduler states back, not the module's tensors; a ``RuntimeError``
+        (before anything is written) where they do not fit, as :meth:`check` says.
 
         Example:
             >>> import torch
             >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
             >>> snap = Snapshot.take(torch.nn.Identity(), [opt], [])
             >>> opt.param_groups[0]["lr"] = 0.05
-            >>> snap.restore_states([opt], []), opt.param_groups[0]["lr"]
-            (True, 0.1)
+            >>> snap.restore_states([opt], [])
+            >>> opt.param_groups[0]["lr"]
+            0.1
         """
-        try:
-            self._check_states(optimizers, schedulers)
-        except RuntimeError:
-            return False
+        self._check_states(optimizers, schedulers)
         self._load_states(optimizers, schedulers)
-        return True
 
     def _load_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
         for opt, state in zip(optimizers, self.optimizers):

@@ -1020,3 +1020,27 @@ def test_a_fit_with_backbone_finetuning_resumes(tmp_path: Path, order: str, unfr
     if unfreeze > 1:
         for name, value in effective_weights(whole).items():
             assert torch.equal(effective_weights(resumed)[name], value), name
+
+
+@pytest.mark.parametrize("make_permanent", [True, False])
+def test_a_checkpoint_saved_after_fit_with_backbone_finetuning_resumes(tmp_path: Path, make_permanent: bool) -> None:
+    """Saved after `fit` (made permanent: no `_orig` left to read the names from) and resumed, into the same
+    reparametrized model or not, with `BackboneFinetuning` listed first: its `on_fit_start` finds its names."""
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    def callbacks() -> list[Callback]:
+        return [
+            BackboneFinetuning(unfreeze_backbone_at_epoch=2, backbone_initial_ratio_lr=1.0),
+            PruningCallback(scope="global", schedule=Explicit({0: 0.3, 1: 0.5, 3: 0.7}), make_permanent=make_permanent),
+        ]
+
+    model = make_model(cls=_WithBackbone)
+    trainer = make_trainer(tmp_path, callbacks=callbacks(), max_epochs=3)
+    trainer.fit(model, make_loader())
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    resumed = model if not make_permanent else make_model(cls=_WithBackbone)
+    make_trainer(tmp_path, callbacks=callbacks(), max_epochs=5).fit(
+        resumed, make_loader(), ckpt_path=tmp_path / "after.ckpt"
+    )
+    weights = [resumed.fc1.weight, resumed.fc2.weight]
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.7 * sum(w.numel() for w in weights))

@@ -825,6 +825,43 @@ def test_a_plateau_scheduler_starts_each_round_as_at_the_snapshot(tmp_path) -> N
     assert plateau_2 == plateau_0 and opt_2 == opt_0  # no state at epoch 0's start: no momentum yet
 
 
+def test_a_learning_rate_monitor_listed_first_is_told_it_logs_before_the_restore(tmp_path) -> None:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    for first, expected in ((True, 1), (False, 0)):
+        callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+        monitor = LearningRateMonitor(logging_interval="epoch")
+        callbacks = [monitor, callback] if first else [callback, monitor]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _trainer(1, callbacks, tmp_path, logger=CSVLogger(tmp_path)).fit(OnPlateau(), _data(), _data())
+        assert (
+            len([w for w in caught if "list LearningRateMonitor after PruningCallback" in str(w.message)]) == expected
+        )
+
+
+class AddsAParameterGroupAtEpoch2(Callback):
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 2:
+            trainer.optimizers[0].add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
+
+
+def test_a_restore_at_the_rounds_start_that_cannot_be_made_warns(tmp_path) -> None:
+    """A callback listed first adds a parameter group where the round starts: the snapshot's states no longer fit,
+    and the plateau scheduler's step after the rewind stays, as the warning says."""
+    look = LookAtStates()
+    torch.manual_seed(0)
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(3, [AddsAParameterGroupAtEpoch2(), callback, look], tmp_path).fit(OnPlateau(), _data(), _data())
+    messages = [
+        str(w.message) for w in caught if "could not be restored again at the start of epoch 2" in str(w.message)
+    ]
+    assert len(messages) == 1 and "parameter groups of sizes" in messages[0]
+    assert look.seen[2][1] != look.seen[0][1]  # the plateau's step after the rewind stays
+
+
 class StepsItsSchedulersAtEpochEnd(Tiny):
     """Manual optimization with two optimizers, whose LR schedulers the model steps in `on_train_epoch_end`,
     which Lightning calls after the callbacks' `on_train_epoch_end`, where the rewind ran."""
