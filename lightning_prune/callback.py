@@ -184,6 +184,10 @@ def _parameter_names(module: nn.Module) -> dict[str, str]:
     return names
 
 
+def _learning_rates(trainer: Trainer) -> list[list[Any]]:
+    return [[group.get("lr") for group in optimizer.param_groups] for optimizer in trainer.optimizers]
+
+
 def _finetuning_renamer(module: nn.Module, *, plain: bool) -> Callable[[str], str]:
     """Maps a parameter name that ``BaseFinetuning`` recorded (plain, or ``<name>_orig`` of a tensor reparametrized
     then) to the name ``module`` gives that parameter now, or to its plain name (``plain``); other names as they
@@ -631,7 +635,6 @@ class PruningCallback(Callback):
         if self._inplace is not None:
             self._inplace.attach(trainer.optimizers, per_step=_has_comm_hooks(trainer))
         self._check_snapshot_fits(trainer, pl_module)
-        self._warn_monitors_before(trainer, pl_module)
         self._check_swa_start(trainer)
         self._check_scheduler_frequency(trainer)
         # Run any event that the restored position says was missed (a checkpoint written after an epoch's
@@ -655,24 +658,6 @@ class PruningCallback(Callback):
         if _skips_epoch_start(trainer) and not _has_started(trainer, trainer.current_epoch):
             self._take_snapshot(trainer, pl_module)
         self._check_snapshot_due(trainer)
-
-    def _warn_monitors_before(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Warn where a ``LearningRateMonitor`` listed before this callback would log, at each round's start, a
-        learning rate stepped after the rewind that :meth:`_restate` takes back after it logged."""
-        if self.rewind is None:
-            return
-        stepped_after = any(config.reduce_on_plateau for config in trainer.lr_scheduler_configs) or (
-            not pl_module.automatic_optimization and is_overridden("on_train_epoch_end", pl_module, LightningModule)
-        )
-        callbacks = trainer.callbacks  # type: ignore[attr-defined]
-        before = callbacks[: callbacks.index(self)]
-        if stepped_after and any(isinstance(c, LearningRateMonitor) for c in before):
-            rank_zero_warn(
-                f"`rewind={self.rewind}`: LearningRateMonitor is listed before PruningCallback, so at each round's "
-                f"first epoch it logs the learning rate that ReduceLROnPlateau or the model's `on_train_epoch_end` "
-                f"stepped after the rewind, which PruningCallback's `on_train_epoch_start` then takes back to the "
-                f"rewind epoch's; list LearningRateMonitor after PruningCallback"
-            )
 
     def _check_snapshot_fits(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Refuse, before training, a rewind snapshot (restored from a checkpoint) that a later event could not
@@ -803,19 +788,37 @@ class PruningCallback(Callback):
         epoch, self._restate_epoch = getattr(self, "_restate_epoch", None), None  # absent if pickled earlier
         if epoch != trainer.current_epoch or self._snapshot is None:
             return
+        schedulers = self._schedulers(trainer)
+        if self._snapshot.states_equal(trainer.optimizers, schedulers):
+            return  # nothing stepped them since the rewind
+        lrs = _learning_rates(trainer)
         try:
-            self._snapshot.restore_states(trainer.optimizers, self._schedulers(trainer))
+            self._snapshot.restore_states(trainer.optimizers, schedulers)
         except RuntimeError as err:
             rank_zero_warn(
-                f"`rewind={self.rewind}`: the optimizer and LR-scheduler states could not be restored again at the "
-                f"start of epoch {epoch}, so this round starts with any step taken after the rewind (by "
-                f"ReduceLROnPlateau, or the model's own `on_train_epoch_end`). {err}. A callback listed before "
-                f"PruningCallback changed them in its `on_train_epoch_start`: list it after PruningCallback"
+                f"`rewind={self.rewind}`: the optimizers or LR schedulers were stepped after the rewind (by "
+                f"ReduceLROnPlateau, the model's own `on_train_epoch_end` or a callback), and their states could not "
+                f"be restored again at the start of epoch {epoch}: {str(err).removeprefix('Cannot rewind: ')}; a "
+                f"callback listed before PruningCallback changed them in its `on_train_epoch_start`. This round "
+                f"starts with those steps"
             )
             return
         for callback in _pruning_callbacks(trainer):
             if callback._inplace is not None:
                 callback._inplace.reapply()  # the restored momentum at entries pruned since
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        monitors = [
+            c
+            for c in callbacks[: callbacks.index(self)]
+            if isinstance(c, LearningRateMonitor) and c.logging_interval != "step"
+        ]
+        if monitors and _learning_rates(trainer) != lrs:
+            rank_zero_warn(
+                f"`rewind={self.rewind}`: LearningRateMonitor is listed before PruningCallback, so at the start of "
+                f"epoch {epoch} it logged the learning rates stepped after the rewind, which PruningCallback then "
+                f"set back to the rewind epoch's, as training uses them; list LearningRateMonitor after "
+                f"PruningCallback"
+            )
 
     def _take_snapshot(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.rewind is not None and self._snapshot is None and trainer.current_epoch == self.rewind.epoch:

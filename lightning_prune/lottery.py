@@ -191,6 +191,29 @@ class Snapshot:
         self._check_states(optimizers, schedulers)
         self._load_states(optimizers, schedulers)
 
+    def states_equal(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> bool:
+        """Whether the schedulers' states and the optimizers' hyperparameters (learning rates and the like, of
+        the snapshot's parameter groups) are still the snapshot's; ``False`` where that cannot be told. The
+        optimizers' per-parameter state is not compared: no step between epochs writes it.
+
+        Example:
+            >>> import torch
+            >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+            >>> snap = Snapshot.take(torch.nn.Identity(), [opt], [])
+            >>> snap.states_equal([opt], [])
+            True
+        """
+        if len(optimizers) != len(self.optimizers) or len(schedulers) != len(self.schedulers):
+            return False
+        try:
+            for opt, state in zip(optimizers, self.optimizers):
+                for group, saved in zip(opt.param_groups, state["param_groups"]):
+                    if any(group.get(k) != v for k, v in saved.items() if k != "params"):
+                        return False
+            return all(bool(s.state_dict() == state) for s, state in zip(schedulers, self.schedulers))
+        except (RuntimeError, TypeError, ValueError):  # tensors among them: no single truth value
+            return False
+
     def _load_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
         for opt, state in zip(optimizers, self.optimizers):
             opt.load_state_dict(copy.deepcopy(state))

@@ -293,3 +293,16 @@ def test_epoch_shuffle_gives_the_orders_of_a_shuffling_loader() -> None:
         sampler.set_epoch(epoch)
         assert list(sampler) == orders[epoch], epoch
     assert len(set(map(tuple, orders))) == 5
+
+
+def test_a_checkpoint_with_the_layers_under_net_loads(tmp_path) -> None:
+    """Earlier versions held the network as `self.net`: their checkpoints' weights load."""
+    module = ImageClassifier(model="lenet_300_100")
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, max_epochs=0)
+    trainer.fit(module, DigitsDataModule(image_size=8, flatten=True))
+    trainer.save_checkpoint(tmp_path / "now.ckpt")
+    checkpoint = torch.load(tmp_path / "now.ckpt", weights_only=False)
+    checkpoint["state_dict"] = {f"net.{key}": value for key, value in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "earlier.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "earlier.ckpt")
+    assert_tensors_equal(loaded.state_dict(), module.state_dict())

@@ -825,19 +825,25 @@ def test_a_plateau_scheduler_starts_each_round_as_at_the_snapshot(tmp_path) -> N
     assert plateau_2 == plateau_0 and opt_2 == opt_0  # no state at epoch 0's start: no momentum yet
 
 
-def test_a_learning_rate_monitor_listed_first_is_told_it_logs_before_the_restore(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("first", "interval", "expected"), [(True, "epoch", 1), (True, None, 1), (True, "step", 0), (False, "epoch", 0)]
+)
+def test_a_learning_rate_monitor_listed_first_is_told_it_logged_before_the_restore(
+    tmp_path, first: bool, interval: str | None, expected: int
+) -> None:
+    """The plateau halves the LR after every epoch, the rewind's too: a monitor that logs at epoch start, listed
+    first, logs the halved LR that the round does not train with. One that logs at each step logs the restored."""
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    for first, expected in ((True, 1), (False, 0)):
-        callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
-        monitor = LearningRateMonitor(logging_interval="epoch")
-        callbacks = [monitor, callback] if first else [callback, monitor]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            _trainer(1, callbacks, tmp_path, logger=CSVLogger(tmp_path)).fit(OnPlateau(), _data(), _data())
-        assert (
-            len([w for w in caught if "list LearningRateMonitor after PruningCallback" in str(w.message)]) == expected
-        )
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    monitor = LearningRateMonitor(logging_interval=interval)
+    callbacks = [monitor, callback] if first else [callback, monitor]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(3, callbacks, tmp_path, logger=CSVLogger(tmp_path)).fit(OnPlateau(), _data(), _data())
+    messages = [str(w.message) for w in caught if "list LearningRateMonitor after PruningCallback" in str(w.message)]
+    assert len(messages) == expected
+    assert all("at the start of epoch 2" in m for m in messages)
 
 
 class AddsAParameterGroupAtEpoch2(Callback):
@@ -860,6 +866,12 @@ def test_a_restore_at_the_rounds_start_that_cannot_be_made_warns(tmp_path) -> No
     ]
     assert len(messages) == 1 and "parameter groups of sizes" in messages[0]
     assert look.seen[2][1] != look.seen[0][1]  # the plateau's step after the rewind stays
+    # nothing stepped after the rewind (Lightning steps the StepLR before it): nothing to restore, no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+        _trainer(3, [AddsAParameterGroupAtEpoch2(), callback], tmp_path).fit(_model(), _data())
+    assert not [w for w in caught if "could not be restored again" in str(w.message)]
 
 
 class StepsItsSchedulersAtEpochEnd(Tiny):

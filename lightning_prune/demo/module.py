@@ -23,7 +23,9 @@ class ImageClassifier(LightningModule):
     """Classify images with one of :data:`MODELS`, whose layers are the classifier's own.
 
     Their names are the network's (``conv1.weight`` ... ``fc3.weight`` for the tutorial's LeNet), so
-    ``targets``/``exclude`` patterns name them as for the network itself.
+    ``targets``/``exclude`` patterns name them as for the network itself. Checkpoints of earlier
+    versions, which held them under ``net.``, load too. The forward is the network's own, run on this
+    module: trace it (``to_torchscript(method="trace")``) or use ``torch.export``; it does not script.
 
     Args:
         model: ``"lenet"`` (1x32x32 inputs), ``"lenet_300_100"`` (any input, flattened to
@@ -85,6 +87,13 @@ class ImageClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._network_forward(self, x)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the layers lived under `net.` in earlier versions
+        state = checkpoint.get("state_dict", {})
+        earlier = any(key.startswith("net.") for key in state)
+        if earlier and not any(key.startswith("net.") for key in self.state_dict()):
+            checkpoint["state_dict"] = {key.removeprefix("net."): value for key, value in state.items()}
 
     def check_data(self, size: int, flatten: bool) -> None:
         """Raise a ``ValueError`` if the network cannot take ``size`` x ``size`` images (flattened or not).
