@@ -192,26 +192,39 @@ class Snapshot:
         self._load_states(optimizers, schedulers)
 
     def states_equal(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> bool:
-        """Whether the schedulers' states and the optimizers' hyperparameters (learning rates and the like, of
-        the snapshot's parameter groups) are still the snapshot's; ``False`` where that cannot be told. The
-        optimizers' per-parameter state is not compared: no step between epochs writes it.
+        """Whether the optimizers and schedulers still hold the snapshot's states: the schedulers' states, and
+        for the snapshot's parameter groups the hyperparameters (learning rates and the like) and the state of
+        every parameter (momentum, step counts). Groups added since are left out; ``False`` where it cannot be
+        told (tensors on another device, say).
 
         Example:
             >>> import torch
-            >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-            >>> snap = Snapshot.take(torch.nn.Identity(), [opt], [])
+            >>> layer = torch.nn.Linear(2, 2)
+            >>> opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+            >>> snap = Snapshot.take(layer, [opt], [])
             >>> snap.states_equal([opt], [])
             True
+            >>> layer(torch.ones(1, 2)).sum().backward(); opt.step()
+            >>> snap.states_equal([opt], [])
+            False
         """
         if len(optimizers) != len(self.optimizers) or len(schedulers) != len(self.schedulers):
             return False
         try:
-            for opt, state in zip(optimizers, self.optimizers):
-                for group, saved in zip(opt.param_groups, state["param_groups"]):
-                    if any(group.get(k) != v for k, v in saved.items() if k != "params"):
+            for opt, saved in zip(optimizers, self.optimizers):
+                live = opt.state_dict()
+                groups = saved["param_groups"]
+                if len(live["param_groups"]) < len(groups):
+                    return False
+                for group, saved_group in zip(live["param_groups"], groups):
+                    hyper, saved_hyper = ({k: v for k, v in g.items() if k != "params"} for g in (group, saved_group))
+                    if not _same(hyper, saved_hyper):
                         return False
-            return all(bool(s.state_dict() == state) for s, state in zip(schedulers, self.schedulers))
-        except (RuntimeError, TypeError, ValueError):  # tensors among them: no single truth value
+                indices = {i for g in groups for i in g["params"]}  # the snapshot's parameters' places
+                if not _same({i: v for i, v in live["state"].items() if i in indices}, saved["state"]):
+                    return False
+            return all(_same(s.state_dict(), state) for s, state in zip(schedulers, self.schedulers))
+        except (RuntimeError, TypeError, ValueError):  # tensors on other devices, values of no single truth
             return False
 
     def _load_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
@@ -255,6 +268,17 @@ def _states(
         [copy.deepcopy(s.state_dict()) for s in schedulers],
         _classes(optimizers, schedulers),
     )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Nested dicts, lists and tensors equal value for value (tensors by ``torch.equal``)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
 
 
 def _group_sizes(optimizer: Any) -> list[int]:

@@ -60,9 +60,12 @@ def test_bench_inplace_quick() -> None:
     assert rows[1:] == [
         *("dense", "dense_again", "unpruned", "in_place", "no_op_hooks", "mask_float32", "mask_uint8"),
         "mask_bfloat16",
-        *("same_bytes", "fused_after_backward"),
+        *("same_bytes", "out_of_place_hook", "fused_after_backward"),
     ]
-    masking = "in_place yes, mask_float32 yes, mask_uint8 yes, mask_bfloat16 yes, fused_after_backward yes"
+    masking = (
+        "in_place yes, mask_float32 yes, mask_uint8 yes, mask_bfloat16 yes, fused_after_backward yes, "
+        "out_of_place_hook yes"
+    )
     assert f"Pruned weights still zero after the timed steps: {masking}." in proc.stdout
 
 

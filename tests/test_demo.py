@@ -8,7 +8,7 @@ from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_prune import PruningCallback
+from lightning_prune import PruningCallback, Rewind
 from lightning_prune.demo import DigitsDataModule, ImageClassifier, LeNet, LeNet300100, SmallConvNet
 from lightning_prune.demo.data import EpochShuffle
 from lightning_prune.schedules import Explicit
@@ -295,14 +295,37 @@ def test_epoch_shuffle_gives_the_orders_of_a_shuffling_loader() -> None:
     assert len(set(map(tuple, orders))) == 5
 
 
-def test_a_checkpoint_with_the_layers_under_net_loads(tmp_path) -> None:
-    """Earlier versions held the network as `self.net`: their checkpoints' weights load."""
-    module = ImageClassifier(model="lenet_300_100")
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, max_epochs=0)
-    trainer.fit(module, DigitsDataModule(image_size=8, flatten=True))
+def test_a_checkpoint_with_the_layers_under_net_loads_and_resumes(tmp_path) -> None:
+    """Earlier versions held the network as `self.net`: their checkpoints' weights load, and a pruned fit with a
+    rewind resumes from one (the callback's masks and snapshot name the layers under `net.` too)."""
+
+    def fit(epochs: int, ckpt_path=None) -> tuple[ImageClassifier, Trainer]:
+        torch.manual_seed(0)
+        module = ImageClassifier(model="lenet_300_100")
+        callback = PruningCallback(scope="global", schedule=Explicit({0: 0.3, 1: 0.5}), rewind=Rewind(epoch=0))
+        trainer = Trainer(
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            max_epochs=epochs,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            default_root_dir=tmp_path,
+            callbacks=[callback],
+        )
+        trainer.fit(module, DigitsDataModule(image_size=8, flatten=True), ckpt_path=ckpt_path)
+        return module, trainer
+
+    module, trainer = fit(1)
     trainer.save_checkpoint(tmp_path / "now.ckpt")
     checkpoint = torch.load(tmp_path / "now.ckpt", weights_only=False)
     checkpoint["state_dict"] = {f"net.{key}": value for key, value in checkpoint["state_dict"].items()}
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("PruningCallback")]
+    state["masks"] = {f"net.{key}": value for key, value in state["masks"].items()}
+    state["snapshot"]["tensors"] = {f"net.{key}": value for key, value in state["snapshot"]["tensors"].items()}
     torch.save(checkpoint, tmp_path / "earlier.ckpt")
     loaded = ImageClassifier.load_from_checkpoint(tmp_path / "earlier.ckpt")
     assert_tensors_equal(loaded.state_dict(), module.state_dict())
+    whole, _ = fit(2)
+    resumed, _ = fit(2, tmp_path / "earlier.ckpt")
+    assert_tensors_equal(resumed.state_dict(), whole.state_dict())

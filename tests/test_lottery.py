@@ -846,6 +846,36 @@ def test_a_learning_rate_monitor_listed_first_is_told_it_logged_before_the_resto
     assert all("at the start of epoch 2" in m for m in messages)
 
 
+class StepsAtEpochEnd(Tiny):
+    """Manual optimization that accumulates the epoch's gradients and steps once, in `on_train_epoch_end`: after
+    the rewind, with no scheduler to show it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.manual_backward(F.cross_entropy(self(x), y))
+
+    def on_train_epoch_end(self) -> None:
+        optimizer = self.optimizers()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+
+
+def test_an_optimizer_step_after_the_rewind_is_taken_back_at_the_rounds_start(tmp_path) -> None:
+    look = LookAtStates()
+    torch.manual_seed(0)
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
+    _trainer(3, [callback, look], tmp_path).fit(StepsAtEpochEnd(), _data())
+    assert look.seen[1][0][0]["state"], "stepped after epoch 0"
+    _assert_equal(look.seen[2], look.seen[0])  # no momentum yet, as at epoch 0's start
+
+
 class AddsAParameterGroupAtEpoch2(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == 2:

@@ -89,11 +89,30 @@ class ImageClassifier(LightningModule):
         return self._network_forward(self, x)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the layers lived under `net.` in earlier versions
+        # The layers lived under `net.` in earlier versions: their names in the weights, and in the states of
+        # the callbacks that name them (the pruning masks and rewind snapshot, BackboneFinetuning's groups).
+        # Lightning calls this before it loads the weights and the callbacks' states.
         state = checkpoint.get("state_dict", {})
         earlier = any(key.startswith("net.") for key in state)
-        if earlier and not any(key.startswith("net.") for key in self.state_dict()):
-            checkpoint["state_dict"] = {key.removeprefix("net."): value for key, value in state.items()}
+        if not earlier or any(key.startswith("net.") for key in self.state_dict()):
+            return
+
+        def strip(name: str) -> str:
+            return name.removeprefix("net.")
+
+        checkpoint["state_dict"] = {strip(key): value for key, value in state.items()}
+        for saved in checkpoint.get("callbacks", {}).values():
+            if not isinstance(saved, dict):
+                continue
+            if isinstance(saved.get("masks"), dict):
+                saved["masks"] = {strip(key): value for key, value in saved["masks"].items()}
+            if isinstance(saved.get("snapshot"), dict) and isinstance(saved["snapshot"].get("tensors"), dict):
+                saved["snapshot"]["tensors"] = {strip(k): v for k, v in saved["snapshot"]["tensors"].items()}
+            groups = saved.get("internal_optimizer_metadata")
+            if isinstance(groups, dict):
+                saved["internal_optimizer_metadata"] = {
+                    i: [{**g, "params": [strip(n) for n in g["params"]]} for g in gs] for i, gs in groups.items()
+                }
 
     def check_data(self, size: int, flatten: bool) -> None:
         """Raise a ``ValueError`` if the network cannot take ``size`` x ``size`` images (flattened or not).
