@@ -12,7 +12,7 @@ from lightning_prune import PruningCallback, Rewind
 from lightning_prune.demo import DigitsDataModule, ImageClassifier, LeNet, LeNet300100, SmallConvNet
 from lightning_prune.demo.data import EpochShuffle
 from lightning_prune.schedules import Explicit
-from tests.helpers import assert_tensors_equal, effective_weights, masks_of
+from tests.helpers import assert_tensors_equal, effective_weights, make_trainer, masks_of
 
 
 def _quiet_trainer(root, **kwargs) -> Trainer:
@@ -303,16 +303,7 @@ def test_a_checkpoint_with_the_layers_under_net_loads_and_resumes(tmp_path) -> N
         torch.manual_seed(0)
         module = ImageClassifier(model="lenet_300_100")
         callback = PruningCallback(scope="global", schedule=Explicit({0: 0.3, 1: 0.5}), rewind=Rewind(epoch=0))
-        trainer = Trainer(
-            logger=False,
-            enable_progress_bar=False,
-            enable_checkpointing=False,
-            max_epochs=epochs,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            default_root_dir=tmp_path,
-            callbacks=[callback],
-        )
+        trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=epochs, limit_val_batches=1)
         trainer.fit(module, DigitsDataModule(image_size=8, flatten=True), ckpt_path=ckpt_path)
         return module, trainer
 
