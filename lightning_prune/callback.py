@@ -551,8 +551,7 @@ class PruningCallback(Callback):
         rename = _finetuning_renamer(pl_module, plain=False)
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, BaseFinetuning) and getattr(callback, "_restarting", False):
-                state = _renamed_finetuning_state(callback.state_dict(), rename)
-                callback._internal_optimizer_metadata = state["internal_optimizer_metadata"]
+                callback.load_state_dict(_renamed_finetuning_state(callback.state_dict(), rename))
 
     @staticmethod
     def _rename_finetuning_states(
@@ -791,7 +790,13 @@ class PruningCallback(Callback):
         schedulers = self._schedulers(trainer)
         if self._snapshot.states_equal(trainer.optimizers, schedulers):
             return  # nothing stepped them since the rewind
-        lrs = _learning_rates(trainer)
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        monitors = [
+            c
+            for c in callbacks[: callbacks.index(self)]
+            if isinstance(c, LearningRateMonitor) and c.logging_interval != "step"
+        ]
+        logged = _learning_rates(trainer) if monitors else None  # what they logged at this epoch's start
         try:
             self._snapshot.restore_states(trainer.optimizers, schedulers)
         except RuntimeError as err:
@@ -806,13 +811,7 @@ class PruningCallback(Callback):
         for callback in _pruning_callbacks(trainer):
             if callback._inplace is not None:
                 callback._inplace.reapply()  # the restored momentum at entries pruned since
-        callbacks = trainer.callbacks  # type: ignore[attr-defined]
-        monitors = [
-            c
-            for c in callbacks[: callbacks.index(self)]
-            if isinstance(c, LearningRateMonitor) and c.logging_interval != "step"
-        ]
-        if monitors and _learning_rates(trainer) != lrs:
+        if monitors and _learning_rates(trainer) != logged:
             rank_zero_warn(
                 f"`rewind={self.rewind}`: LearningRateMonitor is listed before PruningCallback, so at the start of "
                 f"epoch {epoch} it logged the learning rates stepped after the rewind, which PruningCallback then "

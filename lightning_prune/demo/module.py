@@ -12,6 +12,7 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_prune.callback import _renamed_finetuning_state
 from lightning_prune.demo.models import LeNet, LeNet300100, SmallConvNet
 
 __all__ = ["MODELS", "ImageClassifier"]
@@ -101,18 +102,15 @@ class ImageClassifier(LightningModule):
             return name.removeprefix("net.")
 
         checkpoint["state_dict"] = {strip(key): value for key, value in state.items()}
-        for saved in checkpoint.get("callbacks", {}).values():
+        states = checkpoint.get("callbacks", {})
+        for key, saved in states.items():
             if not isinstance(saved, dict):
                 continue
             if isinstance(saved.get("masks"), dict):
-                saved["masks"] = {strip(key): value for key, value in saved["masks"].items()}
+                saved["masks"] = {strip(name): mask for name, mask in saved["masks"].items()}
             if isinstance(saved.get("snapshot"), dict) and isinstance(saved["snapshot"].get("tensors"), dict):
                 saved["snapshot"]["tensors"] = {strip(k): v for k, v in saved["snapshot"]["tensors"].items()}
-            groups = saved.get("internal_optimizer_metadata")
-            if isinstance(groups, dict):
-                saved["internal_optimizer_metadata"] = {
-                    i: [{**g, "params": [strip(n) for n in g["params"]]} for g in gs] for i, gs in groups.items()
-                }
+            states[key] = _renamed_finetuning_state(saved, strip)  # as it is, unless BackboneFinetuning's
 
     def check_data(self, size: int, flatten: bool) -> None:
         """Raise a ``ValueError`` if the network cannot take ``size`` x ``size`` images (flattened or not).
