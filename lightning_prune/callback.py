@@ -90,6 +90,8 @@ class _CheckpointMasks:
         strategy = self.weights.strategy
         module = strategy.lightning_module
         if module.trainer.state.fn == TrainerFn.FITTING:
+            for callback in self.weights.callbacks:  # Lightning loads the weights before the callbacks' states
+                callback._check_resumable(checkpoint, module)
             type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
             return
         callbacks = self.weights.callbacks
@@ -602,21 +604,38 @@ class PruningCallback(Callback):
         if not masks:  # saved before the first event: nothing is pruned there, whatever this model holds now
             self._unprune()
             return
-        names = [t.qualname for t in self._targets]
-        if sorted(masks) != sorted(names):
+        self._check_saved_masks({name: tuple(mask.shape) for name, mask in masks.items()}, self._targets)
+        # restored as saved: the model that wrote the checkpoint may hold later masks by now
+        self._commit([masks[t.qualname] for t in self._targets], replace=True)
+
+    def _check_saved_masks(self, shapes: dict[str, tuple[int, ...]], targets: Sequence[Target]) -> None:
+        """Raise where masks saved with these shapes, by target name, do not fit ``targets``."""
+        names = [t.qualname for t in targets]
+        if sorted(shapes) != sorted(names):
             raise ValueError(
-                f"The saved pruning masks are for targets {sorted(masks)}, but this model's targets are "
+                f"The saved pruning masks are for targets {sorted(shapes)}, but this model's targets are "
                 f"{sorted(names)}; resume with the same model and `targets`/`exclude`"
             )
         wrong = [
-            f"{t.qualname}: saved {tuple(masks[t.qualname].shape)}, model {tuple(t.parameter.shape)}"
-            for t in self._targets
-            if masks[t.qualname].shape != t.parameter.shape
+            f"{t.qualname}: saved {shapes[t.qualname]}, model {tuple(t.parameter.shape)}"
+            for t in targets
+            if shapes[t.qualname] != tuple(t.parameter.shape)
         ]
         if wrong:
             raise ValueError(f"The saved pruning masks do not fit the model's parameters: {wrong}")
-        # restored as saved: the model that wrote the checkpoint may hold later masks by now
-        self._commit([masks[t.qualname] for t in self._targets], replace=True)
+
+    def _check_resumable(self, checkpoint: dict[str, Any], pl_module: LightningModule) -> None:
+        """Raise what resuming from ``checkpoint`` would raise in this callback's ``load_state_dict`` and
+        ``on_fit_start``, before ``pl_module`` takes the checkpoint's weights."""
+        saved = checkpoint.get("callbacks", {})
+        state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None)
+        if not state:
+            return
+        self._check_saved_rewind(state)
+        masks = state.get("masks", {})
+        if masks:
+            shapes = {name: tuple(m["shape"]) for name, m in masks.items()}
+            self._check_saved_masks(shapes, self._resolve_targets(pl_module))
 
     def _unprune(self) -> None:
         """All-``True`` masks wherever a target holds one (a model that pruned in an earlier fit)."""
@@ -992,9 +1011,26 @@ class PruningCallback(Callback):
         return {t.qualname: t.mask.clone() for t in self._targets if t.mask is not None} or None
 
     def _current_masks(self) -> list[Tensor]:
-        held = None
-        if self._inplace is not None:  # the module's own mask (torch.nn.utils.prune's, say) until it has ours
-            held = [m if m is not None else t.mask for m, t in zip(self._inplace.current(self._targets), self._targets)]
+        """Each target's mask as the model holds it: the entries pruned by its reparametrization (another
+        callback's, or ``torch.nn.utils.prune``'s) or by any pruning callback that masks in place count as pruned.
+        A mask that another callback keeps in place is copied: this one's commit may store what it is given."""
+        trainer = self._trainer() if self._trainer is not None else None
+        callbacks = _pruning_callbacks(trainer) if trainer is not None else []
+        others = [c._inplace for c in callbacks if c is not self and c._inplace is not None]
+        if self._inplace is None and not others:
+            return core.current_masks(self._targets)
+        own = self._inplace.current(self._targets) if self._inplace is not None else [None] * len(self._targets)
+        held: list[Tensor | None] = []
+        for t, mine in zip(self._targets, own):
+            theirs = [m for m in (other.masks.get(t.qualname) for other in others) if m is not None]
+            found = [m for m in (t.mask, mine) if m is not None] + theirs
+            if not found:
+                held.append(None)
+                continue
+            combined = found[0]
+            for mask in found[1:]:
+                combined = combined & mask
+            held.append(combined.clone() if len(found) == 1 and theirs else combined)
         return core.current_masks(self._targets, held)
 
     def _commit(self, masks: Sequence[Tensor], *, replace: bool = False) -> None:
@@ -1093,10 +1129,14 @@ class PruningCallback(Callback):
         assert self.rewind is not None
         if self._snapshot is None:
             raise RuntimeError(f"No snapshot to rewind to: epoch {self.rewind.epoch} has not started yet")
-        self._snapshot.restore(pl_module, trainer.optimizers, self._schedulers(trainer))
-        if self.rewind.reinit:
+        optimizers, schedulers = trainer.optimizers, self._schedulers(trainer)
+        resampled: list[Tensor] = []
+        if self.rewind.reinit:  # the targets re-sampled, every other tensor rewound
             assert self.seed is not None
+            self._snapshot.check(pl_module, optimizers, schedulers)
             reinitialize(pl_module, reinit_seed(self.seed, self._round))
+            resampled = [t.parameter for t in self._targets]
+        self._snapshot.restore(pl_module, optimizers, schedulers, keep=resampled)
         self._rewind_pending = False
         if restate:
             self._restate_epoch = trainer.current_epoch + 1
@@ -1183,13 +1223,7 @@ class PruningCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("rewind")  # absent from checkpoints of earlier versions
-        if saved is not None and self.rewind is not None and saved != self._rewind_state():
-            raise ValueError(
-                f"The checkpoint's pruning rounds rewound with Rewind(epoch={saved['epoch']}, "
-                f"reinit={saved['reinit']}), but this callback has `rewind={self.rewind}`: the rounds would mix "
-                f"two experiments. Resume with the checkpoint's `rewind`, or start the fit anew"
-            )
+        self._check_saved_rewind(state_dict)
         self._done_epoch = state_dict.get("done_epoch", -1)
         self._round = state_dict.get("round", 0)
         self._rewind_pending = bool(state_dict.get("rewind_pending", False))
@@ -1216,6 +1250,15 @@ class PruningCallback(Callback):
             if self._snapshot is not None:
                 self._snapshot = self._snapshot.to(self._targets[0].parameter.device)
             self._restore_pending()
+
+    def _check_saved_rewind(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("rewind")  # absent from checkpoints of earlier versions
+        if saved is not None and self.rewind is not None and saved != self._rewind_state():
+            raise ValueError(
+                f"The checkpoint's pruning rounds rewound with Rewind(epoch={saved['epoch']}, "
+                f"reinit={saved['reinit']}), but this callback has `rewind={self.rewind}`: the rounds would mix "
+                f"two experiments. Resume with the checkpoint's `rewind`, or start the fit anew"
+            )
 
     def _evaluation_targets(self, pl_module: LightningModule) -> list[Target]:
         """The targets in ``pl_module`` whose masks an evaluated checkpoint sets: with the default masking,

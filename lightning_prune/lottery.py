@@ -47,7 +47,9 @@ class Rewind:
         epoch: the epoch whose start is snapshotted (``0``: the initialisation, before any step).
         reinit: the random-reinitialisation control: instead of restoring the surviving
             weights, re-sample them with each module's ``reset_parameters`` (see
-            :func:`reinitialize`; optimizer and LR-scheduler state are still restored).
+            :func:`reinitialize`); every tensor that is not a target (biases, normalisation
+            layers, a backbone left unpruned), the optimizer and LR-scheduler state are still
+            restored.
 
     Example:
         >>> Rewind(epoch=1)
@@ -168,11 +170,16 @@ class Snapshot:
                 )
 
     @torch.no_grad()
-    def restore(self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:
-        """Copy the snapshot back into ``module``, ``optimizers`` and ``schedulers`` (after :meth:`check`)."""
+    def restore(
+        self, module: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any], *, keep: Sequence[Tensor] = ()
+    ) -> None:
+        """Copy the snapshot back into ``module``, ``optimizers`` and ``schedulers`` (after :meth:`check`); the
+        module's tensors in ``keep`` keep their values."""
         live = self._checked(module, optimizers, schedulers)
+        kept = {id(t) for t in keep}
         for name, tensor in live.items():
-            tensor.copy_(self.tensors[name])
+            if id(tensor) not in kept:
+                tensor.copy_(self.tensors[name])
         self._load_states(optimizers, schedulers)
 
     def restore_states(self, optimizers: Sequence[Any], schedulers: Sequence[Any]) -> None:

@@ -320,7 +320,7 @@ class CustomMethod(PruningMethod):
         if needed <= 0 or alive == 0:
             return mask.clone()
         method = self._instance(needed / alive)
-        effective = weight * mask
+        effective = weight * mask.to(weight.dtype)  # 8-bit floats do not multiply by a bool tensor
         if alive == total or self.pruning_type == "global":
             # what torch.nn.utils.prune shows a method that prunes a tensor for the first time
             index: tuple[Any, ...] = (...,)  # a 0-dim tensor too

@@ -27,9 +27,7 @@ Example:
 from __future__ import annotations
 
 import copy
-import importlib
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,18 +53,7 @@ __all__ = [
 _CHUNK = 1 << 20
 
 
-def _compile_check() -> Callable[[], bool]:
-    """``torch.compiler.is_compiling`` (torch >= 2.3), else torch 2.1-2.2's ``torch._dynamo.is_compiling``.
-
-    Both read as constant ``True`` where ``torch.compile`` traces.
-    """
-    check = getattr(torch.compiler, "is_compiling", None)
-    if check is None:
-        check = getattr(importlib.import_module("torch._dynamo"), "is_compiling", None)
-    return check if check is not None else lambda: False
-
-
-_is_compiling = _compile_check()
+_is_compiling = torch.compiler.is_compiling  # constant `True` where `torch.compile` traces
 
 
 class MaskHook(torch_prune.BasePruningMethod):
@@ -78,7 +65,7 @@ class MaskHook(torch_prune.BasePruningMethod):
         self._tensor_name = name
         self._handles: list[Any] = []
         self._parents: list[Any] = []  # the handles of the `RefreshChildren` hooks that run this hook
-        self._last: weakref.ref[Tensor] | None = None
+        self._last: weakref.ref[Tensor] | Tensor | None = None  # the tensor the last call set
         # (mask, its version, its data pointer, mask in the weight's dtype)
         self._cache: tuple[Tensor, int, int, Tensor] | None = None
 
@@ -124,7 +111,9 @@ class MaskHook(torch_prune.BasePruningMethod):
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         weight = self.apply_mask(module)
         setattr(module, self._tensor_name, weight)
-        self._last = weakref.ref(weight)
+        # where `torch.compile` traces, a reference itself (making a weak one breaks the graph before torch 2.6;
+        # the module holds the tensor as long anyway)
+        self._last = weight if _is_compiling() else weakref.ref(weight)
 
     def remove(self, module: nn.Module) -> None:
         """Make the pruning permanent in place, the parameter in its place (``prune.remove`` calls this).
@@ -134,10 +123,11 @@ class MaskHook(torch_prune.BasePruningMethod):
         deletes it after this.
         """
         name = self._tensor_name
-        orig, mask = module._parameters[name + "_orig"], module._buffers.pop(name + "_mask")
+        orig, mask = module._parameters[name + "_orig"], module._buffers[name + "_mask"]
         assert orig is not None and mask is not None
-        with torch.no_grad():
-            orig.mul_(mask)
+        with torch.no_grad():  # 8-bit floats do not multiply by a bool tensor: a 1-byte copy of the mask for them
+            orig.mul_(mask if orig.dtype.itemsize > 1 else mask.to(orig.dtype))
+        del module._buffers[name + "_mask"]
         module.__dict__.pop(name, None)
         rename_parameter(module, name + "_orig", name)
         self._release(module)
@@ -154,7 +144,7 @@ class MaskHook(torch_prune.BasePruningMethod):
         # The module's recomputed tensor is part of an autograd graph after a forward pass, and
         # such tensors refuse deepcopy. The hook is copied before that attribute (hooks are set
         # up in ``nn.Module.__init__``), so register a detached copy of it under its id.
-        last = self._last() if self._last is not None else None
+        last = self._last() if isinstance(self._last, weakref.ref) else self._last
         if last is not None and not last.is_leaf:
             memo[id(last)] = last.detach().clone()
             memo.setdefault(id(memo), []).append(last)  # keep the original alive, as deepcopy does
@@ -172,7 +162,8 @@ class MaskHook(torch_prune.BasePruningMethod):
 
 
 class _LoadPlain:
-    """``load_state_dict`` pre-hook: accept ``<name>`` for ``<name>_orig``, keep the mask if absent.
+    """``load_state_dict`` pre-hook: accept ``<name>`` for ``<name>_orig``, keep the mask if absent,
+    take a float mask (``torch.nn.utils.prune``'s) as the bool mask it stands for.
 
     Loading the plain weights saved before training into a pruned module is a rewind that keeps
     the pruned entries pruned, as the lottery-ticket procedure wants.
@@ -189,6 +180,9 @@ class _LoadPlain:
             state_dict[orig] = state_dict.pop(plain)
             if mask not in state_dict and self.name + "_mask" in module._buffers:
                 state_dict[mask] = module._buffers[self.name + "_mask"]
+        saved = state_dict.get(mask)
+        if isinstance(saved, Tensor) and saved.dtype != torch.bool:  # torch's float mask: `assign=True` would keep it
+            state_dict[mask] = saved != 0
 
 
 def rename_parameter(module: nn.Module, old: str, new: str) -> None:

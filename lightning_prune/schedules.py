@@ -214,6 +214,10 @@ class Geometric(Schedule):
         final_sparsity: float | None = None,
     ) -> None:
         self.rate = _check_fraction("rate", rate, open_low=True)
+        if self._reached(1) == 0:  # read to 12 decimals, as the schedule reports its targets
+            raise ValueError(
+                f"Expected `rate` to be 1e-12 or more once rounded to 12 decimals, as the sparsities are, got {rate!r}"
+            )
         self.start_epoch = _check_epoch("start_epoch", start_epoch)
         self.every_n_epochs = _check_epoch("every_n_epochs", every_n_epochs, minimum=1)
         self.final_sparsity = None if final_sparsity is None else _check_fraction("final_sparsity", final_sparsity)
@@ -264,7 +268,8 @@ class Explicit(Schedule):
             raise ValueError(f"Expected `sparsities` to be a non-empty {{epoch: sparsity}} mapping, got {sparsities!r}")
         checked: dict[int, float] = {}
         for epoch, value in sparsities.items():
-            key = _check_epoch("sparsities epoch", int(epoch) if isinstance(epoch, str) and epoch.isdigit() else epoch)
+            digits = isinstance(epoch, str) and epoch.isascii() and epoch.isdigit()  # not '²', which int() refuses
+            key = _check_epoch("sparsities epoch", int(epoch) if digits else epoch)
             if key in checked:
                 raise ValueError(
                     f"Expected `sparsities` to name each epoch once, got epoch {key} twice: {sparsities!r}"

@@ -154,6 +154,11 @@ INIT_CASES = [
         lambda: {"schedule": Linear(0.5, start_epoch=3, end_epoch=1)}, r"`end_epoch`.*>= 3.*1", id="linear_end_first"
     ),
     pytest.param(lambda: {"schedule": Geometric(rate=0.0)}, r"`rate`.*\(0, 1\].*0\.0", id="geometric_rate_0"),
+    pytest.param(lambda: {"schedule": Geometric(rate=1e-13)}, r"`rate`.*1e-12.*1e-13", id="geometric_rate_below_1e-12"),
+    pytest.param(
+        lambda: {"schedule": Geometric(rate=1e-17, final_sparsity=0.5)}, r"`rate`.*1e-17", id="geometric_rate_1e-17"
+    ),
+    pytest.param(lambda: {"schedule": Explicit({"²": 0.5})}, r"`sparsities epoch`.*'²'", id="explicit_superscript"),
     pytest.param(
         lambda: {"schedule": Explicit({0: 0.5, 1: 0.3})},
         r"`sparsities`.*non-decreasing.*0\.5.*0\.3",

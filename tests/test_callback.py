@@ -503,3 +503,30 @@ def test_attention_hooks_go_with_the_reparametrization(tmp_path, remove: str) ->
     assert not prune.is_pruned(model)
     assert all(not m._forward_pre_hooks for m in model.modules())
     torch.jit.script(model.encoder.self_attn)  # which refuses a module with hooks
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("in_place", "in_place"), ("in_place", "reparametrize"), ("reparametrize", "in_place")],
+)
+def test_overlapping_callbacks_count_each_others_pruning_in_either_masking(tmp_path, first, second) -> None:
+    """Rows that a second callback pruned count for the first one's target, whatever either masks with:
+    its event after epoch 2 finds the target met, changes nothing and does not rewind, as with two
+    reparametrizations sharing one mask."""
+
+    def fit(first: str, second: str) -> tuple[PruningCallback, TinyNet]:
+        model = make_model()
+        ticket = PruningCallback(
+            targets=["fc1.weight"], schedule=Explicit({0: 0.5, 2: 0.6}), rewind=Rewind(epoch=0), masking=first
+        )
+        rows = PruningCallback(
+            method="ln_structured", targets=["fc1.weight"], schedule=Explicit({1: 0.3}), masking=second
+        )
+        make_trainer(tmp_path / f"{first}-{second}", callbacks=[ticket, rows], max_epochs=3).fit(model, make_loader())
+        return ticket, model
+
+    reference, expected = fit("reparametrize", "reparametrize")
+    assert reference._round == 1 and float((expected.fc1.weight == 0).float().mean()) >= 0.6
+    ticket, model = fit(first, second)
+    assert ticket._round == 1
+    assert torch.equal(model.fc1.weight, expected.fc1.weight)

@@ -275,6 +275,10 @@ def test_reinit_control(tmp_path) -> None:
         assert torch.equal(again["tensors"][name], control["tensors"][name]), "same seed, same values"
         assert (other["tensors"][name][mask] != survivors).float().mean() > 0.95, "another seed, other values"
     assert all(m is None for m in control["momentum"]) and control["lr"] == LR, "optimizer and LR still rewound"
+    others = sorted(set(control["tensors"]) - set(WEIGHTS))
+    assert others, "the model holds tensors that are not targets"
+    for name in others:  # the biases: not targets, so rewound (a pretrained backbone is not re-drawn)
+        assert torch.equal(control["tensors"][name], init[name]), name
 
 
 def test_reinitialize_keeps_parameters_in_place() -> None:
@@ -885,6 +889,13 @@ class AddsAParameterGroupAtEpoch2(Callback):
 def test_a_restore_at_the_rounds_start_that_cannot_be_made_warns(tmp_path) -> None:
     """A callback listed first adds a parameter group where the round starts: the snapshot's states no longer fit,
     and the plateau scheduler's step after the rewind stays, as the warning says."""
+    opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    opt.add_param_group({"params": [nn.Parameter(torch.ones(1))]})
+    try:
+        plateau.step(1.0), plateau.step(1.0)
+    except IndexError:  # torch 2.5 and earlier
+        pytest.skip("this torch's ReduceLROnPlateau does not step a parameter group added after it")
     look = LookAtStates()
     torch.manual_seed(0)
     callback = PruningCallback(scope="global", schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0))
@@ -1165,9 +1176,33 @@ def test_resume_with_another_rewind_fails_before_training(tmp_path, rewind: Rewi
     path = _checkpoint_after_epoch_1(tmp_path, Rewind(epoch=0))
     callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}), rewind=rewind)
     trainer = _trainer(4, [callback], tmp_path)
+    model = _model()
+    before = {n: v.clone() for n, v in _plain(model).items()}
     with pytest.raises(ValueError, match=r"rewound with Rewind\(epoch=0, reinit=False\), but this callback has"):
-        trainer.fit(_model(), _data(), ckpt_path=path)
+        trainer.fit(model, _data(), ckpt_path=path)
     assert trainer.global_step == 0
+    assert not any(n.endswith("_mask") for n, _ in model.named_buffers()), "not pruned"
+    assert all(torch.equal(before[n], v) for n, v in _plain(model).items()), "refused before the weights load"
+
+
+class _TinyWithHead(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(super().forward(x))
+
+
+def test_resume_with_other_targets_fails_before_the_weights_load(tmp_path) -> None:
+    """torch's strict load copies the keys that match before it raises for the others."""
+    path = _checkpoint_after_epoch_1(tmp_path, None)
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}))
+    model = _model(cls=_TinyWithHead)
+    before = {n: v.clone() for n, v in _plain(model).items()}
+    with pytest.raises(ValueError, match=r"saved pruning masks are for targets .* this model's targets are"):
+        _trainer(4, [callback], tmp_path).fit(model, _data(), ckpt_path=path)
+    assert all(torch.equal(before[n], v) for n, v in _plain(model).items()), "refused before the weights load"
 
 
 class _SaveAtEpochEnd(Callback):

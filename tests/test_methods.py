@@ -271,6 +271,18 @@ def test_foobar_prunes_a_scalar_as_torch_does() -> None:
         assert mask.shape == () and torch.equal(mask, reference.scale_mask.bool())
 
 
+def test_foobar_prunes_an_8_bit_float_weight_as_the_tutorial_says() -> None:
+    """Every other entry, as torch's ``FooBarPruningMethod.apply`` gives."""
+    weight = torch.ones(6).to(torch.float8_e4m3fn)
+    try:
+        weight.clone()[::2] = 0
+    except RuntimeError:  # torch 2.5 and earlier
+        pytest.skip("this torch cannot fill an 8-bit float tensor, as the method does with its mask")
+    for scope in ("layer", "global"):
+        (mask,) = resolve_method(FooBarPruningMethod).masks([weight], [_ones(weight)], 0.5, scope=scope)
+        assert mask.tolist() == [False, True] * 3
+
+
 class _ReturnsNone(prune.BasePruningMethod):
     PRUNING_TYPE = "unstructured"
 
