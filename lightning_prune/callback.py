@@ -329,6 +329,7 @@ class PruningCallback(Callback):
         self._fitting = False  # from `on_fit_start` to the end of the fit
         self._snapshot: Snapshot | None = None
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
+        self._pending_targets: list[str] | None = None  # the targets they were saved for (None: those of the masks)
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
         self._model: weakref.ref[LightningModule] | None = None
         self._state_key: tuple[tuple[Any, ...], str] | None = None
@@ -404,7 +405,7 @@ class PruningCallback(Callback):
         self._validated = (-1, {})  # a resumed fit's comes with the checkpoint's state, loaded after this
         same_model = self._model is not None and self._model() is pl_module
         if not same_model:
-            self._pending_masks, self._snapshot = None, None  # any masks belong to another model
+            self._pending_masks, self._pending_targets, self._snapshot = None, None, None  # they are another model's
         if self._trainer is None or self._trainer() is not trainer:
             self._done_epoch, self._round, self._snapshot, self._rewind_pending = -1, 0, None, False
             self._restate_epoch = None
@@ -604,22 +605,30 @@ class PruningCallback(Callback):
         if not masks:  # saved before the first event: nothing is pruned there, whatever this model holds now
             self._unprune()
             return
-        self._check_saved_masks({name: tuple(mask.shape) for name, mask in masks.items()}, self._targets)
-        # restored as saved: the model that wrote the checkpoint may hold later masks by now
-        self._commit([masks[t.qualname] for t in self._targets], replace=True)
+        saved_targets, self._pending_targets = self._pending_targets, None
+        self._check_saved_masks({name: tuple(mask.shape) for name, mask in masks.items()}, self._targets, saved_targets)
+        # restored as saved: the model that wrote the checkpoint may hold later masks by now. A target saved without
+        # a mask (reparametrized, never pruned while another callback pruned one it shares) is unpruned there.
+        targets = [t for t in self._targets if t.qualname in masks or t.mask is not None]
+        saved = [masks[t.qualname] if t.qualname in masks else core.all_true(t.parameter) for t in targets]
+        self._commit(saved, targets, replace=True)
 
-    def _check_saved_masks(self, shapes: dict[str, tuple[int, ...]], targets: Sequence[Target]) -> None:
-        """Raise where masks saved with these shapes, by target name, do not fit ``targets``."""
-        names = [t.qualname for t in targets]
-        if sorted(shapes) != sorted(names):
+    def _check_saved_masks(
+        self, shapes: dict[str, tuple[int, ...]], targets: Sequence[Target], saved_targets: Sequence[str] | None
+    ) -> None:
+        """Raise where masks saved with these shapes, by target name, for the targets ``saved_targets`` (``None``:
+        not recorded, those of the masks), do not fit ``targets``."""
+        names = sorted(t.qualname for t in targets)
+        expected = sorted(shapes) if saved_targets is None else sorted(saved_targets)
+        if expected != names or not set(shapes) <= set(names):
             raise ValueError(
-                f"The saved pruning masks are for targets {sorted(shapes)}, but this model's targets are "
-                f"{sorted(names)}; resume with the same model and `targets`/`exclude`"
+                f"The saved pruning masks are for targets {expected}, but this model's targets are "
+                f"{names}; resume with the same model and `targets`/`exclude`"
             )
         wrong = [
             f"{t.qualname}: saved {shapes[t.qualname]}, model {tuple(t.parameter.shape)}"
             for t in targets
-            if shapes[t.qualname] != tuple(t.parameter.shape)
+            if t.qualname in shapes and shapes[t.qualname] != tuple(t.parameter.shape)
         ]
         if wrong:
             raise ValueError(f"The saved pruning masks do not fit the model's parameters: {wrong}")
@@ -635,7 +644,7 @@ class PruningCallback(Callback):
         masks = state.get("masks", {})
         if masks:
             shapes = {name: tuple(m["shape"]) for name, m in masks.items()}
-            self._check_saved_masks(shapes, self._resolve_targets(pl_module))
+            self._check_saved_masks(shapes, self._resolve_targets(pl_module), state.get("targets"))
 
     def _unprune(self) -> None:
         """All-``True`` masks wherever a target holds one (a model that pruned in an earlier fit)."""
@@ -948,8 +957,9 @@ class PruningCallback(Callback):
         """
         callbacks = _pruning_callbacks(trainer)
         if callbacks and callbacks[-1] is self:
+            resampled: list[Tensor] = []  # the targets of the controls rewound so far, which the others keep
             for callback in callbacks:
-                callback._rewind(trainer, pl_module, restate=restate)
+                resampled += callback._rewind(trainer, pl_module, restate=restate, keep=resampled)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -972,7 +982,7 @@ class PruningCallback(Callback):
             # StochasticWeightAveraging, which the reparametrization's forward would have masked).
             self._inplace.apply()
         if self.make_permanent:
-            self._pending_masks = self._held_masks()
+            self._pending_masks, self._pending_targets = self._held_masks(), [t.qualname for t in self._targets]
             core.make_permanent(self._targets)
         elif isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
             # ddp_spawn/ddp_fork hand rank 0's `state_dict()` to the main process, whose model is not
@@ -1020,9 +1030,11 @@ class PruningCallback(Callback):
         if self._inplace is None and not others:
             return core.current_masks(self._targets)
         own = self._inplace.current(self._targets) if self._inplace is not None else [None] * len(self._targets)
+        # by tensor: each callback names a tied tensor by the first of its own targets' names
+        kept = [{id(other._params[name]): mask for name, mask in other.masks.items()} for other in others]
         held: list[Tensor | None] = []
         for t, mine in zip(self._targets, own):
-            theirs = [m for m in (other.masks.get(t.qualname) for other in others) if m is not None]
+            theirs = [m for m in (by_tensor.get(id(t.parameter)) for by_tensor in kept) if m is not None]
             found = [m for m in (t.mask, mine) if m is not None] + theirs
             if not found:
                 held.append(None)
@@ -1033,13 +1045,17 @@ class PruningCallback(Callback):
             held.append(combined.clone() if len(found) == 1 and theirs else combined)
         return core.current_masks(self._targets, held)
 
-    def _commit(self, masks: Sequence[Tensor], *, replace: bool = False) -> None:
+    def _commit(
+        self, masks: Sequence[Tensor], targets: Sequence[Target] | None = None, *, replace: bool = False
+    ) -> None:
+        """Commit ``masks`` to ``targets`` (default: this callback's)."""
+        targets = self._targets if targets is None else targets
         # the masks are this callback's own (computed, or loaded) and kept by no one else: no copies
         if self._inplace is not None:
-            self._inplace.commit(self._targets, masks, replace=replace, copy=False)
+            self._inplace.commit(targets, masks, replace=replace, copy=False)
             self._mask_averages()
         else:
-            core.commit_masks(self._targets, masks, replace=replace, copy=False)
+            core.commit_masks(targets, masks, replace=replace, copy=False)
             model = self._model() if self._model is not None else None
             if model is not None:
                 reparam.hook_parents(model)  # attention reads `out_proj.weight` without calling `out_proj`
@@ -1121,11 +1137,14 @@ class PruningCallback(Callback):
                 f"unchanged. The ranks' weights have diverged (is the model wrapped by DDP?)"
             )
 
-    def _rewind(self, trainer: Trainer, pl_module: LightningModule, *, restate: bool = False) -> None:
+    def _rewind(
+        self, trainer: Trainer, pl_module: LightningModule, *, restate: bool = False, keep: Sequence[Tensor] = ()
+    ) -> list[Tensor]:
         """Run the rewind an event left pending, if any: restore the snapshot, re-apply the masks; with ``restate``,
-        restore the optimizer and scheduler states again at the next epoch's start."""
+        restore the optimizer and scheduler states again at the next epoch's start. The tensors in ``keep`` (another
+        callback's control re-sampled them just before) keep their values. Returns the tensors this one re-sampled."""
         if not self._rewind_pending:
-            return
+            return []
         assert self.rewind is not None
         if self._snapshot is None:
             raise RuntimeError(f"No snapshot to rewind to: epoch {self.rewind.epoch} has not started yet")
@@ -1134,9 +1153,13 @@ class PruningCallback(Callback):
         if self.rewind.reinit:  # the targets re-sampled, every other tensor rewound
             assert self.seed is not None
             self._snapshot.check(pl_module, optimizers, schedulers)
-            reinitialize(pl_module, reinit_seed(self.seed, self._round))
+            with torch.no_grad():
+                earlier = [(t, t.detach().clone()) for t in keep]  # this reset re-draws every module
+                reinitialize(pl_module, reinit_seed(self.seed, self._round))
+                for tensor, value in earlier:
+                    tensor.copy_(value)
             resampled = [t.parameter for t in self._targets]
-        self._snapshot.restore(pl_module, optimizers, schedulers, keep=resampled)
+        self._snapshot.restore(pl_module, optimizers, schedulers, keep=[*keep, *resampled])
         self._rewind_pending = False
         if restate:
             self._restate_epoch = trainer.current_epoch + 1
@@ -1156,6 +1179,7 @@ class PruningCallback(Callback):
                         reparam.refresh(module, name)
             if other._unrefreshed:
                 other._arm_refresh_check()  # the weights it noted were just replaced
+        return resampled
 
     def _report(
         self, trainer: Trainer, before: core.SparsityStats, after: core.SparsityStats, epoch: int, target: float
@@ -1205,6 +1229,7 @@ class PruningCallback(Callback):
             "rewind": self._rewind_state(),
             "seed": self.seed,
             "masks": masks,
+            "targets": [t.qualname for t in self._targets] or getattr(self, "_pending_targets", None),
             "snapshot": None if self._snapshot is None else self._snapshot.state_dict(),
             "validated": dict(zip(("epoch", "metrics"), self._validated_now())),
         }
@@ -1240,6 +1265,7 @@ class PruningCallback(Callback):
         masks = state_dict.get("masks", {})
         # an empty dict is restored too: the checkpoint predates the first event
         self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
+        self._pending_targets = state_dict.get("targets")  # absent from checkpoints of earlier versions
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
         validated = state_dict.get("validated", {})  # a checkpoint saved at validation end, before the event

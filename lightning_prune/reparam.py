@@ -53,7 +53,8 @@ __all__ = [
 _CHUNK = 1 << 20
 
 
-_is_compiling = torch.compiler.is_compiling  # constant `True` where `torch.compile` traces
+_is_compiling = torch.compiler.is_compiling  # constant `True` where `torch.compile` traces, and in `torch.export`
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.6
 
 
 class MaskHook(torch_prune.BasePruningMethod):
@@ -112,8 +113,8 @@ class MaskHook(torch_prune.BasePruningMethod):
         weight = self.apply_mask(module)
         setattr(module, self._tensor_name, weight)
         # where `torch.compile` traces, a reference itself (making a weak one breaks the graph before torch 2.6;
-        # the module holds the tensor as long anyway)
-        self._last = weight if _is_compiling() else weakref.ref(weight)
+        # the module holds the tensor as long anyway), not where `torch.export` does (a fake tensor it drops)
+        self._last = weight if _is_compiling() and not _is_exporting() else weakref.ref(weight)
 
     def remove(self, module: nn.Module) -> None:
         """Make the pruning permanent in place, the parameter in its place (``prune.remove`` calls this).

@@ -1044,3 +1044,26 @@ def test_a_checkpoint_saved_after_fit_with_backbone_finetuning_resumes(tmp_path:
     )
     weights = [resumed.fc1.weight, resumed.fc2.weight]
     assert sum(int((w == 0).sum()) for w in weights) == round(0.7 * sum(w.numel() for w in weights))
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_a_callback_that_has_not_pruned_resumes_beside_one_that_shares_its_target(tmp_path, masking) -> None:
+    """One callback prunes `fc1` after epoch 0, another `fc1` and `fc2` after epoch 2: the second one's
+    checkpoint after epoch 1 holds the first one's `fc1` mask and none for `fc2`, which it has not pruned."""
+
+    def callbacks() -> list[Callback]:
+        return [
+            PruningCallback(targets=["fc1.weight"], schedule=Explicit({0: 0.5}), masking=masking),
+            PruningCallback(method="ln_structured", targets=["fc1.weight", "fc2.weight"], schedule=Explicit({2: 0.3})),
+        ]
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    model = make_model()
+    make_trainer(tmp_path, callbacks=[*callbacks(), saver], max_epochs=4, enable_checkpointing=True).fit(
+        model, make_loader()
+    )
+    resumed = make_model(seed=1)
+    make_trainer(tmp_path / "resumed", callbacks=callbacks(), max_epochs=4).fit(
+        resumed, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt"
+    )
+    assert_tensors_equal(dict(resumed.named_parameters()), dict(model.named_parameters()))

@@ -281,6 +281,31 @@ def test_reinit_control(tmp_path) -> None:
         assert torch.equal(control["tensors"][name], init[name]), name
 
 
+@pytest.mark.parametrize("order", ["fc1 first", "fc2 first"])
+def test_two_controls_each_re_sample_their_targets(tmp_path, order: str) -> None:
+    """Two callbacks with `reinit=True` (per-layer rates): the second one's restore keeps what the first one
+    drew, and its reset does not draw the first one's targets anew; each target ends as with its callback alone."""
+
+    def control(target: str, seed: int) -> PruningCallback:
+        rewind = Rewind(epoch=0, reinit=True)
+        return PruningCallback(targets=[target], schedule=Explicit({1: 0.5}), rewind=rewind, seed=seed)
+
+    def fit(*callbacks: PruningCallback) -> dict[str, torch.Tensor]:
+        model = _model()
+        _trainer(2, list(callbacks), tmp_path).fit(model, _data())
+        return _plain(model)
+
+    alone = {"fc1.weight": fit(control("fc1.weight", 3)), "fc2.weight": fit(control("fc2.weight", 4))}
+    pair = [control("fc1.weight", 3), control("fc2.weight", 4)]
+    together = fit(*(pair if order == "fc1 first" else pair[::-1]))
+    init = _plain(_model())
+    for name in ("fc1.weight", "fc2.weight"):
+        assert torch.equal(together[name], alone[name][name]), name
+        assert not torch.equal(together[name], init[name] * (together[name] != 0)), f"{name} re-sampled"
+    for name in ("fc1.bias", "fc2.bias"):
+        assert torch.equal(together[name], init[name]), f"{name} rewound"
+
+
 def test_reinitialize_keeps_parameters_in_place() -> None:
     """The re-sampling makes each pruned tensor plain for ``reset_parameters`` and back, in its place."""
     from lightning_prune import reparam

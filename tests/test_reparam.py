@@ -390,6 +390,20 @@ def test_a_pruned_module_compiles_into_one_graph(first: str) -> None:
     assert layer.weight_orig.grad is not None and not layer.weight_orig.grad[~mask].any()
 
 
+def test_export_leaves_no_fake_tensor_in_the_hook() -> None:
+    """Non-strict `torch.export` runs the hook on fake tensors, with `is_compiling()` true: the hook keeps no
+    reference to them (nor so to the fake mode), and a grad-mode forward after it deep-copies as before."""
+    if not hasattr(torch.compiler, "is_exporting"):
+        pytest.skip("this torch has no torch.compiler.is_exporting")
+    layer, x = nn.Linear(4, 3), torch.randn(2, 4)
+    reparam.apply(layer, "weight", _mask((3, 4)))
+    torch.export.export(layer, (x,), strict=False)
+    hook = reparam.find_hook(layer, "weight")
+    assert not isinstance(hook._last, torch.Tensor)
+    layer(x)
+    assert torch.equal(copy.deepcopy(layer).weight, layer.weight)
+
+
 def _attention_with_pruned_out_proj() -> nn.MultiheadAttention:
     torch.manual_seed(0)
     attention = nn.MultiheadAttention(4, 2)
