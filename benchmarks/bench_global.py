@@ -154,6 +154,15 @@ def measure(variant: str, size_m: float, device: str = "cpu", after: float = 0.0
     busy1, own1 = cpu_ticks()
     peak_after = torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes()
     pruned = count_pruned(model)
+    # The first forward after the event: torch's reads the float mask its event made; ours casts its
+    # bool masks to the float copy it multiplies by (4 B/param, kept from then on) there.
+    x = torch.randn(1, WIDTH, device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(x)
+    sync()
+    forward_seconds = time.perf_counter() - start
+    peak_forward = torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes()
     return {
         "variant": variant,
         "size_m": size_m,
@@ -165,6 +174,8 @@ def measure(variant: str, size_m: float, device: str = "cpu", after: float = 0.0
         "peak_after": peak_after,
         "peak_reset": reset,
         "extra_bytes_per_param": (peak_after - before) / n_params,
+        "forward_seconds": forward_seconds,
+        "forward_extra_bytes_per_param": (peak_forward - before) / n_params,
         "pruned": pruned,
         "expected_pruned": round(SPARSITY * n_params),
         "threads": torch.get_num_threads(),
@@ -291,6 +302,21 @@ def main(argv: list[str] | None = None) -> int:
         size = format_size(s) + (" *" if disturbed(s) else "")
         cells = [size, f"{t_torch:.3f}", f"{t_ours:.3f}", f"{t_torch / t_ours:.2f}", f"{b_torch:.2f}"]
         print("| " + " | ".join([*cells, f"{b_ours:.2f}"]) + " |")
+    print()
+    print("The event and the first forward after it (one sample, no_grad), where each side's forward hook")
+    print("recomputes the weights, and ours makes the float copy of its bool masks that it multiplies by:")
+    print()
+    print("| size | torch s | ours s | time ratio (torch/ours) | torch B/param peak | ours B/param peak |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for s in sizes:
+        t_torch, t_ours = (median(s, v, "seconds") + median(s, v, "forward_seconds") for v in ("torch", "ours"))
+        cells = [format_size(s) + (" *" if disturbed(s) else ""), f"{t_torch:.3f}", f"{t_ours:.3f}"]
+        cells.append(f"{t_torch / t_ours:.2f}")
+        cells += [f"{median(s, v, 'forward_extra_bytes_per_param'):.2f}" for v in ("torch", "ours")]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print("What each side keeps from then on: torch a float mask and the recomputed weight, 8 B/param; ours the")
+    print("bool mask, its float copy and the recomputed weight, 9 B/param.")
     print()
     print("| size | parameters | pruned (ours) | round(0.5 N) | exact | ours ms per M params |")
     print("|---:|---:|---:|---:|:---:|---:|")

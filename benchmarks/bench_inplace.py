@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---:|---:|")
         for variant, seconds in times.items():
             ratios = [a / b for a, b in zip(seconds, times[BASE])]
-            q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+            q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
             added = 1e6 * statistics.median(a - b for a, b in zip(seconds, times[BASE]))
             print(
                 f"| {variant} | {1e3 * statistics.median(seconds):.3f} | {statistics.median(ratios):.3f} "

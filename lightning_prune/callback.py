@@ -411,7 +411,7 @@ class PruningCallback(Callback):
             self._restate_epoch = None
             self.seed = getattr(self, "_given_seed", self.seed)  # a callback pickled earlier keeps its seed
         if same_model and self._pending_masks is None:
-            self._pending_masks = self._held_masks()
+            self._keep_masks()
         if self._inplace is not None:
             self._inplace.clear()
         self._trainer, self._model = weakref.ref(trainer), weakref.ref(pl_module)
@@ -798,7 +798,8 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._rewind(trainer, pl_module)  # one a checkpoint written between two pruning callbacks' events left due
+        if self._rewind_pending:  # one a checkpoint written between two pruning callbacks' events left due
+            self._rewind(trainer, pl_module, keep=self._redraw_controls(trainer, pl_module))
         self._restate(trainer)
         self._take_snapshot(trainer, pl_module)
 
@@ -957,9 +958,39 @@ class PruningCallback(Callback):
         """
         callbacks = _pruning_callbacks(trainer)
         if callbacks and callbacks[-1] is self:
-            resampled: list[Tensor] = []  # the targets of the controls rewound so far, which the others keep
+            resampled = self._redraw_controls(trainer, pl_module)  # which every restore keeps
             for callback in callbacks:
                 resampled += callback._rewind(trainer, pl_module, restate=restate, keep=resampled)
+
+    @staticmethod
+    def _redraw_controls(trainer: Trainer, pl_module: LightningModule) -> list[Tensor]:
+        """Where a pruning callback is about to rewind the model, set the targets of every random-reinitialisation
+        control that does not rewind now, but has re-sampled its targets before, back to its last draw (its
+        equivalent of the weights a ticket rewinds to), and return them: the restores keep them."""
+        callbacks = _pruning_callbacks(trainer)
+        if not any(c._rewind_pending for c in callbacks):
+            return []
+        drawn: list[Tensor] = []
+        for callback in callbacks:
+            if (
+                callback.rewind is not None
+                and callback.rewind.reinit
+                and callback._round
+                and not callback._rewind_pending
+            ):
+                drawn += callback._draw(pl_module, keep=drawn)
+        return drawn
+
+    @torch.no_grad()
+    def _draw(self, pl_module: LightningModule, keep: Sequence[Tensor]) -> list[Tensor]:
+        """Re-sample every module under this control's seed for its round, the tensors in ``keep`` (another control
+        drew them) left as they are; returns this callback's targets, now drawn."""
+        assert self.seed is not None
+        earlier = [(t, t.detach().clone()) for t in keep]  # the reset re-draws every module
+        reinitialize(pl_module, reinit_seed(self.seed, self._round))
+        for tensor, value in earlier:
+            tensor.copy_(value)
+        return [t.parameter for t in self._targets]
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -982,7 +1013,9 @@ class PruningCallback(Callback):
             # StochasticWeightAveraging, which the reparametrization's forward would have masked).
             self._inplace.apply()
         if self.make_permanent:
-            self._pending_masks, self._pending_targets = self._held_masks(), [t.qualname for t in self._targets]
+            for callback in _pruning_callbacks(trainer):  # before any of them takes a tensor they share off the model
+                if callback._pending_masks is None:
+                    callback._keep_masks()
             core.make_permanent(self._targets)
         elif isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
             # ddp_spawn/ddp_fork hand rank 0's `state_dict()` to the main process, whose model is not
@@ -1014,6 +1047,10 @@ class PruningCallback(Callback):
             self._inplace.to(device)
 
     # ------------------------------------------------------------------ masks
+    def _keep_masks(self) -> None:
+        """Keep the masks the targets have now for the next fit (and for checkpoints until then)."""
+        self._pending_masks, self._pending_targets = self._held_masks(), [t.qualname for t in self._targets]
+
     def _held_masks(self) -> dict[str, Tensor] | None:
         """Copies of the masks the targets have (none for a target never pruned)."""
         if self._inplace is not None:
@@ -1151,14 +1188,8 @@ class PruningCallback(Callback):
         optimizers, schedulers = trainer.optimizers, self._schedulers(trainer)
         resampled: list[Tensor] = []
         if self.rewind.reinit:  # the targets re-sampled, every other tensor rewound
-            assert self.seed is not None
             self._snapshot.check(pl_module, optimizers, schedulers)
-            with torch.no_grad():
-                earlier = [(t, t.detach().clone()) for t in keep]  # this reset re-draws every module
-                reinitialize(pl_module, reinit_seed(self.seed, self._round))
-                for tensor, value in earlier:
-                    tensor.copy_(value)
-            resampled = [t.parameter for t in self._targets]
+            resampled = self._draw(pl_module, keep)
         self._snapshot.restore(pl_module, optimizers, schedulers, keep=[*keep, *resampled])
         self._rewind_pending = False
         if restate:
@@ -1244,7 +1275,12 @@ class PruningCallback(Callback):
         return getattr(self, "_validated", (-1, {}))
 
     def _rewind_state(self) -> dict[str, Any] | None:
-        return None if self.rewind is None else {"epoch": self.rewind.epoch, "reinit": self.rewind.reinit}
+        if self.rewind is None:
+            return None
+        state: dict[str, Any] = {"epoch": self.rewind.epoch, "reinit": self.rewind.reinit}
+        if self.rewind.reinit:
+            state["resampled"] = "targets"  # earlier versions re-sampled every tensor of the model
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -1279,11 +1315,20 @@ class PruningCallback(Callback):
 
     def _check_saved_rewind(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("rewind")  # absent from checkpoints of earlier versions
-        if saved is not None and self.rewind is not None and saved != self._rewind_state():
+        current = self._rewind_state()
+        if saved is None or current is None:
+            return
+        if (saved["epoch"], saved["reinit"]) != (current["epoch"], current["reinit"]):
             raise ValueError(
                 f"The checkpoint's pruning rounds rewound with Rewind(epoch={saved['epoch']}, "
                 f"reinit={saved['reinit']}), but this callback has `rewind={self.rewind}`: the rounds would mix "
                 f"two experiments. Resume with the checkpoint's `rewind`, or start the fit anew"
+            )
+        if current.get("resampled") != saved.get("resampled") and state_dict.get("round", 0) > 0:
+            raise ValueError(
+                "The checkpoint's control rounds (`Rewind(reinit=True)`) re-sampled every tensor of the model, as "
+                "earlier versions of this package did; this one re-samples the targets only and rewinds the rest: "
+                "the rounds would mix two experiments. Start the fit anew"
             )
 
     def _evaluation_targets(self, pl_module: LightningModule) -> list[Target]:

@@ -73,10 +73,10 @@ class MaskHook(torch_prune.BasePruningMethod):
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
         return default_mask
 
-    def apply_mask(self, module: nn.Module) -> Tensor:
+    def apply_mask(self, module: nn.Module, compiling: bool | None = None) -> Tensor:
         orig, mask = module._parameters[self._tensor_name + "_orig"], module._buffers[self._tensor_name + "_mask"]
         assert orig is not None and mask is not None
-        if _is_compiling():
+        if _is_compiling() if compiling is None else compiling:
             # In a graph `torch.compile` traces, the cast fuses with the multiply, and the cache's
             # check of the mask's version could not be traced (nor guarded without recompiling at
             # every event).
@@ -110,11 +110,12 @@ class MaskHook(torch_prune.BasePruningMethod):
         return cached[3]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
-        weight = self.apply_mask(module)
+        compiling = _is_compiling()
+        weight = self.apply_mask(module, compiling)
         setattr(module, self._tensor_name, weight)
         # where `torch.compile` traces, a reference itself (making a weak one breaks the graph before torch 2.6;
         # the module holds the tensor as long anyway), not where `torch.export` does (a fake tensor it drops)
-        self._last = weight if _is_compiling() and not _is_exporting() else weakref.ref(weight)
+        self._last = weight if compiling and not _is_exporting() else weakref.ref(weight)
 
     def remove(self, module: nn.Module) -> None:
         """Make the pruning permanent in place, the parameter in its place (``prune.remove`` calls this).

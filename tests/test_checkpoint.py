@@ -1067,3 +1067,32 @@ def test_a_callback_that_has_not_pruned_resumes_beside_one_that_shares_its_targe
         resumed, make_loader(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt"
     )
     assert_tensors_equal(dict(resumed.named_parameters()), dict(model.named_parameters()))
+
+
+@pytest.mark.parametrize("order", ["AB", "BA"])
+@pytest.mark.parametrize(("first", "second"), [("reparametrize", "reparametrize"), ("in_place", "reparametrize")])
+def test_overlapping_callbacks_keep_their_masks_through_make_permanent(tmp_path, order, first, second) -> None:
+    """Both callbacks keep the masks they shared before either made that tensor permanent: a second `fit` and
+    a resume from the checkpoint saved after the first start from all of them."""
+
+    def callbacks() -> list[Callback]:
+        a = PruningCallback(targets=["fc1.weight"], schedule=Explicit({0: 0.3}), masking=first)
+        b = PruningCallback(
+            method="ln_structured", targets=["fc1.weight", "fc2.weight"], schedule=Explicit({1: 0.4}), masking=second
+        )
+        return [a, b] if order == "AB" else [b, a]
+
+    model = make_model()
+    trainer = make_trainer(tmp_path, callbacks=callbacks(), max_epochs=2)
+    trainer.fit(model, make_loader())
+    pruned = model.fc1.weight == 0
+    assert int(pruned.sum()) > round(0.3 * 91) and int((~pruned).any(dim=1).logical_not().sum()) > 0
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    resumed = make_model(seed=1)
+    make_trainer(tmp_path / "resumed", callbacks=callbacks(), max_epochs=3).fit(
+        resumed, make_loader(), ckpt_path=tmp_path / "after.ckpt"
+    )
+    trainer.fit_loop.max_epochs = 3
+    trainer.fit(model, make_loader())  # a second fit on the same Trainer
+    for fitted in (model, resumed):
+        assert torch.equal(fitted.fc1.weight == 0, pruned)

@@ -306,6 +306,48 @@ def test_two_controls_each_re_sample_their_targets(tmp_path, order: str) -> None
         assert torch.equal(together[name], init[name]), f"{name} rewound"
 
 
+@pytest.mark.parametrize("other", ["control", "ticket"])
+def test_a_control_that_does_not_rewind_keeps_its_draw_when_another_callback_rewinds(tmp_path, other: str) -> None:
+    """The other callback's rewind after epoch 2 sets the model back to its snapshot; the control's targets go back
+    to the control's own last draw (its equivalent of the initialisation), not to the snapshot's values."""
+    draws = []
+
+    class Draws(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            pruned = hasattr(pl_module.fc1, "weight_orig")
+            draws.append(pl_module.fc1.weight_orig.detach().clone() if pruned else None)
+
+    control = PruningCallback(
+        targets=["fc1.weight"], schedule=Explicit({1: 0.5}), rewind=Rewind(epoch=0, reinit=True), seed=3
+    )
+    rewind = Rewind(epoch=0, reinit=other == "control")
+    second = PruningCallback(targets=["fc2.weight"], schedule=Explicit({1: 0.5, 2: 0.7}), rewind=rewind, seed=4)
+    model = _model()
+    init = _plain(model)["fc1.weight"]
+    _trainer(4, [control, second, Draws()], tmp_path).fit(model, _data())
+    assert draws[2] is not None and not torch.equal(draws[2], init), "epoch 2 starts from the control's draw"
+    assert torch.equal(draws[3], draws[2]), "epoch 3 starts from it again"
+
+
+def test_a_checkpoint_of_controls_that_re_sampled_every_tensor_is_refused(tmp_path) -> None:
+    """Earlier versions' `reinit=True` re-sampled the whole model; resuming their rounds would mix two experiments."""
+    callback = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}), rewind=Rewind(epoch=0, reinit=True))
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _trainer(2, [callback, saver], tmp_path, enable_checkpointing=True).fit(_model(), _data())
+    (path,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
+    checkpoint = torch.load(path, weights_only=False)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("PruningCallback")]
+    assert state["round"] == 1
+    del state["rewind"]["resampled"]
+    torch.save(checkpoint, path)
+    again = PruningCallback(scope="global", schedule=Explicit({1: 0.3, 3: 0.5}), rewind=Rewind(epoch=0, reinit=True))
+    model = _model()
+    before = {n: v.clone() for n, v in _plain(model).items()}
+    with pytest.raises(ValueError, match=r"re-sampled every tensor of the model"):
+        _trainer(4, [again], tmp_path).fit(model, _data(), ckpt_path=path)
+    assert all(torch.equal(before[n], v) for n, v in _plain(model).items())
+
+
 def test_reinitialize_keeps_parameters_in_place() -> None:
     """The re-sampling makes each pruned tensor plain for ``reset_parameters`` and back, in its place."""
     from lightning_prune import reparam
