@@ -111,6 +111,8 @@ class MaskHook(torch_prune.BasePruningMethod):
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         compiling = _is_compiling()
+        if not compiling:  # the last forward's tensor goes first, not after the new one is made (once backward ran,
+            module.__dict__.pop(self._tensor_name, None)  # nothing else holds it: one weight's memory less at peak)
         weight = self.apply_mask(module, compiling)
         setattr(module, self._tensor_name, weight)
         # where `torch.compile` traces, a reference itself (making a weak one breaks the graph before torch 2.6;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import weakref
 from functools import partial
 
 import pytest
@@ -388,6 +389,26 @@ def test_a_pruned_module_compiles_into_one_graph(first: str) -> None:
     assert torch.equal(out, torch.nn.functional.linear(x, layer.weight_orig * mask, layer.bias))
     out.sum().backward()
     assert layer.weight_orig.grad is not None and not layer.weight_orig.grad[~mask].any()
+
+
+def test_the_hook_frees_the_last_weight_before_it_makes_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once nothing but the module holds the last forward's tensor, the new one does not share the peak with it."""
+    layer = nn.Linear(4, 3)
+    reparam.apply(layer, "weight", _mask((3, 4)))
+    layer(torch.randn(2, 4)).sum().backward()  # the graph that saved the weight is gone after backward
+    last, freed = weakref.ref(layer.weight), []
+    apply_mask = reparam.MaskHook.apply_mask
+
+    def spy(self, module, compiling=None):
+        freed.append(last() is None)
+        return apply_mask(self, module, compiling)
+
+    monkeypatch.setattr(reparam.MaskHook, "apply_mask", spy)
+    out = layer(torch.ones(1, 4))
+    assert freed == [True]
+    assert torch.equal(
+        out, torch.nn.functional.linear(torch.ones(1, 4), layer.weight_orig * layer.weight_mask, layer.bias)
+    )
 
 
 def test_export_leaves_no_fake_tensor_in_the_hook() -> None:
