@@ -509,6 +509,12 @@ class PruningCallback(Callback):
                 f"`schedule` prunes after epoch {early[0]}, before that snapshot exists; "
                 f"start the schedule at epoch >= {self.rewind.epoch}"
             )
+        epochs = {c.rewind.epoch for c in _pruning_callbacks(trainer) if c.rewind is not None}
+        if len(epochs) > 1:  # each restores the whole model: the last one listed would win
+            raise ValueError(
+                f"The Trainer's pruning callbacks rewind to different epochs {sorted(epochs)}; every rewind restores "
+                f"the whole model, optimizers and schedulers, so they must share one `Rewind.epoch`"
+            )
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -1249,7 +1255,8 @@ class PruningCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         # after a fit that made the pruning permanent, the masks are the ones kept for the next fit
-        held = self._held_masks() or self._pending_masks or {}
+        # kept for the next fit (after one, or loaded): what it restores; during a fit, what the targets hold
+        held = self._pending_masks if self._pending_masks is not None else (self._held_masks() or {})
         masks = {name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)} for name, mask in held.items()}
         return {
             "version": 1,
@@ -1260,7 +1267,9 @@ class PruningCallback(Callback):
             "rewind": self._rewind_state(),
             "seed": self.seed,
             "masks": masks,
-            "targets": [t.qualname for t in self._targets] or getattr(self, "_pending_targets", None),
+            "targets": self._pending_targets
+            if self._pending_masks is not None
+            else [t.qualname for t in self._targets],
             "snapshot": None if self._snapshot is None else self._snapshot.state_dict(),
             "validated": dict(zip(("epoch", "metrics"), self._validated_now())),
         }

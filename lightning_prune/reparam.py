@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
 from typing import Any
@@ -113,7 +114,13 @@ class MaskHook(torch_prune.BasePruningMethod):
         compiling = _is_compiling()
         if not compiling:  # the last forward's tensor goes first, not after the new one is made (once backward ran,
             module.__dict__.pop(self._tensor_name, None)  # nothing else holds it: one weight's memory less at peak)
-        weight = self.apply_mask(module, compiling)
+        try:
+            weight = self.apply_mask(module, compiling)
+        except BaseException:  # such as the stop of a non-reentrant checkpoint's recompute: leave a weight there
+            if not compiling and self._tensor_name not in module.__dict__:
+                with contextlib.suppress(Exception):
+                    refresh(module, self._tensor_name)
+            raise
         setattr(module, self._tensor_name, weight)
         # where `torch.compile` traces, a reference itself (making a weak one breaks the graph before torch 2.6;
         # the module holds the tensor as long anyway), not where `torch.export` does (a fake tensor it drops)

@@ -1070,15 +1070,22 @@ def test_a_callback_that_has_not_pruned_resumes_beside_one_that_shares_its_targe
 
 
 @pytest.mark.parametrize("order", ["AB", "BA"])
+@pytest.mark.parametrize("permanent", [True, False], ids=["both-permanent", "second-not-permanent"])
 @pytest.mark.parametrize(("first", "second"), [("reparametrize", "reparametrize"), ("in_place", "reparametrize")])
-def test_overlapping_callbacks_keep_their_masks_through_make_permanent(tmp_path, order, first, second) -> None:
+def test_overlapping_callbacks_keep_their_masks_through_make_permanent(
+    tmp_path, order, permanent, first, second
+) -> None:
     """Both callbacks keep the masks they shared before either made that tensor permanent: a second `fit` and
     a resume from the checkpoint saved after the first start from all of them."""
 
     def callbacks() -> list[Callback]:
         a = PruningCallback(targets=["fc1.weight"], schedule=Explicit({0: 0.3}), masking=first)
         b = PruningCallback(
-            method="ln_structured", targets=["fc1.weight", "fc2.weight"], schedule=Explicit({1: 0.4}), masking=second
+            method="ln_structured",
+            targets=["fc1.weight", "fc2.weight"],
+            schedule=Explicit({1: 0.4}),
+            masking=second,
+            make_permanent=permanent,
         )
         return [a, b] if order == "AB" else [b, a]
 

@@ -348,6 +348,17 @@ def test_a_checkpoint_of_controls_that_re_sampled_every_tensor_is_refused(tmp_pa
     assert all(torch.equal(before[n], v) for n, v in _plain(model).items())
 
 
+def test_callbacks_that_rewind_to_different_epochs_are_refused(tmp_path) -> None:
+    """Every rewind restores the whole model: which one won would depend on the callbacks' order."""
+    first = PruningCallback(targets=["fc1.weight"], schedule=Explicit({2: 0.5}), rewind=Rewind(epoch=1))
+    second = PruningCallback(targets=["fc2.weight"], schedule=Explicit({2: 0.5}), rewind=Rewind(epoch=0))
+    model = _model()
+    before = {n: v.clone() for n, v in _plain(model).items()}
+    with pytest.raises(ValueError, match=r"rewind to different epochs \[0, 1\]"):
+        _trainer(3, [first, second], tmp_path).fit(model, _data())
+    assert all(torch.equal(before[n], v) for n, v in _plain(model).items())
+
+
 def test_reinitialize_keeps_parameters_in_place() -> None:
     """The re-sampling makes each pruned tensor plain for ``reset_parameters`` and back, in its place."""
     from lightning_prune import reparam

@@ -411,6 +411,23 @@ def test_the_hook_frees_the_last_weight_before_it_makes_the_next(monkeypatch: py
     )
 
 
+def test_a_forward_stopped_inside_the_hook_leaves_the_masked_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook drops the last weight first; stopped before it sets the next (a non-reentrant checkpoint's
+    recompute stops that way), it leaves the masked weight, which `torch.nn.utils.prune` on top reads."""
+    layer = nn.Linear(4, 3)
+    reparam.apply(layer, "weight", _mask((3, 4)))
+    layer(torch.randn(2, 4)).sum().backward()
+
+    def stop(*args: object) -> None:
+        raise RuntimeError("stopped")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reparam.MaskHook, "_multiplier", stop)
+        with pytest.raises(RuntimeError, match="stopped"):
+            layer(torch.randn(2, 4))
+    assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)
+
+
 def test_export_leaves_no_fake_tensor_in_the_hook() -> None:
     """Non-strict `torch.export` runs the hook on fake tensors, with `is_compiling()` true: the hook keeps no
     reference to them (nor so to the fake mode), and a grad-mode forward after it deep-copies as before."""
