@@ -509,12 +509,17 @@ class PruningCallback(Callback):
                 f"`schedule` prunes after epoch {early[0]}, before that snapshot exists; "
                 f"start the schedule at epoch >= {self.rewind.epoch}"
             )
-        epochs = {c.rewind.epoch for c in _pruning_callbacks(trainer) if c.rewind is not None}
-        if len(epochs) > 1:  # each restores the whole model: the last one listed would win
-            raise ValueError(
-                f"The Trainer's pruning callbacks rewind to different epochs {sorted(epochs)}; every rewind restores "
-                f"the whole model, optimizers and schedulers, so they must share one `Rewind.epoch`"
-            )
+        events = {e for e in self._fit_epochs(trainer) if self._target(e)}
+        for other in _pruning_callbacks(trainer):
+            if other.rewind is None or other.rewind.epoch == self.rewind.epoch:
+                continue
+            both = sorted(events & {e for e in other._fit_epochs(trainer) if other._target(e)})
+            if both:  # each restores the whole model at the end of that epoch: the last one listed would win
+                raise ValueError(
+                    f"Two pruning callbacks rewind to different epochs ({self.rewind.epoch} and {other.rewind.epoch}) "
+                    f"after the same epoch's events (epoch {both[0]}); every rewind restores the whole model, "
+                    f"optimizers and schedulers: give them one `Rewind.epoch`, or events in different epochs"
+                )
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -1257,7 +1262,11 @@ class PruningCallback(Callback):
         # after a fit that made the pruning permanent, the masks are the ones kept for the next fit
         # kept for the next fit (after one, or loaded): what it restores; during a fit, what the targets hold
         held = self._pending_masks if self._pending_masks is not None else (self._held_masks() or {})
-        masks = {name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)} for name, mask in held.items()}
+        masks: dict[str, Any] | None = {
+            name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)} for name, mask in held.items()
+        }
+        if self._pending_masks is None and not self._targets and self._trainer is not None:
+            masks = None  # in a fit, before `on_fit_start` resolved the targets: nothing known of the masks
         return {
             "version": 1,
             "done_epoch": self._done_epoch,
@@ -1308,9 +1317,11 @@ class PruningCallback(Callback):
         if saved_seed is not None:
             self.seed = int(saved_seed)
         masks = state_dict.get("masks", {})
-        # an empty dict is restored too: the checkpoint predates the first event
-        self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
-        self._pending_targets = state_dict.get("targets")  # absent from checkpoints of earlier versions
+        # an empty dict is restored too: the checkpoint predates the first event; `None`: saved in a fit before
+        # this callback looked at the model (a tuner in `on_fit_start`), which keeps the masks it has
+        if masks is not None:
+            self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
+            self._pending_targets = state_dict.get("targets")  # absent from checkpoints of earlier versions
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else Snapshot.from_state_dict(snapshot)
         validated = state_dict.get("validated", {})  # a checkpoint saved at validation end, before the event
@@ -1360,7 +1371,7 @@ class PruningCallback(Callback):
         it has none; a target whose mask ``checkpoint``'s weights hold keeps the mask loaded from there."""
         saved = checkpoint.get("callbacks", {})
         state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None) or {}
-        masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in state.get("masks", {}).items()}
+        masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in (state.get("masks") or {}).items()}
         weights = checkpoint.get("state_dict", {})
         unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
         new = core.current_masks(unloaded, [masks.get(t.qualname) for t in unloaded])  # all True where unsaved

@@ -848,6 +848,24 @@ def test_state_loaded_back_within_a_fit_keeps_the_masks(tmp_path: Path, masking:
     assert [int((~m).sum()) for m in callback._current_masks()] == [round(0.7 * 91), round(0.7 * 39)]
 
 
+@pytest.mark.parametrize("pruned_by", ["torch", "an earlier fit"])
+def test_a_finder_at_fit_start_keeps_the_pruning_the_model_had(tmp_path: Path, pruned_by: str) -> None:
+    """`LearningRateFinder` in its default `on_fit_start`, before this callback's, saves and loads back its state:
+    a state saved before the callback looked at the model says nothing of its masks, and unprunes nothing."""
+    model = make_model()
+    if pruned_by == "torch":
+        prune.l1_unstructured(model.fc1, "weight", amount=0.5)
+    else:
+        earlier = PruningCallback(targets=["fc1.weight"], schedule=Explicit({0: 0.5}), make_permanent=False)
+        make_trainer(tmp_path / "earlier", callbacks=[earlier], max_epochs=1).fit(model, make_loader())
+    zeros = int((model.fc1.weight == 0).sum())
+    assert zeros == round(0.5 * 91)
+    callback = PruningCallback(targets=["fc1.weight"], schedule=Explicit({5: 0.9}), make_permanent=False)
+    finder = LearningRateFinder(num_training_steps=4)
+    make_trainer(tmp_path, callbacks=[callback, finder], max_epochs=2).fit(model, make_loader(n=96))
+    assert int((model.fc1.weight == 0).sum()) == zeros
+
+
 def test_rewind_snapshot_is_taken_when_a_resume_skips_the_epoch_start(tmp_path: Path) -> None:
     """A checkpoint written at the last batch of epoch 0 resumes into epoch 1 without
     `on_train_epoch_start`: the snapshot for `Rewind(epoch=1)` is taken at `on_train_start` instead."""
