@@ -644,11 +644,15 @@ class PruningCallback(Callback):
         if wrong:
             raise ValueError(f"The saved pruning masks do not fit the model's parameters: {wrong}")
 
+    def _saved_state(self, checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+        """This callback's state in ``checkpoint`` (also under its key from before ``exclude`` was part of it)."""
+        saved = checkpoint.get("callbacks", {})
+        return saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None)
+
     def _check_resumable(self, checkpoint: dict[str, Any], pl_module: LightningModule) -> None:
         """Raise what resuming from ``checkpoint`` would raise in this callback's ``load_state_dict`` and
         ``on_fit_start``, before ``pl_module`` takes the checkpoint's weights."""
-        saved = checkpoint.get("callbacks", {})
-        state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None)
+        state = self._saved_state(checkpoint)
         if not state:
             return
         self._check_saved_rewind(state)
@@ -1261,12 +1265,10 @@ class PruningCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         # after a fit that made the pruning permanent, the masks are the ones kept for the next fit
         # kept for the next fit (after one, or loaded): what it restores; during a fit, what the targets hold
-        held = self._pending_masks if self._pending_masks is not None else (self._held_masks() or {})
-        masks: dict[str, Any] | None = {
-            name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)} for name, mask in held.items()
-        }
-        if self._pending_masks is None and not self._targets and self._trainer is not None:
-            masks = None  # in a fit, before `on_fit_start` resolved the targets: nothing known of the masks
+        masks: dict[str, Any] | None = None  # in a fit, before `on_fit_start` resolved the targets: nothing known
+        if self._pending_masks is not None or self._targets or self._trainer is None:
+            held = self._pending_masks if self._pending_masks is not None else (self._held_masks() or {})
+            masks = {name: {"shape": tuple(mask.shape), "bits": pack_mask(mask)} for name, mask in held.items()}
         return {
             "version": 1,
             "done_epoch": self._done_epoch,
@@ -1369,8 +1371,7 @@ class PruningCallback(Callback):
     ) -> None:
         """Set the masks saved in ``checkpoint``'s state of this callback on ``targets``, all ``True`` where
         it has none; a target whose mask ``checkpoint``'s weights hold keeps the mask loaded from there."""
-        saved = checkpoint.get("callbacks", {})
-        state = saved.get(self.state_key, saved.get(self._key(exclude=[])) if self.exclude else None) or {}
+        state = self._saved_state(checkpoint) or {}
         masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in (state.get("masks") or {}).items()}
         weights = checkpoint.get("state_dict", {})
         unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
