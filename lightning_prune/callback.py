@@ -75,7 +75,8 @@ class _CheckpointMasks:
     """Stands in for the strategy's ``load_model_state_dict``: when ``validate``/``test``/``predict``
     load a checkpoint into a model this callback masks (a ``fit`` with ``make_permanent=False``
     before), the plain weights are loaded under all-``True`` masks and then masked as the
-    checkpoint's callback state says, if it has one, so the model computes exactly the
+    checkpoint's callback state says (where it saves none, as a weights-only checkpoint, by the last
+    fit's masks where the loaded weights are zero), so the model computes exactly the
     checkpoint's weights and the callback holds the masks that go with them. Masks the
     checkpoint's weights hold themselves (``<name>_mask``, a reparametrized model saved without
     this callback) stay as loaded; a load that fails leaves the earlier masks. (A user's own
@@ -99,6 +100,10 @@ class _CheckpointMasks:
         # in_place weights are plain and load as saved; reparametrized ones load under their masks
         hooked = [[] if callback._inplace is not None else t for callback, t in zip(callbacks, targets)]
         earlier = [[mask.clone() for mask in core.current_masks(t)] for t in hooked]
+        for callback, t, masks in zip(callbacks, targets, earlier):
+            if callback._fitted_masks is None:  # the first evaluation since a fit: its masks
+                held = masks if callback._inplace is None else core.current_masks(t, callback._inplace.current(t))
+                callback._fitted_masks = {x.qualname: m for x, m in zip(t, held)}
         for t in hooked:
             core.commit_masks(t, [core.all_true(x.parameter) for x in t], replace=True)
         try:
@@ -330,6 +335,8 @@ class PruningCallback(Callback):
         self._snapshot: Snapshot | None = None
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
         self._pending_targets: list[str] | None = None  # the targets they were saved for (None: those of the masks)
+        # the masks before the first evaluation of a checkpoint since the last fit (see `_set_checkpoint_masks`)
+        self._fitted_masks: dict[str, Tensor] | None = None
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
         self._model: weakref.ref[LightningModule] | None = None
         self._state_key: tuple[tuple[Any, ...], str] | None = None
@@ -552,7 +559,7 @@ class PruningCallback(Callback):
                     f"`nn.Parameter`?): they would keep their values. Give their module a `reset_parameters` "
                     f"or leave them out with `exclude`"
                 )
-        self._fitting, self._trained = True, False
+        self._fitting, self._trained, self._fitted_masks = True, False, None
         if self._snapshot is not None:  # one loaded from a checkpoint sits where it was saved from
             self._snapshot = self._snapshot.to(pl_module.device)
         self._restore_pending()
@@ -1369,13 +1376,30 @@ class PruningCallback(Callback):
     def _set_checkpoint_masks(
         self, pl_module: LightningModule, targets: list[Target], checkpoint: dict[str, Any]
     ) -> None:
-        """Set the masks saved in ``checkpoint``'s state of this callback on ``targets``, all ``True`` where
-        it has none; a target whose mask ``checkpoint``'s weights hold keeps the mask loaded from there."""
+        """Set the masks saved in ``checkpoint``'s state of this callback on ``targets``; a target whose mask
+        ``checkpoint``'s weights hold keeps the mask loaded from there.
+
+        Where the state holds no mask (a weights-only checkpoint), the zeros of the loaded plain weight
+        that the last fit's mask pruned count as pruned: every entry pruned when the checkpoint was
+        written, if the fit wrote it. The model computes the checkpoint's weights exactly either way,
+        and a later fit or checkpoint keeps what was pruned.
+        """
         state = self._saved_state(checkpoint) or {}
         masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in (state.get("masks") or {}).items()}
         weights = checkpoint.get("state_dict", {})
         unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
-        new = core.current_masks(unloaded, [masks.get(t.qualname) for t in unloaded])  # all True where unsaved
+        fitted = self._fitted_masks or {}
+        new = core.current_masks(  # all True where neither
+            unloaded,
+            [
+                masks[t.qualname]
+                if t.qualname in masks
+                else fitted[t.qualname] | (t.parameter != 0)
+                if t.qualname in fitted
+                else None
+                for t in unloaded
+            ],
+        )
         if self._inplace is not None:
             self._inplace.commit(unloaded, new, replace=True)
         else:

@@ -28,14 +28,19 @@ reparametrization would produce:
   the evaluations of one step, and its forward passes must see the pruned entries at zero).
 
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
-the pruned weights still stay at zero). ``torch.autograd.grad`` without ``create_graph``
-returns the full gradient of a masked weight, pruned entries included: it writes no ``.grad``,
-and nothing tells its hooks apart from an ordinary backward's at no cost. In an ordinary
-backward a hook registered with ``weight.register_hook`` sees the gradient before it is
-masked, as a hook on the reparametrization's recomputed ``weight`` does. With ``create_graph``
-the gradient is masked as ``<name>_orig``'s is, also where the reparametrization would give the
-recomputed ``weight``'s full one (``torch.autograd.grad(loss, layer.weight, create_graph=True)``,
-a gradient penalty): the one plain tensor stands for both.
+the pruned weights still stay at zero). A gradient accumulated before a
+:meth:`InPlaceMasks.commit` and stepped after it is masked by the new mask, where
+``<name>_orig.grad`` keeps it at the newly pruned entries (norm clipping of that step differs;
+the weights stay at zero). ``torch.autograd.grad`` without ``create_graph`` returns the full
+gradient of a masked weight, pruned entries included: it writes no ``.grad``, and nothing tells
+its hooks apart from an ordinary backward's at no cost. In an ordinary backward a hook
+registered with ``weight.register_hook`` sees the gradient before it is masked, as a hook on the
+reparametrization's recomputed ``weight`` does; one registered with
+``register_post_accumulate_grad_hook``, before or after, sees it masked (the mask's runs first),
+as on ``<name>_orig``. With ``create_graph`` the gradient is masked as ``<name>_orig``'s is, also
+where the reparametrization would give the recomputed ``weight``'s full one
+(``torch.autograd.grad(loss, layer.weight, create_graph=True)``, a gradient penalty): the one
+plain tensor stands for both.
 
 An optimizer that reads the weights themselves (``Adafactor`` scales its step by their RMS) sees
 zeros at pruned entries here, where the reparametrization shows it the stale ``<name>_orig``.
@@ -109,6 +114,21 @@ class _MaskGradient:
             param.grad.mul_(self.factor)
 
 
+def _first(weight: Tensor, handle: Any) -> Any:
+    """Run the post-accumulate gradient hook of ``handle`` before ``weight``'s others, registered earlier
+    (an optimizer stepped in backward, a per-parameter clip): they see the masked gradient, as a hook on
+    ``<name>_orig`` does. Autograd runs them in the order of the dict's entries, which ``move_to_end``
+    does not change: the dict is refilled in place, where the other handles find their entries."""
+    hooks = getattr(weight, "_post_accumulate_grad_hooks", None)
+    if isinstance(hooks, dict) and len(hooks) > 1 and handle.id in hooks:
+        ours = hooks.pop(handle.id)
+        rest = list(hooks.items())
+        hooks.clear()
+        hooks[handle.id] = ours
+        hooks.update(rest)
+    return handle
+
+
 def _factor(mask: Tensor, dtype: torch.dtype, old: Tensor | None) -> Tensor:
     """``mask`` in ``dtype``; written into ``old`` where it fits, so an event allocates no new factors."""
     if old is not None and old.shape == mask.shape and old.dtype == dtype and old.device == mask.device:
@@ -142,6 +162,7 @@ class InPlaceMasks:
         self._optimizers: list[torch.optim.Optimizer] = []
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
+        self._load_handles: list[Any] = []  # zero the state that each attached optimizer loads
         self._grad_handles: dict[int, tuple[Any, Any]] = {}  # id(weight) -> its two gradient hooks
         self._seen_versions: list[int] = []  # each weight's version when its pruned entries were last zeroed
 
@@ -149,7 +170,8 @@ class InPlaceMasks:
         """Each target's mask, ``None`` where it has none yet."""
         return [self.masks.get(t.qualname) for t in targets]
 
-    @torch.no_grad()
+    @torch.inference_mode(False)  # masks and factors that later steps can use, also when committed inside it
+    @torch.no_grad()  # inside: leaving inference mode turns grad mode on
     def commit(
         self, targets: Sequence[Target], masks: Sequence[Tensor], *, replace: bool = False, copy: bool = True
     ) -> None:
@@ -164,7 +186,8 @@ class InPlaceMasks:
             param = target.parameter
             old = self.masks.get(target.qualname)
             if old is None or replace:  # stored as it is: not an expanded all-True view
-                self.masks[target.qualname] = mask.to(param.device, torch.bool, copy=copy).contiguous()
+                stored = mask.to(param.device, torch.bool, copy=copy or mask.is_inference())
+                self.masks[target.qualname] = stored.contiguous()
             else:
                 self.masks[target.qualname] = old & mask.to(param.device, torch.bool)
         self._params.update((t.qualname, t.parameter) for t in targets)
@@ -229,6 +252,8 @@ class InPlaceMasks:
         self.detach()
         self._optimizers, self._per_step = list(optimizers), per_step
         self.refresh_hooks()  # no weight is written here: `sync` may run between forward and backward
+        # a state saved before an event (a user's own rewind) holds momentum and moments at its pruned entries
+        self._load_handles = [opt.register_load_state_dict_post_hook(self._zero_state) for opt in self._optimizers]
         for optimizer in replaced:
             self._zero_after_next_step(optimizer)
 
@@ -277,7 +302,7 @@ class InPlaceMasks:
                     hook.after(weight)  # a gradient accumulated before the hook existed
                 self._grad_handles[id(weight)] = (
                     weight.register_hook(hook.before),
-                    weight.register_post_accumulate_grad_hook(hook.after),
+                    _first(weight, weight.register_post_accumulate_grad_hook(hook.after)),
                 )
         if len(self._grad_handles) > hooked:
             self._zero_state()  # momentum gathered from unmasked gradients would move pruned weights
@@ -302,9 +327,9 @@ class InPlaceMasks:
     def detach(self) -> None:
         """Remove every hook; the masks stay."""
         self._unhook_gradients()
-        for handle in self._step_handles:
+        for handle in self._step_handles + self._load_handles:
             handle.remove()
-        self._optimizers, self._step_handles = [], []
+        self._optimizers, self._step_handles, self._load_handles = [], [], []
 
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -342,9 +367,10 @@ class InPlaceMasks:
         self._grad_handles = {}
 
     @torch.no_grad()
-    def _zero_state(self) -> None:
+    def _zero_state(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero the state of the attached zero-preserving optimizers (or of ``optimizer``) at pruned entries."""
         factors = dict(zip(map(id, self._weights), self._factors))
-        for opt in self._optimizers:
+        for opt in self._optimizers if optimizer is None else [optimizer]:
             if not zero_preserving(opt):
                 continue  # stepped by its own rules; its weights are zeroed after each step instead
             for param, state in opt.state.items():
@@ -368,4 +394,5 @@ class InPlaceMasks:
         self.masks, self._params, self._weights, self._factors, self._seen_versions = {}, {}, [], [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_optimizers": [], "_step_handles": [], "_grad_handles": {}, "_seen_versions": []}
+        hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}}
+        return {**self.__dict__, **hooks, "_optimizers": [], "_seen_versions": []}

@@ -269,7 +269,8 @@ def _adopt(module: nn.Module, name: str, hook: torch_prune.BasePruningMethod) ->
     for old in ours:
         for handle in old._handles[1:]:
             handle.remove()
-    module._buffers[name + "_mask"] = mask != 0
+    with torch.inference_mode(False):
+        module._buffers[name + "_mask"] = mask != 0
     _register_hooks(module, name)._parents = [h for old in ours for h in getattr(old, "_parents", [])]
 
 
@@ -316,10 +317,13 @@ def apply(
                 f"got {type(param).__name__ if param is None else param.dtype}"
             )
         _check_shape(name, mask, param.shape)
-        initial = (
-            torch.ones_like(param, dtype=torch.bool) if mask is None else mask.to(param.device, torch.bool, copy=copy)
-        )
-        initial = initial.contiguous()  # an expanded all-True view (see `core.all_true`) becomes a buffer
+        with torch.inference_mode(False):  # a buffer that later forwards and commits can use, as torch's
+            initial = (
+                torch.ones_like(param, dtype=torch.bool)
+                if mask is None
+                else mask.to(param.device, torch.bool, copy=copy or mask.is_inference())
+            )
+            initial = initial.contiguous()  # an expanded all-True view (see `core.all_true`) becomes a buffer
         rename_parameter(module, name, name + "_orig")
         try:
             module.register_buffer(name + "_mask", initial)

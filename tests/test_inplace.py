@@ -899,3 +899,118 @@ def test_the_per_step_pass_refuses_a_pending_graph_of_a_weight_written_between_s
     assert model[1].weight[0, 1] == 0
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         written.backward()
+
+
+def _mlp_and_torch_copy() -> tuple[torch.nn.Sequential, torch.nn.Sequential, list[torch.Tensor]]:
+    """A small MLP, a copy of it, and a mask per Linear weight."""
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    g = torch.Generator().manual_seed(1)
+    return ours, copy.deepcopy(ours), [torch.rand(m.weight.shape, generator=g) > 0.5 for m in (ours[0], ours[2])]
+
+
+def _loss(model: torch.nn.Module, i: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 + i)
+    return F.cross_entropy(model(torch.randn(8, 6, generator=g)), torch.randint(0, 3, (8,), generator=g))
+
+
+def _assert_same_as_torch(ours: torch.nn.Sequential, ref: torch.nn.Sequential) -> None:
+    for m_ours, m_ref in zip((ours[0], ours[2]), (ref[0], ref[2])):
+        assert torch.equal(m_ours.weight, m_ref.weight_orig * m_ref.weight_mask)
+        assert torch.equal(m_ours.bias, m_ref.bias)
+
+
+def test_post_accumulate_gradient_hooks_see_the_masked_gradient() -> None:
+    """An optimizer stepped in backward by each parameter's post-accumulate gradient hook, registered before
+    the masks (and so before the hook that masks the gradient): it steps on the masked gradient, as it does
+    on torch's ``weight_orig``, also after a later commit hooks the gradient again. Pruned entries stay zero."""
+    ours, ref, masks = _mlp_and_torch_copy()
+    seen: list[torch.Tensor] = []
+    handles: list = []
+
+    def in_backward(model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+        opts = {p: torch.optim.SGD([p], lr=0.1, momentum=0.9) for p in model.parameters()}
+
+        def hook(p: torch.Tensor) -> None:
+            seen.append(p.grad.clone())
+            opts[p].step()
+            opts[p].zero_grad()
+
+        handles.extend(p.register_post_accumulate_grad_hook(hook) for p in model.parameters())
+        return list(opts.values())
+
+    opts = in_backward(ours)
+    in_backward(ref)
+    held = InPlaceMasks()
+    held.commit(resolve_targets(ours), masks)
+    held.attach(opts)
+    for module, mask in zip((ref[0], ref[2]), masks):
+        prune.custom_from_mask(module, "weight", mask)
+    more = [mask & (torch.rand(mask.shape, generator=torch.Generator().manual_seed(2)) > 0.3) for mask in masks]
+    for i in range(6):
+        if i == 3:  # hooks registered again by a commit still run first
+            held.commit(resolve_targets(ours), more)
+            for module, mask in zip((ref[0], ref[2]), more):
+                prune.custom_from_mask(module, "weight", mask)
+        seen.clear()
+        _loss(ours, i).backward()
+        assert len(seen) == 4  # every parameter's hook ran
+        _loss(ref, i).backward()
+        _assert_same_as_torch(ours, ref)
+    assert all(m.weight[~mask].eq(0).all() for m, mask in zip((ours[0], ours[2]), more))
+    for handle in handles:  # the handles still remove their hooks
+        handle.remove()
+    assert [len(m.weight._post_accumulate_grad_hooks) for m in (ours[0], ours[2])] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"), [(torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}), (torch.optim.Adam, {"lr": 0.01})]
+)
+def test_optimizer_state_loaded_after_attach_keeps_pruned_weights_at_zero(cls, options) -> None:
+    """A state saved before pruning (a user's own rewind) and loaded into an attached optimizer: its momentum
+    and moments at pruned entries are zeroed, so the weights go on as torch's ``weight_orig * weight_mask``."""
+    ours, ref, masks = _mlp_and_torch_copy()
+    opts = [cls(ours.parameters(), **options), cls(ref.parameters(), **options)]
+    for i in range(3):
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad()
+            _loss(model, i).backward()
+            opt.step()
+    saved = [copy.deepcopy(opt.state_dict()) for opt in opts]
+    held = InPlaceMasks()
+    held.commit(resolve_targets(ours), masks)
+    held.attach([opts[0]])
+    for module, mask in zip((ref[0], ref[2]), masks):
+        prune.custom_from_mask(module, "weight", mask)
+    for opt, state in zip(opts, saved):
+        opt.load_state_dict(state)
+    for i in range(3, 6):
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad()
+            _loss(model, i).backward()
+            opt.step()
+        _assert_same_as_torch(ours, ref)
+    held.detach()
+    assert not held._load_handles and all(not opt._optimizer_load_state_dict_post_hooks for opt in opts)
+
+
+def test_masks_committed_in_inference_mode_serve_training_after_it() -> None:
+    """Masks committed inside ``torch.inference_mode()`` are no inference tensors: later commits and training
+    steps use them."""
+    ours, ref, masks = _mlp_and_torch_copy()
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ours, ref)]
+    held = InPlaceMasks()
+    held.attach([opts[0]])
+    with torch.inference_mode():
+        held.commit(resolve_targets(ours), masks)
+    assert not any(t.is_inference() for t in [*held.masks.values(), *held._factors])
+    for module, mask in zip((ref[0], ref[2]), masks):
+        prune.custom_from_mask(module, "weight", mask)
+    for i in range(3):
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad()
+            _loss(model, i).backward()
+            opt.step()
+        _assert_same_as_torch(ours, ref)
+    held.commit(resolve_targets(ours), [~torch.eye(5, 6, dtype=torch.bool), torch.ones(3, 5, dtype=torch.bool)])
+    assert ours[0].weight.diagonal().eq(0).all()

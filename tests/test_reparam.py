@@ -312,6 +312,28 @@ def test_a_forward_in_inference_mode_leaves_training_forwards_working() -> None:
     assert torch.equal(layer.weight_orig.grad != 0, layer.weight_mask.expand(4, 3))
 
 
+@pytest.mark.parametrize("torch_first", [False, True], ids=["new", "adopted-from-torch"])
+def test_a_mask_set_in_inference_mode_serves_later_forwards_and_updates(torch_first: bool) -> None:
+    """A mask buffer made inside ``torch.inference_mode()`` (as torch's pruning may be called there) is no
+    inference tensor: forwards in inference mode, training forwards and later updates use it, as with torch."""
+    layer = nn.Linear(3, 4)
+    with torch.inference_mode():
+        if torch_first:
+            prune.custom_from_mask(layer, "weight", _mask((4, 3), seed=2))
+        reparam.apply(layer, "weight", _mask((4, 3)))
+    assert not layer.weight_mask.is_inference()
+    first = _mask((4, 3)) & (_mask((4, 3), seed=2) if torch_first else True)
+    with torch.inference_mode():
+        out = layer(torch.ones(2, 3))
+    assert torch.equal(out, F.linear(torch.ones(2, 3), layer.weight_orig.detach() * first, layer.bias.detach()))
+    reparam.update(layer, "weight", _mask((4, 3), seed=1))
+    mask = first & _mask((4, 3), seed=1)
+    assert torch.equal(layer.weight_mask, mask)
+    out = layer(torch.ones(2, 3))
+    out.sum().backward()
+    assert torch.equal(layer.weight_orig.grad != 0, mask)
+
+
 def test_plain_state_dict_loads_into_pruned_module() -> None:
     layer = nn.Linear(3, 4)
     mask = _mask((4, 3))
