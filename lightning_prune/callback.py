@@ -75,11 +75,12 @@ class _CheckpointMasks:
     """Stands in for the strategy's ``load_model_state_dict``: when ``validate``/``test``/``predict``
     load a checkpoint into a model this callback masks (a ``fit`` with ``make_permanent=False``
     before), the plain weights are loaded under all-``True`` masks and then masked as the
-    checkpoint's callback state says (where it saves none, as a weights-only checkpoint, by the last
-    fit's masks where the loaded weights are zero), so the model computes exactly the
-    checkpoint's weights and the callback holds the masks that go with them. Masks the
-    checkpoint's weights hold themselves (``<name>_mask``, a reparametrized model saved without
-    this callback) stay as loaded; a load that fails leaves the earlier masks. (A user's own
+    checkpoint's callback state says (where it saves none, as a weights-only checkpoint, by the
+    zeros of the loaded weights), so the model computes exactly the checkpoint's weights and the
+    callback holds the masks that go with them. Masks the checkpoint's weights hold themselves
+    (``<name>_mask``, a reparametrized model saved without this callback) stay as loaded; a target
+    the checkpoint has no weight for (loaded with ``strict=False``) keeps its weight and mask; a
+    load that fails leaves the earlier masks. (A user's own
     ``load_state_dict`` of plain weights keeps the module's masks: a rewind. ``fit`` restores the
     saved masks itself.)
     """
@@ -96,12 +97,17 @@ class _CheckpointMasks:
             type(strategy).load_model_state_dict(strategy, checkpoint, strict=strict)
             return
         callbacks = self.weights.callbacks
-        targets = [callback._evaluation_targets(module) for callback in callbacks]
+        weights = checkpoint.get("state_dict", {})
+        # a target whose weight the checkpoint lacks (`strict=False`) keeps its weight and mask as they are
+        targets = [
+            callback._loaded_targets(module, callback._evaluation_targets(module), weights) for callback in callbacks
+        ]
         # in_place weights are plain and load as saved; reparametrized ones load under their masks
         hooked = [[] if callback._inplace is not None else t for callback, t in zip(callbacks, targets)]
         earlier = [[mask.clone() for mask in core.current_masks(t)] for t in hooked]
         for callback, t, masks in zip(callbacks, targets, earlier):
-            if callback._fitted_masks is None:  # the first evaluation since a fit: its masks
+            fitted = callback._model() if callback._model is not None else None
+            if t and module is fitted and callback._fitted_masks is None:  # the first evaluation since its fit
                 held = masks if callback._inplace is None else core.current_masks(t, callback._inplace.current(t))
                 callback._fitted_masks = {x.qualname: m for x, m in zip(t, held)}
         for t in hooked:
@@ -335,7 +341,7 @@ class PruningCallback(Callback):
         self._snapshot: Snapshot | None = None
         self._pending_masks: dict[str, Tensor] | None = None  # to apply in on_fit_start
         self._pending_targets: list[str] | None = None  # the targets they were saved for (None: those of the masks)
-        # the masks before the first evaluation of a checkpoint since the last fit (see `_set_checkpoint_masks`)
+        # the last fit's model's masks before its first evaluation of a checkpoint (see `_set_checkpoint_masks`)
         self._fitted_masks: dict[str, Tensor] | None = None
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
         self._model: weakref.ref[LightningModule] | None = None
@@ -345,7 +351,7 @@ class PruningCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # weak references do not pickle
-        return {**self.__dict__, "_trainer": None, "_model": None, "_unrefreshed": {}}
+        return {**self.__dict__, "_trainer": None, "_model": None, "_unrefreshed": {}, "_fitted_masks": None}
 
     def __repr__(self) -> str:
         schedule = f"{type(self.schedule).__name__}(...)"
@@ -1373,6 +1379,14 @@ class PruningCallback(Callback):
         same = len(fitted) == len(targets) and all(a.parameter is b.parameter for a, b in zip(fitted, targets))
         return fitted if same and self._inplace.masks else []
 
+    def _loaded_targets(
+        self, pl_module: LightningModule, targets: list[Target], weights: dict[str, Any]
+    ) -> list[Target]:
+        """The ``targets`` whose weight ``weights`` (a checkpoint's ``state_dict``) holds, plain or reparametrized."""
+        return [
+            t for t in targets if any(k in weights or k + "_orig" in weights for k in self._plain_keys(pl_module, [t]))
+        ]
+
     def _set_checkpoint_masks(
         self, pl_module: LightningModule, targets: list[Target], checkpoint: dict[str, Any]
     ) -> None:
@@ -1380,26 +1394,24 @@ class PruningCallback(Callback):
         ``checkpoint``'s weights hold keeps the mask loaded from there.
 
         Where the state holds no mask (a weights-only checkpoint), the zeros of the loaded plain weight
-        that the last fit's mask pruned count as pruned: every entry pruned when the checkpoint was
-        written, if the fit wrote it. The model computes the checkpoint's weights exactly either way,
-        and a later fit or checkpoint keeps what was pruned.
+        count as pruned; in the last fit's model, those that the fit's mask pruned: every entry pruned
+        when the checkpoint was written, if the fit wrote it. The model computes the checkpoint's
+        weights exactly either way, and a later fit or checkpoint keeps what was pruned.
         """
         state = self._saved_state(checkpoint) or {}
         masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in (state.get("masks") or {}).items()}
         weights = checkpoint.get("state_dict", {})
         unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
-        fitted = self._fitted_masks or {}
-        new = core.current_masks(  # all True where neither
-            unloaded,
-            [
-                masks[t.qualname]
-                if t.qualname in masks
-                else fitted[t.qualname] | (t.parameter != 0)
-                if t.qualname in fitted
-                else None
-                for t in unloaded
-            ],
-        )
+        last = self._model() if self._model is not None else None
+        fitted = self._fitted_masks if self._fitted_masks is not None and pl_module is last else {}
+        new = [
+            masks[t.qualname]
+            if t.qualname in masks
+            else fitted[t.qualname] | (t.parameter != 0)
+            if t.qualname in fitted
+            else t.parameter != 0
+            for t in unloaded
+        ]
         if self._inplace is not None:
             self._inplace.commit(unloaded, new, replace=True)
         else:

@@ -114,19 +114,21 @@ class _MaskGradient:
             param.grad.mul_(self.factor)
 
 
-def _first(weight: Tensor, handle: Any) -> Any:
+def _run_first(weight: Tensor, handle: Any) -> bool:
     """Run the post-accumulate gradient hook of ``handle`` before ``weight``'s others, registered earlier
     (an optimizer stepped in backward, a per-parameter clip): they see the masked gradient, as a hook on
-    ``<name>_orig`` does. Autograd runs them in the order of the dict's entries, which ``move_to_end``
-    does not change: the dict is refilled in place, where the other handles find their entries."""
+    ``<name>_orig`` does. Whether there were others. Autograd runs the hooks in the order of the dict's
+    entries, which ``move_to_end`` does not change: the dict is refilled in place, where the other
+    handles find their entries."""
     hooks = getattr(weight, "_post_accumulate_grad_hooks", None)
-    if isinstance(hooks, dict) and len(hooks) > 1 and handle.id in hooks:
-        ours = hooks.pop(handle.id)
-        rest = list(hooks.items())
-        hooks.clear()
-        hooks[handle.id] = ours
-        hooks.update(rest)
-    return handle
+    if not isinstance(hooks, dict) or len(hooks) < 2 or handle.id not in hooks:
+        return False
+    ours = hooks.pop(handle.id)
+    rest = list(hooks.items())
+    hooks.clear()
+    hooks[handle.id] = ours
+    hooks.update(rest)
+    return True
 
 
 def _factor(mask: Tensor, dtype: torch.dtype, old: Tensor | None) -> Tensor:
@@ -163,7 +165,7 @@ class InPlaceMasks:
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
         self._load_handles: list[Any] = []  # zero the state that each attached optimizer loads
-        self._grad_handles: dict[int, tuple[Any, Any]] = {}  # id(weight) -> its two gradient hooks
+        self._grad_handles: dict[int, tuple[Any, ...]] = {}  # id(weight) -> its gradient hooks
         self._seen_versions: list[int] = []  # each weight's version when its pruned entries were last zeroed
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
@@ -300,10 +302,11 @@ class InPlaceMasks:
                 hook = _MaskGradient(factor)
                 with torch.no_grad():
                     hook.after(weight)  # a gradient accumulated before the hook existed
-                self._grad_handles[id(weight)] = (
-                    weight.register_hook(hook.before),
-                    _first(weight, weight.register_post_accumulate_grad_hook(hook.after)),
-                )
+                after = weight.register_post_accumulate_grad_hook(hook.after)
+                handles: tuple[Any, ...] = (weight.register_hook(hook.before), after)
+                if _run_first(weight, after):  # and once more after the others, which may write the gradient
+                    handles += (weight.register_post_accumulate_grad_hook(hook.after),)
+                self._grad_handles[id(weight)] = handles
         if len(self._grad_handles) > hooked:
             self._zero_state()  # momentum gathered from unmasked gradients would move pruned weights
         needed = (

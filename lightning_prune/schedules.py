@@ -263,7 +263,7 @@ class Explicit(Schedule):
         [0.5, None, 0.75]
     """
 
-    def __init__(self, sparsities: dict[int, float]) -> None:
+    def __init__(self, sparsities: dict[int | str, float]) -> None:
         if not isinstance(sparsities, dict) or not sparsities:
             raise ValueError(f"Expected `sparsities` to be a non-empty {{epoch: sparsity}} mapping, got {sparsities!r}")
         checked: dict[int, float] = {}

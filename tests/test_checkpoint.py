@@ -486,6 +486,59 @@ def test_a_failed_evaluation_load_keeps_the_masks(tmp_path: Path, masking: str) 
         assert not weights[name][~mask].any(), name
 
 
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_a_target_missing_from_an_evaluated_checkpoint_keeps_its_weight_and_mask(tmp_path: Path, masking: str) -> None:
+    """Loaded with ``strict=False`` (a checkpoint of the trainable parameters only): the target whose weight the
+    checkpoint lacks computes what it did, with its mask; the others take the checkpoint's."""
+    model, trainer, checkpoint = _fitted_twice_pruned(tmp_path, masking)
+    callback = next(c for c in trainer.callbacks if isinstance(c, PruningCallback))
+    before, masks = effective_weights(model)["fc2.weight"], callback._current_masks()
+    del checkpoint["state_dict"]["fc2.weight"]
+    torch.save(checkpoint, tmp_path / "partial.ckpt")
+    model.strict_loading = False
+    _evaluate_checkpoint(trainer, model, "validate", tmp_path / "partial.ckpt")
+    assert torch.equal(effective_weights(model)["fc2.weight"], before)
+    assert torch.equal(callback._current_masks()[1], masks[1])
+    saved_mask = _state_of(checkpoint, callback)["masks"]["fc1.weight"]
+    saved = unpack_mask(saved_mask["bits"], saved_mask["shape"])
+    assert torch.equal(callback._current_masks()[0], saved)
+    assert torch.equal(effective_weights(model)["fc1.weight"], checkpoint["state_dict"]["fc1.weight"])
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_weights_only_checkpoints_of_the_last_fit_after_evaluating_other_models(tmp_path: Path, masking: str) -> None:
+    """A dense model evaluated first, or another model fitted since: a weights-only checkpoint of the pruned
+    model still gets masks that prune what was pruned when it was written (its zeros)."""
+    model = make_model(cls=TinyNetEval)
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.6}), make_permanent=False, masking=masking)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1, save_weights_only=True
+    )
+    trainer = make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(model, make_loader())
+    dense = make_model(cls=TinyNetEval, seed=1)
+    dense_trainer = make_trainer(tmp_path / "dense", callbacks=[], max_epochs=1)
+    dense_trainer.fit(dense, make_loader())
+    dense_trainer.save_checkpoint(tmp_path / "dense.ckpt")
+    _evaluate_checkpoint(trainer, dense, "validate", tmp_path / "dense.ckpt")
+
+    def pruned_by_callback() -> list[int]:
+        return [int((~m).sum()) for m in callback._current_masks()]
+
+    for epoch in (0, 1, 0):
+        _evaluate_checkpoint(trainer, model, "validate", tmp_path / f"epoch={epoch}.ckpt")
+        zeros = [int((_load(tmp_path / f"epoch={epoch}.ckpt")["state_dict"][n] == 0).sum()) for n in WEIGHTS]
+        assert pruned_by_callback() == zeros
+    if masking == "in_place":
+        return  # a fit of another model takes the masks kept beside the plain weights
+    other = make_model(cls=TinyNetEval, seed=2)
+    make_trainer(tmp_path / "other", callbacks=[callback], max_epochs=1).fit(other, make_loader())
+    _evaluate_checkpoint(trainer, model, "validate", tmp_path / "epoch=1.ckpt")
+    assert [int((~m).sum()) for m in masks_of(model).values()] == [
+        round(0.6 * m.numel()) for m in masks_of(model).values()
+    ]
+
+
 def _evaluate_checkpoint(trainer: Trainer, model: TinyNet, stage: str, path: Path) -> None:
     run = {"validate": trainer.validate, "test": trainer.test, "predict": trainer.predict}[stage]
     run(model, make_loader(seed=2), ckpt_path=path)

@@ -301,3 +301,29 @@ def test_python_dash_m(tmp_path):
     config = yaml.safe_load(result.stdout)
     assert config["model"]["class_path"].rpartition(".")[2] == "ImageClassifier"
     assert config["data"]["class_path"].rpartition(".")[2] == "DigitsDataModule"
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ("{2.7: 0.5}", "got 2.7"),
+        ("{-0.5: 0.5}", "got -0.5"),
+        ("{true: 0.5}", "got True"),
+        ("{0: 0.2, 0.9: 0.5}", "got 0.9"),
+        ("{'1': 0.5, 1: 0.7}", "epoch 1 twice"),
+        ("{'\uff11': 0.5}", "got '\uff11'"),
+    ],
+)
+def test_explicit_epochs_from_yaml_are_checked_as_given(keys, message, capsys):
+    """The parser hands `Explicit` its keys as written: an epoch that is no whole number is refused, not cut
+    to one (`int(2.7)`), and two keys for one epoch are refused, not merged."""
+    args = [
+        "--trainer.logger=false",
+        "--trainer.callbacks+=lightning_prune.PruningCallback",
+        "--trainer.callbacks.schedule=lightning_prune.schedules.Explicit",
+        f"--trainer.callbacks.schedule.sparsities={keys}",
+    ]
+    with pytest.raises(SystemExit):
+        build_cli(args, run=False)
+    err = capsys.readouterr().err
+    assert "`sparsities" in err and message in err
