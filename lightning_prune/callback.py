@@ -107,9 +107,12 @@ class _CheckpointMasks:
         earlier = [[mask.clone() for mask in core.current_masks(t)] for t in hooked]
         for callback, t, masks in zip(callbacks, targets, earlier):
             fitted = callback._model() if callback._model is not None else None
-            if t and module is fitted and callback._fitted_masks is None:  # the first evaluation since its fit
-                held = masks if callback._inplace is None else core.current_masks(t, callback._inplace.current(t))
-                callback._fitted_masks = {x.qualname: m for x, m in zip(t, held)}
+            if module is fitted and callback._fitted_masks is None:  # the first evaluation since its fit
+                if t:
+                    held = masks if callback._inplace is None else core.current_masks(t, callback._inplace.current(t))
+                    callback._fitted_masks = {x.qualname: m for x, m in zip(t, held)}
+                elif callback._pending_masks is not None:  # kept for the next fit beside plain weights
+                    callback._fitted_masks = dict(callback._pending_masks)
         for t in hooked:
             core.commit_masks(t, [core.all_true(x.parameter) for x in t], replace=True)
         try:
@@ -220,6 +223,19 @@ def _finetuning_renamer(module: nn.Module, *, plain: bool) -> Callable[[str], st
 def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
     """The Trainer's pruning callbacks, in its order."""
     return [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
+
+
+def _refresh_masked_weights(trainer: Trainer | None, targets: Sequence[Target], by: PruningCallback) -> None:
+    """Recompute the masked weights of ``targets`` that a reparametrization (another callback's, or torch's)
+    computes from tensors ``by`` just wrote, so they show the new values before any forward; the other
+    callbacks' checks of their masked weights (see ``_arm_refresh_check``) follow the new tensors."""
+    for target in targets:
+        for module, name in target.holders:
+            if reparam.find_hook(module, name) is not None:
+                reparam.refresh(module, name)
+    for other in _pruning_callbacks(trainer) if trainer is not None else []:
+        if other is not by and other._unrefreshed:
+            other._arm_refresh_check()
 
 
 class PruningCallback(Callback):
@@ -343,6 +359,7 @@ class PruningCallback(Callback):
         self._pending_targets: list[str] | None = None  # the targets they were saved for (None: those of the masks)
         # the last fit's model's masks before its first evaluation of a checkpoint (see `_set_checkpoint_masks`)
         self._fitted_masks: dict[str, Tensor] | None = None
+        self._masks_evaluated = False  # a checkpoint evaluated now set its masks before its state loads
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
         self._model: weakref.ref[LightningModule] | None = None
         self._state_key: tuple[tuple[Any, ...], str] | None = None
@@ -350,8 +367,9 @@ class PruningCallback(Callback):
         self._unrefreshed: dict[str, list[tuple[Any, str, weakref.ref[Tensor]]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        # weak references do not pickle
-        return {**self.__dict__, "_trainer": None, "_model": None, "_unrefreshed": {}, "_fitted_masks": None}
+        # weak references do not pickle; the masks of the last fit's model go with it
+        dropped: dict[str, Any] = {"_trainer": None, "_model": None, "_unrefreshed": {}, "_fitted_masks": None}
+        return {**self.__dict__, **dropped}
 
     def __repr__(self) -> str:
         schedule = f"{type(self.schedule).__name__}(...)"
@@ -384,6 +402,7 @@ class PruningCallback(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         _PlainCheckpointWeights.install(trainer.strategy, self)  # for a checkpoint evaluated after a fit, too
+        self._masks_evaluated = False  # Lightning loads checkpoints after this hook
         if stage != "fit":
             return
         self._stateless_resume = False  # until a checkpoint without this callback's state is loaded
@@ -1119,6 +1138,8 @@ class PruningCallback(Callback):
         if self._inplace is not None:
             self._inplace.commit(targets, masks, replace=replace, copy=False)
             self._mask_averages()
+            # a target that another callback reparametrizes: its masked weight shows the zeros now
+            _refresh_masked_weights(self._trainer() if self._trainer is not None else None, targets, self)
         else:
             core.commit_masks(targets, masks, replace=replace, copy=False)
             model = self._model() if self._model is not None else None
@@ -1223,21 +1244,14 @@ class PruningCallback(Callback):
         if restate:
             self._restate_epoch = trainer.current_epoch + 1
         self._commit(self._current_masks())
-        for other in _pruning_callbacks(trainer):
-            # the rewind wrote every weight and the optimizers' state, the targets another callback masks
-            # too (reparametrized ones keep their masks, which the snapshot leaves out: their masked weights
-            # show the rewound values now, not at the next forward)
-            if other is self:
-                continue
+        # the rewind wrote every weight and the optimizers' state, the targets another callback masks too
+        # (reparametrized ones keep their masks, which the snapshot leaves out: their masked weights show the
+        # rewound values now, not at the next forward)
+        others = [other for other in _pruning_callbacks(trainer) if other is not self]
+        for other in others:
             if other._inplace is not None:
                 other._inplace.reapply()
-                continue
-            for target in other._targets:
-                for module, name in target.holders:
-                    if reparam.find_hook(module, name) is not None:
-                        reparam.refresh(module, name)
-            if other._unrefreshed:
-                other._arm_refresh_check()  # the weights it noted were just replaced
+        _refresh_masked_weights(trainer, [t for o in others if o._inplace is None for t in o._targets], self)
         return resampled
 
     def _report(
@@ -1332,9 +1346,11 @@ class PruningCallback(Callback):
         if saved_seed is not None:
             self.seed = int(saved_seed)
         masks = state_dict.get("masks", {})
+        evaluated, self._masks_evaluated = self._masks_evaluated, False
         # an empty dict is restored too: the checkpoint predates the first event; `None`: saved in a fit before
-        # this callback looked at the model (a tuner in `on_fit_start`), which keeps the masks it has
-        if masks is not None:
+        # this callback looked at the model (a tuner in `on_fit_start`), which keeps the masks it has; and
+        # the masks of a checkpoint evaluated now are on the model already (see `_set_checkpoint_masks`)
+        if masks is not None and not evaluated:
             self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
             self._pending_targets = state_dict.get("targets")  # absent from checkpoints of earlier versions
         snapshot = state_dict.get("snapshot")
@@ -1393,30 +1409,44 @@ class PruningCallback(Callback):
         """Set the masks saved in ``checkpoint``'s state of this callback on ``targets``; a target whose mask
         ``checkpoint``'s weights hold keeps the mask loaded from there.
 
-        Where the state holds no mask (a weights-only checkpoint), the zeros of the loaded plain weight
-        count as pruned; in the last fit's model, those that the fit's mask pruned: every entry pruned
-        when the checkpoint was written, if the fit wrote it. The model computes the checkpoint's
-        weights exactly either way, and a later fit or checkpoint keeps what was pruned.
+        A state saved before the first event (no masks) sets all-``True`` ones. Where the checkpoint
+        holds no state (a weights-only checkpoint), the zeros of the loaded plain weight count as
+        pruned; in the last fit's model, those that the fit's mask pruned: every entry pruned when the
+        checkpoint was written, if the fit wrote it. The model computes the checkpoint's weights
+        exactly either way, and what this callback saves next and restores in the next fit are the
+        masks the model holds now. A plain model's (``make_permanent=True``) masks kept for the next
+        fit follow its new weights the same way.
         """
-        state = self._saved_state(checkpoint) or {}
-        masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in (state.get("masks") or {}).items()}
+        state = self._saved_state(checkpoint)
+        saved = None if state is None else state.get("masks")  # `{}`: saved before the first event
         weights = checkpoint.get("state_dict", {})
-        unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
         last = self._model() if self._model is not None else None
         fitted = self._fitted_masks if self._fitted_masks is not None and pl_module is last else {}
-        new = [
-            masks[t.qualname]
-            if t.qualname in masks
-            else fitted[t.qualname] | (t.parameter != 0)
-            if t.qualname in fitted
-            else t.parameter != 0
-            for t in unloaded
-        ]
+
+        def from_zeros(t: Target) -> Tensor:  # what the zeros of a plain checkpoint say (see above)
+            return fitted[t.qualname] | (t.parameter != 0) if t.qualname in fitted else t.parameter != 0
+
+        if not targets:  # a plain model: the masks kept for the next fit follow its new weights
+            if saved is None and self._pending_masks is not None and pl_module is last:
+                loaded = self._loaded_targets(pl_module, self._targets, weights)
+                self._pending_masks.update((t.qualname, from_zeros(t)) for t in loaded)
+            return
+        unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
+        if saved is None:
+            new = [from_zeros(t) for t in unloaded]
+        else:  # all True where the state has none
+            packed = [saved.get(t.qualname) for t in unloaded]
+            new = core.current_masks(
+                unloaded, [None if m is None else unpack_mask(m["bits"], m["shape"]) for m in packed]
+            )
         if self._inplace is not None:
             self._inplace.commit(unloaded, new, replace=True)
         else:
             core.commit_masks(unloaded, new, replace=True)
             reparam.hook_parents(pl_module)
+        # the model holds the masks now, which a checkpoint saved next and the next fit take from it; Lightning
+        # loads the checkpoint's state of this callback after this, and its masks are set already
+        self._pending_masks, self._masks_evaluated = None, True
 
     def _plain_keys(self, pl_module: LightningModule, targets: Sequence[Target] | None = None) -> list[str]:
         """The state-dict keys of ``targets`` (default: this callback's) in ``pl_module``, under every prefix."""

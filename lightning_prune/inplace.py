@@ -166,6 +166,7 @@ class InPlaceMasks:
         self._step_handles: list[Any] = []
         self._load_handles: list[Any] = []  # zero the state that each attached optimizer loads
         self._grad_handles: dict[int, tuple[Any, ...]] = {}  # id(weight) -> its gradient hooks
+        self._hook_counts: list[tuple[dict[Any, Any], int]] = []  # see `refresh_hooks`
         self._seen_versions: list[int] = []  # each weight's version when its pruned entries were last zeroed
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
@@ -273,9 +274,10 @@ class InPlaceMasks:
 
         Optimizers other than the attached ones (rebuilt during training) are attached in their
         place; a masked weight that requires gradients since (unfrozen) gets its gradient hook,
-        its present gradient masked and its state zeroed; ``per_step=True`` (a DDP communication
-        hook registered since) attaches again as ``attach(per_step=True)``, for good. Otherwise
-        this costs a few identity and flag checks.
+        its present gradient masked and its state zeroed; a weight given post-accumulate gradient
+        hooks since gets its own again, before and after them; ``per_step=True`` (a DDP
+        communication hook registered since) attaches again as ``attach(per_step=True)``, for
+        good. Otherwise this costs a few identity, length and flag checks.
         """
         if per_step and not self._per_step:
             self.attach(optimizers, per_step=True)
@@ -285,6 +287,9 @@ class InPlaceMasks:
             w.requires_grad and id(w) not in self._grad_handles for w in self._weights
         ):
             self.refresh_hooks()
+        elif any(len(hooks) != n for hooks, n in self._hook_counts):
+            self._unhook_gradients()  # gradient hooks registered since (in a module's `on_train_start`): the
+            self.refresh_hooks()  # mask goes before them and once more after them
 
     def refresh_hooks(self) -> None:
         """Hook the gradients of masked weights that now require them (unfrozen since); decide the per-step pass.
@@ -309,6 +314,12 @@ class InPlaceMasks:
                 self._grad_handles[id(weight)] = handles
         if len(self._grad_handles) > hooked:
             self._zero_state()  # momentum gathered from unmasked gradients would move pruned weights
+        # each hooked weight's post-accumulate hooks as they are now: `sync` notices ones added since
+        self._hook_counts = [
+            (w._post_accumulate_grad_hooks, len(w._post_accumulate_grad_hooks))
+            for w in self._weights
+            if id(w) in self._grad_handles
+        ]
         needed = (
             self._per_step
             or not all(map(zero_preserving, self._optimizers))
@@ -367,7 +378,7 @@ class InPlaceMasks:
         for handles in self._grad_handles.values():
             for handle in handles:
                 handle.remove()
-        self._grad_handles = {}
+        self._grad_handles, self._hook_counts = {}, []
 
     @torch.no_grad()
     def _zero_state(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -397,5 +408,5 @@ class InPlaceMasks:
         self.masks, self._params, self._weights, self._factors, self._seen_versions = {}, {}, [], [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}}
+        hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}, "_hook_counts": []}
         return {**self.__dict__, **hooks, "_optimizers": [], "_seen_versions": []}

@@ -517,6 +517,37 @@ class _TiedAlias(TinyNet):
         return self.fc2(torch.relu(self.fc1(x) + self.alias(x)))
 
 
+class _WeightsShowTheMasks(Callback):
+    """Listed last: at every training epoch end, each callback's targets read zero where the combined masks prune."""
+
+    def __init__(self, callbacks: list[PruningCallback]) -> None:
+        self.callbacks, self.checked = callbacks, 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        for callback in self.callbacks:
+            for target, mask in zip(callback.targets, callback._current_masks()):
+                module, name = target.holders[0]
+                assert getattr(module, name)[~mask].eq(0).all(), target.qualname
+                self.checked += 1
+
+
+@pytest.mark.parametrize(("first", "second"), [("in_place", "reparametrize"), ("reparametrize", "in_place")])
+def test_a_target_shared_with_a_reparametrization_shows_every_event_at_once(tmp_path, first, second) -> None:
+    """An in_place callback zeroes ``weight_orig`` of a tensor that another callback reparametrizes: the masked
+    ``weight`` shows those zeros right after the event, before any forward, as DESIGN promises."""
+    callbacks = [
+        PruningCallback(targets=["fc1.weight"], schedule=Explicit({0: 0.25}), masking=first),
+        PruningCallback(
+            method="random_unstructured", targets=["fc1.weight"], schedule=Explicit({1: 0.5}), masking=second
+        ),
+    ]
+    check = _WeightsShowTheMasks(callbacks)
+    model = make_model()
+    make_trainer(tmp_path, callbacks=[*callbacks, check], max_epochs=3).fit(model, make_loader())
+    assert check.checked == 6
+    assert int((model.fc1.weight == 0).sum()) == round(0.5 * model.fc1.weight.numel())
+
+
 @pytest.mark.parametrize("name", ["fc1.weight", "alias.weight"])
 @pytest.mark.parametrize(
     ("first", "second"),

@@ -503,6 +503,11 @@ def test_a_target_missing_from_an_evaluated_checkpoint_keeps_its_weight_and_mask
     saved = unpack_mask(saved_mask["bits"], saved_mask["shape"])
     assert torch.equal(callback._current_masks()[0], saved)
     assert torch.equal(effective_weights(model)["fc1.weight"], checkpoint["state_dict"]["fc1.weight"])
+    # what the callback saves now, and what the next fit starts from, are the masks the model holds
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    after = _state_of(_load(tmp_path / "after.ckpt"), callback)["masks"]
+    held = dict(zip(WEIGHTS, callback._current_masks()))
+    assert_tensors_equal({n: unpack_mask(m["bits"], m["shape"]) for n, m in after.items()}, held)
 
 
 @pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
@@ -537,6 +542,58 @@ def test_weights_only_checkpoints_of_the_last_fit_after_evaluating_other_models(
     assert [int((~m).sum()) for m in masks_of(model).values()] == [
         round(0.6 * m.numel()) for m in masks_of(model).values()
     ]
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_a_weights_only_checkpoint_evaluated_after_a_full_one_sets_what_is_saved_next(
+    tmp_path: Path, masking: str
+) -> None:
+    """The full checkpoint's state loads after its weights; the weights-only one has none: what the callback
+    saves after both, and what the next fit starts from, are the masks that go with the last one's weights."""
+    model, trainer, checkpoint = _fitted_twice_pruned(tmp_path, masking)
+    callback = next(c for c in trainer.callbacks if isinstance(c, PruningCallback))
+    _evaluate_checkpoint(trainer, model, "validate", tmp_path / "epoch=1.ckpt")
+    del checkpoint["callbacks"]
+    torch.save(checkpoint, tmp_path / "weights-only.ckpt")
+    _evaluate_checkpoint(trainer, model, "validate", tmp_path / "weights-only.ckpt")
+    zeros = {n: checkpoint["state_dict"][n] != 0 for n in WEIGHTS}
+    assert_tensors_equal(dict(zip(WEIGHTS, callback._current_masks())), zeros)
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    after = _state_of(_load(tmp_path / "after.ckpt"), callback)["masks"]
+    assert_tensors_equal({n: unpack_mask(m["bits"], m["shape"]) for n, m in after.items()}, zeros)
+
+
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+def test_a_state_saved_before_the_first_event_prunes_no_zeros_it_finds(tmp_path: Path, masking: str) -> None:
+    """A checkpoint saved before any event says that nothing is pruned: weights that happen to be zero in it
+    stay unpruned when it is evaluated."""
+    model, trainer, checkpoint = _fitted_twice_pruned(tmp_path, masking)
+    callback = next(c for c in trainer.callbacks if isinstance(c, PruningCallback))
+    _state_of(checkpoint, callback)["masks"] = {}
+    checkpoint["state_dict"]["fc1.weight"][:, 0] = 0.0
+    torch.save(checkpoint, tmp_path / "before-events.ckpt")
+    _evaluate_checkpoint(trainer, model, "validate", tmp_path / "before-events.ckpt")
+    assert all(bool(m.all()) for m in callback._current_masks())
+    assert torch.equal(effective_weights(model)["fc1.weight"], checkpoint["state_dict"]["fc1.weight"])
+
+
+def test_masks_kept_beside_plain_weights_follow_an_evaluated_weights_only_checkpoint(tmp_path: Path) -> None:
+    """After a fit that made the pruning permanent, the masks kept for the next fit go with the weights that a
+    weights-only checkpoint's evaluation loaded (those of an earlier epoch), not with the fit's last ones."""
+    model = make_model(cls=TinyNetEval)
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.9}))
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1, save_weights_only=True
+    )
+    trainer = make_trainer(tmp_path, callbacks=[callback, ckpt], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(model, make_loader())
+    for epoch in (0, 1, 0):
+        _evaluate_checkpoint(trainer, model, "validate", tmp_path / f"epoch={epoch}.ckpt")
+        weights = _load(tmp_path / f"epoch={epoch}.ckpt")["state_dict"]
+        kept = callback.state_dict()["masks"]
+        assert_tensors_equal(
+            {n: unpack_mask(m["bits"], m["shape"]) for n, m in kept.items()}, {n: weights[n] != 0 for n in WEIGHTS}
+        )
 
 
 def _evaluate_checkpoint(trainer: Trainer, model: TinyNet, stage: str, path: Path) -> None:

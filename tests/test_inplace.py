@@ -1017,9 +1017,11 @@ def test_masks_committed_in_inference_mode_serve_training_after_it() -> None:
     assert ours[0].weight.diagonal().eq(0).all()
 
 
-def test_a_gradient_written_by_an_earlier_post_accumulate_hook_is_masked_again() -> None:
-    """Gradient noise added by each parameter's post-accumulate hook, registered before the masks: it sees the
-    masked gradient, and the mask applies again after it, as to torch's ``weight_orig`` (no per-step pass)."""
+@pytest.mark.parametrize("registered", ["before", "after"])
+def test_a_gradient_written_by_a_post_accumulate_hook_is_masked_again(registered: str) -> None:
+    """Gradient noise added by each parameter's post-accumulate hook, registered before the masks are attached,
+    or after (as a module's ``on_train_start`` does in a resumed fit; ``sync`` before the backward takes it in):
+    it sees the masked gradient, and the mask applies again after it, as to torch's ``weight_orig``."""
     ours, ref, masks = _mlp_and_torch_copy()
 
     def noise(g: torch.Generator):
@@ -1028,14 +1030,21 @@ def test_a_gradient_written_by_an_earlier_post_accumulate_hook_is_masked_again()
 
         return hook
 
-    for model in (ours, ref):
+    def add_noise(model: torch.nn.Module) -> None:
         hook = noise(torch.Generator().manual_seed(5))
         for p in model.parameters():
             p.register_post_accumulate_grad_hook(hook)
+
+    if registered == "before":
+        add_noise(ours)
+    add_noise(ref)
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ours, ref)]
     held = InPlaceMasks()
     held.commit(resolve_targets(ours), masks)
     held.attach([opts[0]])
+    if registered == "after":
+        add_noise(ours)
+    held.sync([opts[0]])
     assert not held.per_step
     for module, mask in zip((ref[0], ref[2]), masks):
         prune.custom_from_mask(module, "weight", mask)
