@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 epochs of 3 batches, 1 round")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default) or gpu")
+    parser.add_argument("--peak-only", action="store_true", help="only the peak-memory table (fresh processes)")
     parser.add_argument("--peak-child", metavar="VARIANT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     limit: float | int = 1.0
@@ -134,6 +135,9 @@ def main() -> None:
         with ExtraPeak("cuda" if args.accelerator == "gpu" else "cpu") as peak:
             run(args.peak_child, args.epochs, args.rate, limit, args.accelerator, data)
         report({"extra": peak.extra})
+        return
+    if args.peak_only:
+        print_peak_table(args)
         return
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     final: dict[str, tuple[float, float]] = {}
@@ -164,13 +168,21 @@ def main() -> None:
     print()
     print("/ dense, / ModelPruning: ratios of the medians; paired: median (and range) of the ratio within each round.")
     print()
+    print_peak_table(args)
+
+
+def print_peak_table(args: argparse.Namespace) -> None:
+    """Measure the extra peak memory of one fit of every variant, each in a fresh process, and print the table."""
     peaks = {}
     for variant in VARIANTS:
         cmd = ["--peak-child", variant, "--accelerator", args.accelerator, "--epochs", str(args.epochs)]
         cmd += ["--rate", str(args.rate)] + (["--quick"] if args.quick else [])
         peaks[variant] = run_child(__file__, *cmd)
     where = "CUDA allocator peak" if args.accelerator == "gpu" else "peak resident memory"
-    print(f"Peak memory of one fit (and its test) over the memory in use before it, each in a fresh process ({where}):")
+    print(
+        f"Peak memory of one fit (and its test) over the memory in use before it, each in a fresh process after a "
+        f"shorter fit ({where}):"
+    )
     print()
     print("| variant | extra peak MiB | / ModelPruning |")
     print("|---|---:|---:|")

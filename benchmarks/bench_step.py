@@ -391,6 +391,23 @@ def peak_table(names: list[str], device: str, jobs: int) -> dict[str, dict[str, 
 FIXED_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
+def print_peak_table(peaks: dict[str, dict[str, float | None]]) -> None:
+    """The table of :func:`peak_table`'s extra peaks by model and variant."""
+    print("Peak memory of pruning and 5 training steps, each variant in a fresh process after the same work")
+    print("once on another model, over the dense weights (peak resident memory, or the CUDA allocator's):")
+    print()
+    print("| model | dense MiB | torch MiB | ours MiB | in_place MiB | ours / torch | in_place / torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, peak in peaks.items():
+        if any(v is None for v in peak.values()):
+            print(f"| {name} | peak not measurable here (no /proc/self/clear_refs) | | | | | |")
+            continue
+        mib = [f"{peak[v] / 2**20:.1f}" for v in VARIANTS]  # type: ignore[operator]
+        ratios = [f"{peak[v] / peak['torch']:.2f}" for v in ("ours", "in_place")]  # type: ignore[operator]
+        print(f"| {name} | " + " | ".join([*mib, *ratios]) + " |")
+    print()
+
+
 def run_with_fixed_heap(argv: list[str], script: str = __file__) -> None:
     """Run ``script`` (this one by default) again with :data:`FIXED_HEAP` in its environment, unless it is there.
 
@@ -438,10 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time with glibc's malloc as it comes, instead of fixed thresholds (see FIXED_HEAP)",
     )
+    parser.add_argument("--peak-only", action="store_true", help="only the peak-memory table (fresh processes)")
     parser.add_argument("--peak-child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_child:
         report(peak_child(*args.peak_child, args.device))
+        return 0
+    if args.peak_only:
+        print_peak_table(peak_table(list(MODELS)[:1] if args.quick else list(MODELS), args.device, args.peak_jobs))
         return 0
     fixed_heap = not args.allocator_defaults and sys.platform.startswith("linux")
     if fixed_heap:
@@ -497,20 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in VARIANTS:
         print(f"| {v} | {memory[v] / 2**20:.1f} | {memory[v] / memory['dense']:.2f} |")
     print()
-    peaks = peak_table(list(MODELS)[:1] if args.quick else list(MODELS), args.device, args.peak_jobs)
-    print("Peak memory of pruning and 5 training steps, each variant in a fresh process, over the dense")
-    print("weights (" + ("CUDA allocator peak" if args.device.startswith("cuda") else "peak resident memory") + "):")
-    print()
-    print("| model | dense MiB | torch MiB | ours MiB | in_place MiB | ours / torch | in_place / torch |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, peak in peaks.items():
-        if any(v is None for v in peak.values()):
-            print(f"| {name} | peak not measurable here (no /proc/self/clear_refs) | | | | | |")
-            continue
-        mib = [f"{peak[v] / 2**20:.1f}" for v in VARIANTS]  # type: ignore[operator]
-        ratios = [f"{peak[v] / peak['torch']:.2f}" for v in ("ours", "in_place")]  # type: ignore[operator]
-        print(f"| {name} | " + " | ".join([*mib, *ratios]) + " |")
-    print()
+    print_peak_table(peak_table(list(MODELS)[:1] if args.quick else list(MODELS), args.device, args.peak_jobs))
     print("Minor page faults per step (fresh pages the kernel maps and zeroes; all variants share one heap:")
     print("with malloc's thresholds fixed they stop after the first rounds, whose pages the heap keeps, and")
     print("with its defaults where it hands freed blocks back to the system moves them between variants):")

@@ -94,6 +94,28 @@ def test_bench_fit_quick() -> None:
     assert "| variant | extra peak MiB | / ModelPruning |" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "header"),
+    [
+        (
+            "bench_step.py",
+            "| model | dense MiB | torch MiB | ours MiB | in_place MiB | ours / torch | in_place / torch |",
+        ),
+        ("bench_fit.py", "| variant | extra peak MiB | / ModelPruning |"),
+    ],
+)
+def test_peak_only_prints_the_peak_table_alone(script: str, header: str) -> None:
+    proc = _run_quick(script, "--peak-only")
+    assert proc.returncode == 0, proc.stderr
+    assert header in proc.stdout
+    assert "median" not in proc.stdout and " ms " not in proc.stdout, "no timing rounds"
+    rows = [line for line in proc.stdout.split(header)[1].splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows, "a row per model or variant"
+    if sys.platform.startswith("linux"):
+        assert all("not measurable" not in row for row in rows)
+
+
 def test_gpu_script_runs_every_part_and_counts_failures(tmp_path: Path) -> None:
     """`benchmarks/gpu.sh` with a stand-in interpreter: each part runs in order under its cap, its
     output lands in the folder given, and the exit status counts the parts that failed."""
