@@ -359,7 +359,9 @@ class PruningCallback(Callback):
         self._pending_targets: list[str] | None = None  # the targets they were saved for (None: those of the masks)
         # the last fit's model's masks before its first evaluation of a checkpoint (see `_set_checkpoint_masks`)
         self._fitted_masks: dict[str, Tensor] | None = None
-        self._masks_evaluated = False  # a checkpoint evaluated now set its masks before its state loads
+        # a checkpoint evaluated now, before Lightning loads its state of this callback: "masks set" on the
+        # last fit's model already, or of "another model", whose state is not this callback's run's
+        self._evaluated: str | None = None
         self._trainer: weakref.ref[Trainer] | None = None  # of the current or last fit
         self._model: weakref.ref[LightningModule] | None = None
         self._state_key: tuple[tuple[Any, ...], str] | None = None
@@ -402,7 +404,7 @@ class PruningCallback(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         _PlainCheckpointWeights.install(trainer.strategy, self)  # for a checkpoint evaluated after a fit, too
-        self._masks_evaluated = False  # Lightning loads checkpoints after this hook
+        self._evaluated = None  # Lightning loads checkpoints after this hook
         if stage != "fit":
             return
         self._stateless_resume = False  # until a checkpoint without this callback's state is loaded
@@ -1072,6 +1074,7 @@ class PruningCallback(Callback):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._evaluated = None  # an evaluated weights-only checkpoint has no state to load
         if stage == "fit":  # also a fit that the Tuner ended early, without `on_fit_end` or `on_exception`
             self._fitting = False
 
@@ -1331,6 +1334,9 @@ class PruningCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        evaluated, self._evaluated = self._evaluated, None
+        if evaluated == "another model":
+            return  # evaluated with a checkpoint of its own: the fitted model's state stays as it is
         self._check_saved_rewind(state_dict)
         self._done_epoch = state_dict.get("done_epoch", -1)
         self._round = state_dict.get("round", 0)
@@ -1346,11 +1352,10 @@ class PruningCallback(Callback):
         if saved_seed is not None:
             self.seed = int(saved_seed)
         masks = state_dict.get("masks", {})
-        evaluated, self._masks_evaluated = self._masks_evaluated, False
         # an empty dict is restored too: the checkpoint predates the first event; `None`: saved in a fit before
         # this callback looked at the model (a tuner in `on_fit_start`), which keeps the masks it has; and
         # the masks of a checkpoint evaluated now are on the model already (see `_set_checkpoint_masks`)
-        if masks is not None and not evaluated:
+        if masks is not None and evaluated != "masks set":
             self._pending_masks = {name: unpack_mask(m["bits"], m["shape"]) for name, m in masks.items()}
             self._pending_targets = state_dict.get("targets")  # absent from checkpoints of earlier versions
         snapshot = state_dict.get("snapshot")
@@ -1426,8 +1431,11 @@ class PruningCallback(Callback):
         def from_zeros(t: Target) -> Tensor:  # what the zeros of a plain checkpoint say (see above)
             return fitted[t.qualname] | (t.parameter != 0) if t.qualname in fitted else t.parameter != 0
 
+        owner = last is None or pl_module is last  # not another model than the one this callback fitted
+        if not owner:
+            self._evaluated = "another model"
         if not targets:  # a plain model: the masks kept for the next fit follow its new weights
-            if saved is None and self._pending_masks is not None and pl_module is last:
+            if saved is None and self._pending_masks is not None and owner and last is not None:
                 loaded = self._loaded_targets(pl_module, self._targets, weights)
                 self._pending_masks.update((t.qualname, from_zeros(t)) for t in loaded)
             return
@@ -1444,9 +1452,10 @@ class PruningCallback(Callback):
         else:
             core.commit_masks(unloaded, new, replace=True)
             reparam.hook_parents(pl_module)
-        # the model holds the masks now, which a checkpoint saved next and the next fit take from it; Lightning
-        # loads the checkpoint's state of this callback after this, and its masks are set already
-        self._pending_masks, self._masks_evaluated = None, True
+        if owner:
+            # the model holds the masks now, which a checkpoint saved next and the next fit take from it; Lightning
+            # loads the checkpoint's state of this callback after this, and its masks are set already
+            self._pending_masks, self._evaluated = None, "masks set"
 
     def _plain_keys(self, pl_module: LightningModule, targets: Sequence[Target] | None = None) -> list[str]:
         """The state-dict keys of ``targets`` (default: this callback's) in ``pl_module``, under every prefix."""

@@ -166,7 +166,7 @@ class InPlaceMasks:
         self._step_handles: list[Any] = []
         self._load_handles: list[Any] = []  # zero the state that each attached optimizer loads
         self._grad_handles: dict[int, tuple[Any, ...]] = {}  # id(weight) -> its gradient hooks
-        self._hook_counts: list[tuple[dict[Any, Any], int]] = []  # see `refresh_hooks`
+        self._last_hooks: list[tuple[dict[Any, Any], Any]] = []  # see `refresh_hooks`
         self._seen_versions: list[int] = []  # each weight's version when its pruned entries were last zeroed
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
@@ -287,7 +287,7 @@ class InPlaceMasks:
             w.requires_grad and id(w) not in self._grad_handles for w in self._weights
         ):
             self.refresh_hooks()
-        elif any(len(hooks) != n for hooks, n in self._hook_counts):
+        elif any(next(reversed(hooks), None) != last for hooks, last in self._last_hooks):
             self._unhook_gradients()  # gradient hooks registered since (in a module's `on_train_start`): the
             self.refresh_hooks()  # mask goes before them and once more after them
 
@@ -314,9 +314,9 @@ class InPlaceMasks:
                 self._grad_handles[id(weight)] = handles
         if len(self._grad_handles) > hooked:
             self._zero_state()  # momentum gathered from unmasked gradients would move pruned weights
-        # each hooked weight's post-accumulate hooks as they are now: `sync` notices ones added since
-        self._hook_counts = [
-            (w._post_accumulate_grad_hooks, len(w._post_accumulate_grad_hooks))
+        # each hooked weight's last post-accumulate hook, its mask's: `sync` notices hooks added since
+        self._last_hooks = [
+            (w._post_accumulate_grad_hooks, self._grad_handles[id(w)][-1].id)
             for w in self._weights
             if id(w) in self._grad_handles
         ]
@@ -378,7 +378,7 @@ class InPlaceMasks:
         for handles in self._grad_handles.values():
             for handle in handles:
                 handle.remove()
-        self._grad_handles, self._hook_counts = {}, []
+        self._grad_handles, self._last_hooks = {}, []
 
     @torch.no_grad()
     def _zero_state(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -408,5 +408,5 @@ class InPlaceMasks:
         self.masks, self._params, self._weights, self._factors, self._seen_versions = {}, {}, [], [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}, "_hook_counts": []}
+        hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}, "_last_hooks": []}
         return {**self.__dict__, **hooks, "_optimizers": [], "_seen_versions": []}

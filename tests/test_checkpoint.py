@@ -596,6 +596,39 @@ def test_masks_kept_beside_plain_weights_follow_an_evaluated_weights_only_checkp
         )
 
 
+@pytest.mark.parametrize("masking", ["reparametrize", "in_place"])
+@pytest.mark.parametrize("make_permanent", [True, False], ids=["permanent", "kept"])
+@pytest.mark.parametrize("kind", ["full", "weights-only"])
+def test_evaluating_another_model_leaves_the_fitted_models_state(
+    tmp_path: Path, masking: str, make_permanent: bool, kind: str
+) -> None:
+    """A copy of the model taken while it trained (still reparametrized), evaluated on the same Trainer with a
+    checkpoint of an earlier epoch: what the callback saves and restores for the model it fitted stays as it was."""
+    copies: list[TinyNet] = []
+
+    class Keep(Callback):
+        def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+            if trainer.current_epoch == 0:
+                copies.append(copy.deepcopy(pl_module))
+
+    model = make_model(cls=TinyNetEval)
+    callback = PruningCallback(schedule=Explicit({0: 0.3, 1: 0.9}), make_permanent=make_permanent, masking=masking)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1, save_weights_only=kind != "full"
+    )
+    trainer = make_trainer(tmp_path, callbacks=[callback, ckpt, Keep()], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(model, make_loader())
+    before = callback.state_dict()
+    for other in (copies[0], TinyNetEval.load_from_checkpoint(tmp_path / "epoch=0.ckpt")):
+        _evaluate_checkpoint(trainer, other, "validate", tmp_path / "epoch=0.ckpt")
+        after = callback.state_dict()
+        assert after["masks"].keys() == before["masks"].keys() == set(WEIGHTS)
+        for name, mask in before["masks"].items():
+            assert torch.equal(mask["bits"], after["masks"][name]["bits"]), name
+        assert after["done_epoch"] == before["done_epoch"] == 1
+    assert callback._evaluated is None
+
+
 def _evaluate_checkpoint(trainer: Trainer, model: TinyNet, stage: str, path: Path) -> None:
     run = {"validate": trainer.validate, "test": trainer.test, "predict": trainer.predict}[stage]
     run(model, make_loader(seed=2), ckpt_path=path)

@@ -1030,10 +1030,11 @@ def test_a_gradient_written_by_a_post_accumulate_hook_is_masked_again(registered
 
         return hook
 
-    def add_noise(model: torch.nn.Module) -> None:
-        hook = noise(torch.Generator().manual_seed(5))
-        for p in model.parameters():
-            p.register_post_accumulate_grad_hook(hook)
+    handles: dict[int, list] = {id(ours): [], id(ref): []}
+
+    def add_noise(model: torch.nn.Module, seed: int = 5) -> None:
+        hook = noise(torch.Generator().manual_seed(seed))
+        handles[id(model)] = [p.register_post_accumulate_grad_hook(hook) for p in model.parameters()]
 
     if registered == "before":
         add_noise(ours)
@@ -1049,6 +1050,12 @@ def test_a_gradient_written_by_a_post_accumulate_hook_is_masked_again(registered
     for module, mask in zip((ref[0], ref[2]), masks):
         prune.custom_from_mask(module, "weight", mask)
     for i in range(4):
+        if registered == "after" and i % 2:  # one hook swapped for another between steps: as many hooks as before
+            for model in (ours, ref):
+                for handle in handles[id(model)]:
+                    handle.remove()
+                add_noise(model, seed=i)
+            held.sync([opts[0]])
         for model, opt in zip((ours, ref), opts):
             opt.zero_grad()
             _loss(model, i).backward()
