@@ -277,7 +277,8 @@ class InPlaceMasks:
         its present gradient masked and its state zeroed; a weight given post-accumulate gradient
         hooks since gets its own again, before and after them; ``per_step=True`` (a DDP
         communication hook registered since) attaches again as ``attach(per_step=True)``, for
-        good. Otherwise this costs a few identity, length and flag checks.
+        good. Otherwise this costs a few identity and flag checks, and one per masked weight for
+        its hooks: 0.77 µs a call on LeNet-300-100's three weights (0.35 without the hook check).
         """
         if per_step and not self._per_step:
             self.attach(optimizers, per_step=True)
