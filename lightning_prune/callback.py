@@ -225,6 +225,14 @@ def _pruning_callbacks(trainer: Trainer) -> list[PruningCallback]:
     return [c for c in trainer.callbacks if isinstance(c, PruningCallback)]  # type: ignore[attr-defined]
 
 
+def _keys_by_target(pl_module: LightningModule, targets: Sequence[Target]) -> list[list[str]]:
+    """Each target's state-dict keys in ``pl_module``, under every prefix of every module that holds it."""
+    prefixes: dict[int, list[str]] = {}
+    for prefix, module in pl_module.named_modules(remove_duplicate=False):
+        prefixes.setdefault(id(module), []).append(f"{prefix}." if prefix else "")
+    return [[p + name for module, name in t.holders for p in prefixes.get(id(module), [])] for t in targets]
+
+
 def _refresh_masked_weights(trainer: Trainer | None, targets: Sequence[Target], by: PruningCallback) -> None:
     """Recompute the masked weights of ``targets`` that a reparametrization (another callback's, or torch's)
     computes from tensors ``by`` just wrote, so they show the new values before any forward; the other
@@ -935,7 +943,7 @@ class PruningCallback(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         # and whatever changed between backward and the step, a DDP communication hook registered since included
         if self._inplace is not None:
-            self._inplace.sync(trainer.optimizers, per_step=_has_comm_hooks(trainer))
+            self._inplace.sync(trainer.optimizers, per_step=_has_comm_hooks(trainer), backward=False)
 
     def _arm_refresh_check(self) -> None:
         """Note each target's masked weight as set now, for :meth:`_check_refreshed` at the next batch's end."""
@@ -1404,9 +1412,8 @@ class PruningCallback(Callback):
         self, pl_module: LightningModule, targets: list[Target], weights: dict[str, Any]
     ) -> list[Target]:
         """The ``targets`` whose weight ``weights`` (a checkpoint's ``state_dict``) holds, plain or reparametrized."""
-        return [
-            t for t in targets if any(k in weights or k + "_orig" in weights for k in self._plain_keys(pl_module, [t]))
-        ]
+        keys = _keys_by_target(pl_module, targets)
+        return [t for t, ks in zip(targets, keys) if any(k in weights or k + "_orig" in weights for k in ks)]
 
     def _set_checkpoint_masks(
         self, pl_module: LightningModule, targets: list[Target], checkpoint: dict[str, Any]
@@ -1439,7 +1446,8 @@ class PruningCallback(Callback):
                 loaded = self._loaded_targets(pl_module, self._targets, weights)
                 self._pending_masks.update((t.qualname, from_zeros(t)) for t in loaded)
             return
-        unloaded = [t for t in targets if not any(k + "_mask" in weights for k in self._plain_keys(pl_module, [t]))]
+        keys = _keys_by_target(pl_module, targets)
+        unloaded = [t for t, ks in zip(targets, keys) if not any(k + "_mask" in weights for k in ks)]
         if saved is None:
             new = [from_zeros(t) for t in unloaded]
         else:  # all True where the state has none
@@ -1459,11 +1467,9 @@ class PruningCallback(Callback):
 
     def _plain_keys(self, pl_module: LightningModule, targets: Sequence[Target] | None = None) -> list[str]:
         """The state-dict keys of ``targets`` (default: this callback's) in ``pl_module``, under every prefix."""
-        prefixes: dict[int, list[str]] = {}
-        for prefix, module in pl_module.named_modules(remove_duplicate=False):
-            prefixes.setdefault(id(module), []).append(f"{prefix}." if prefix else "")
-        targets = self._targets if targets is None else targets
-        return [p + name for t in targets for module, name in t.holders for p in prefixes.get(id(module), [])]
+        return [
+            key for keys in _keys_by_target(pl_module, self._targets if targets is None else targets) for key in keys
+        ]
 
     def _plain_state_dict_hook(self, module: LightningModule, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
         plain_state_dict(state_dict, [prefix + key for key in self._plain_keys(module)])

@@ -269,16 +269,19 @@ class InPlaceMasks:
 
         handle = optimizer.register_step_post_hook(once)
 
-    def sync(self, optimizers: Sequence[torch.optim.Optimizer], *, per_step: bool = False) -> None:
+    def sync(
+        self, optimizers: Sequence[torch.optim.Optimizer], *, per_step: bool = False, backward: bool = True
+    ) -> None:
         """Catch up with changes since :meth:`attach`; call it before each backward and optimizer step.
 
         Optimizers other than the attached ones (rebuilt during training) are attached in their
         place; a masked weight that requires gradients since (unfrozen) gets its gradient hook,
         its present gradient masked and its state zeroed; a weight given post-accumulate gradient
-        hooks since gets its own again, before and after them; ``per_step=True`` (a DDP
-        communication hook registered since) attaches again as ``attach(per_step=True)``, for
-        good. Otherwise this costs a few identity and flag checks, and one per masked weight for
-        its hooks: 0.77 µs a call on LeNet-300-100's three weights (0.35 without the hook check).
+        hooks since gets its own again, before and after them (checked where ``backward``: before
+        an optimizer step, whose gradients are accumulated already, pass ``False``); ``per_step=True``
+        (a DDP communication hook registered since) attaches again as ``attach(per_step=True)``, for
+        good. Otherwise this costs a few identity and flag checks, and before a backward one per
+        masked weight for its hooks: 0.77 µs a call on LeNet-300-100's three weights, 0.35 without.
         """
         if per_step and not self._per_step:
             self.attach(optimizers, per_step=True)
@@ -288,7 +291,7 @@ class InPlaceMasks:
             w.requires_grad and id(w) not in self._grad_handles for w in self._weights
         ):
             self.refresh_hooks()
-        elif any(next(reversed(hooks), None) != last for hooks, last in self._last_hooks):
+        elif backward and any(next(reversed(hooks), None) != last for hooks, last in self._last_hooks):
             self._unhook_gradients()  # gradient hooks registered since (in a module's `on_train_start`): the
             self.refresh_hooks()  # mask goes before them and once more after them
 
