@@ -65,6 +65,9 @@ class _PlainCheckpointWeights:
             current.callbacks.append(callback)
 
     def __call__(self) -> dict[str, Any]:
+        for callback in self.callbacks:  # in a fit, an in_place callback's weights written since its last step
+            if callback._inplace is not None and callback._fitting:
+                callback._inplace.zero_written()
         state_dict = type(self.strategy).lightning_module_state_dict(self.strategy)
         for callback in self.callbacks:
             plain_state_dict(state_dict, callback._plain_keys(self.strategy.lightning_module))
@@ -479,6 +482,11 @@ class PruningCallback(Callback):
             raise ValueError(f"Targets {meta} are on the meta device (not materialized): they hold no values to prune")
         for target in targets:
             self._method.check_target(target.qualname, target.parameter.shape)
+            for module, name in target.holders if self._inplace is None else ():
+                try:  # what the reparametrization needs, which the first event would find out
+                    reparam.check(module, name)
+                except ValueError as error:
+                    raise ValueError(f"Target {target.qualname!r}: {error} (`exclude` it)") from None
         return targets
 
     def _target(self, epoch: int) -> float | None:
@@ -921,6 +929,8 @@ class PruningCallback(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._snapshot_recheck:
             self._retake_replaced(trainer)
+        if self._inplace is not None:  # the reparametrization's forward masks whatever was copied into `weight_orig`
+            self._inplace.zero_written()
 
     def _retake_replaced(self, trainer: Trainer) -> None:
         """At the rewind epoch's first step (or its end, without one), take anew the optimizers and LR schedulers
@@ -960,6 +970,8 @@ class PruningCallback(Callback):
     ) -> None:
         if self._unrefreshed:
             self._check_refreshed()
+        if self._inplace is not None:
+            self._inplace.note_zeroed()
 
     def _check_refreshed(self) -> None:
         """Warn about reparametrized targets that no forward pre-hook recomputed during the training batch after a
@@ -982,6 +994,8 @@ class PruningCallback(Callback):
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.rewind is not None and self._fitting and not trainer.sanity_checking:
             self._metrics_before = dict(trainer.callback_metrics)
+        if self._inplace is not None and self._fitting:
+            self._inplace.zero_written()
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -1052,8 +1066,19 @@ class PruningCallback(Callback):
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitting = False
-        missed = [e for e in range(self._done_epoch + 1, trainer.current_epoch) if self._target(e) is not None]
-        if missed and not self._trained:
+        epoch, steps = trainer.current_epoch, trainer.max_steps
+        # a fit resumed from a checkpoint of the step that reached `max_steps` trains nothing, and runs no end of
+        # the epoch that step was in, where the fit that wrote the checkpoint ran that epoch's event
+        cut = not self._trained and steps != -1 and trainer.global_step >= steps and _has_started(trainer, epoch)
+        missed = [e for e in range(self._done_epoch + 1, epoch + cut) if self._target(e) is not None]
+        if missed and not self._trained and cut:
+            rank_zero_warn(
+                f"The checkpoint resumed from was written at step {trainer.global_step} (`max_steps={steps}`), "
+                f"before the end of epoch {epoch} that this step ends and before this callback's pruning event for "
+                f"epoch(s) {missed}, and this fit had no step left to train, so the event(s) did not run, where the "
+                f"fit that wrote the checkpoint ran them. A checkpoint written at the end of epoch {epoch} holds them"
+            )
+        elif missed and not self._trained:
             rank_zero_warn(
                 f"The checkpoint resumed from was written at the end of epoch {missed[-1]}, before this callback's "
                 f"pruning event for epoch(s) {missed} ran (by a callback listed before PruningCallback, saving in "

@@ -89,7 +89,9 @@ def compute_masks(
     method.check_scope(scope)
     for target in targets:
         method.check_target(target.qualname, target.parameter.shape)
-    masks = current_masks(targets) if masks is None else masks
+    if masks is None:
+        masks = current_masks(targets)
+    _check_count(targets, masks)
     weights = [t.parameter.detach() for t in targets]
     return method.masks(weights, masks, sparsity, scope=scope, generator=generator)
 
@@ -103,12 +105,22 @@ def commit_masks(
     They are combined with the masks the holders have, unless ``replace`` (restoring saved masks).
     A target reparametrized here gets a copy of its mask as the buffer, one for all holders of a
     tied tensor; ``copy=False`` hands the mask over instead (the caller writes to it no more).
+    Every target and mask is checked before any changes.
     """
+    _check_count(targets, masks)
+    for target, mask in zip(targets, masks):
+        for module, name in target.holders:
+            reparam.check(module, name, mask)
     for target, mask in zip(targets, masks):
         new = copy and any(reparam.find_hook(module, name) is None for module, name in target.holders)
         mask = mask.to(target.parameter.device, torch.bool, copy=new).contiguous()  # not an expanded view
         for module, name in target.holders:
             reparam.apply(module, name, mask, replace=replace, copy=False)
+
+
+def _check_count(targets: Sequence[Target], masks: Sequence[Tensor]) -> None:
+    if len(masks) != len(targets):
+        raise ValueError(f"Expected one mask per target ({len(targets)}), got {len(masks)} masks")
 
 
 def make_permanent(targets: Sequence[Target]) -> None:

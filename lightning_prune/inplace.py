@@ -27,6 +27,12 @@ reparametrization would produce:
   also before each further evaluation of the step's closure (``LBFGS`` moves the weights between
   the evaluations of one step, and its forward passes must see the pruned entries at zero).
 
+An optimizer that is not attached but steps a masked weight (one a module makes and steps itself) is
+followed by the same pass after each of its steps (a global optimizer hook, registered while a
+trained masked weight is in no attached optimizer). Weights written by other code between steps
+(copied into, which moves their version counters) are zeroed again by :meth:`InPlaceMasks.zero_written`,
+which the callback calls before each training batch, validation and checkpoint.
+
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
 the pruned weights still stay at zero). A gradient accumulated before a
 :meth:`InPlaceMasks.commit` and stepped after it is masked by the new mask, where
@@ -60,11 +66,13 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lightning_prune.targets import Target
 
@@ -162,6 +170,9 @@ class InPlaceMasks:
         self._weights: list[Tensor] = []
         self._factors: list[Tensor] = []
         self._optimizers: list[torch.optim.Optimizer] = []
+        self._attached = False  # between `attach` and `detach`, with optimizers or none
+        self._others: Any = None  # the hook after any step of another optimizer; see `refresh_hooks`
+        self._stepping_others: dict[int, tuple[weakref.ref[torch.optim.Optimizer], bool]] = {}  # by id: steps one?
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
         self._load_handles: list[Any] = []  # zero the state that each attached optimizer loads
@@ -199,7 +210,7 @@ class InPlaceMasks:
         masks = list(self.masks.values())
         self._factors = [_factor(m, w.dtype, previous.get(id(w))) for m, w in zip(masks, self._weights)]
         self.apply()
-        if self._optimizers:
+        if self._attached:
             self._unhook_gradients()
             self.refresh_hooks()  # zeroes the optimizer state at the newly pruned entries
 
@@ -234,6 +245,23 @@ class InPlaceMasks:
             torch._foreach_mul_([weights[i].data for i in quiet], [self._factors[i] for i in quiet])
         self._seen_versions = [w._version for w in weights]
 
+    def note_zeroed(self) -> None:
+        """Note each masked weight's version as one whose pruned entries are zero: after a training batch, whose
+        steps kept them there (by the gradient hooks, or by the pass after each step)."""
+        self._seen_versions = [w._version for w in self._weights]
+
+    @torch.no_grad()
+    def zero_written(self) -> None:
+        """Zero the pruned entries again in the weights written since they were last zeroed or noted (code
+        outside the steps copying into them: StochasticWeightAveraging's averages at its batch-norm epoch).
+        Writes that move no version counter (through ``.data``) go unnoticed."""
+        weights, seen = self._weights, self._seen_versions
+        if len(seen) == len(weights) and all(w._version == v for w, v in zip(weights, seen)):
+            return
+        written = [i for i, w in enumerate(weights) if len(seen) != len(weights) or w._version != seen[i]]
+        torch._foreach_mul_([weights[i] for i in written], [self._factors[i] for i in written])
+        self._seen_versions = [w._version for w in weights]
+
     def reapply(self) -> None:
         """Zero the pruned weights and their optimizer state again, after both were written from elsewhere
         (a rewind that restored a snapshot of them)."""
@@ -253,7 +281,7 @@ class InPlaceMasks:
         # after this: zero what it moved then, once, as its per-step hook would have.
         replaced = [o for o in self._optimizers if all(o is not n for n in optimizers)] if self._step_handles else []
         self.detach()
-        self._optimizers, self._per_step = list(optimizers), per_step
+        self._optimizers, self._per_step, self._attached = list(optimizers), per_step, True
         self.refresh_hooks()  # no weight is written here: `sync` may run between forward and backward
         # a state saved before an event (a user's own rewind) holds momentum and moments at its pruned entries
         self._load_handles = [opt.register_load_state_dict_post_hook(self._zero_state) for opt in self._optimizers]
@@ -303,7 +331,7 @@ class InPlaceMasks:
         :func:`zero_preserving`, any masked weight has no gradient hook (it is frozen), or
         ``attach(per_step=True)``.
         """
-        if not self._optimizers:
+        if not self._attached:
             return
         hooked = len(self._grad_handles)
         for weight, factor in zip(self._weights, self._factors):
@@ -336,6 +364,16 @@ class InPlaceMasks:
             for handle in self._step_handles:
                 handle.remove()
             self._step_handles = []
+        # a trained weight that no attached optimizer steps: another one may (an optimizer the module makes
+        # and steps itself), whose state holds momentum from before the events; zero the weights after its steps
+        stepped = {id(p) for opt in self._optimizers for group in opt.param_groups for p in group["params"]}
+        self._stepping_others = {}  # which of them step a masked weight, asked anew
+        others = any(w.requires_grad and id(w) not in stepped for w in self._weights)
+        if others and self._others is None:
+            self._others = register_optimizer_step_post_hook(self._after_other_step)
+        elif not others and self._others is not None:
+            self._others.remove()
+            self._others = None
 
     @property
     def per_step(self) -> bool:
@@ -348,6 +386,9 @@ class InPlaceMasks:
         for handle in self._step_handles + self._load_handles:
             handle.remove()
         self._optimizers, self._step_handles, self._load_handles = [], [], []
+        if self._others is not None:
+            self._others.remove()
+        self._attached, self._others = False, None
 
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -377,6 +418,18 @@ class InPlaceMasks:
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._apply_after_step()
+
+    def _after_other_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """After any optimizer's step (a global hook): zero the pruned weights if it is not attached and steps one."""
+        if any(optimizer is o for o in self._optimizers):
+            return
+        ref, steps = self._stepping_others.get(id(optimizer), (None, False))
+        if ref is None or ref() is not optimizer:
+            masked = {id(w) for w in self._weights}
+            steps = any(id(p) in masked for group in optimizer.param_groups for p in group["params"])
+            self._stepping_others[id(optimizer)] = (weakref.ref(optimizer), steps)
+        if steps:
+            self._apply_after_step()
 
     def _unhook_gradients(self) -> None:
         for handles in self._grad_handles.values():
@@ -413,4 +466,10 @@ class InPlaceMasks:
 
     def __getstate__(self) -> dict[str, Any]:
         hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}, "_last_hooks": []}
-        return {**self.__dict__, **hooks, "_optimizers": [], "_seen_versions": []}
+        detached = {
+            "_optimizers": [],
+            "_attached": False,
+            "_others": None,
+            "_stepping_others": {},
+        }
+        return {**self.__dict__, **hooks, **detached, "_seen_versions": []}

@@ -330,6 +330,9 @@ def slice_norms(t: Tensor, norm: float, dim: int, *, normalize: bool = False) ->
     structured pruning compares across layers of different sizes (for ``norm=2`` the root
     mean square, for ``norm=1`` the mean absolute value, for ``inf`` the maximum, for ``-inf``
     the minimum); for ``norm=0`` (the count of nonzero entries) by ``m``: the fraction nonzero.
+    Where the norm overflows (``norm`` near 0 raises large sums to the power ``1 / norm``), the
+    power mean is computed as such, ``mean(|t| ** norm) ** (1 / norm)``, which stays within the
+    magnitudes.
 
     Example:
         >>> import torch
@@ -340,7 +343,15 @@ def slice_norms(t: Tensor, norm: float, dim: int, *, normalize: bool = False) ->
     norms = torch.linalg.vector_norm(wide, ord=norm, dim=_other_dims(t, dim))
     if normalize and not math.isinf(norm):
         per_slice = t.numel() // max(t.shape[dim], 1)
-        norms = norms / (per_slice if norm == 0 else per_slice ** (1.0 / norm))
+        if norm == 0:
+            return norms / per_slice
+        try:
+            norms = norms / per_slice ** (1.0 / norm)
+        except OverflowError:  # for a norm near 0 (the sum's root overflowed too)
+            norms = torch.full_like(norms, math.nan)
+        if not bool(torch.isfinite(norms).all()):  # the same power mean, which no finite magnitude overflows (in
+            means = t.double().abs().pow(norm).mean(dim=_other_dims(t, dim))  # float64: the root scales its error
+            norms = means.pow(1.0 / norm).to(norms.dtype)  # by 1 / |norm|)
     return norms
 
 

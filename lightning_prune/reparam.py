@@ -303,20 +303,13 @@ def apply(
     A tensor pruned by ``torch.nn.utils.prune`` is adopted: its mask is kept (as bool) and
     its hook is replaced, never doubled. On failure the module is left as it was.
     """
+    check(module, name, mask)  # before anything changes
     hook = find_hook(module, name)
     if hook is not None and not isinstance(hook, MaskHook):
-        torch_mask = module._buffers[name + "_mask"]
-        assert torch_mask is not None
-        _check_shape(name, mask, torch_mask.shape)  # before anything changes
         _adopt(module, name, hook)
     elif hook is None:
-        param = module._parameters.get(name)
-        if not isinstance(param, nn.Parameter) or not param.is_floating_point():
-            raise ValueError(
-                f"Expected `{name}` of {type(module).__name__} to be a floating-point nn.Parameter, "
-                f"got {type(param).__name__ if param is None else param.dtype}"
-            )
-        _check_shape(name, mask, param.shape)
+        param = module._parameters[name]
+        assert param is not None
         with torch.inference_mode(False):  # a buffer that later forwards and commits can use, as torch's
             initial = (
                 torch.ones_like(param, dtype=torch.bool)
@@ -336,6 +329,40 @@ def apply(
             raise
     if mask is not None:
         update(module, name, mask, replace=replace)
+
+
+def check(module: nn.Module, name: str, mask: Tensor | None = None) -> None:
+    """Raise where :func:`apply` would refuse ``module.<name>`` or ``mask``, before anything changes.
+
+    A tensor not pruned yet must be a floating-point ``nn.Parameter``, and the module must hold
+    nothing under ``<name>_orig`` (the parameter would replace it) nor under ``<name>_mask`` but a
+    buffer (which is taken as a mask); ``mask`` must have the tensor's shape.
+
+    Example:
+        >>> check(torch.nn.Linear(2, 3), "weight", torch.ones(3, 2, dtype=torch.bool))
+        >>> check(torch.nn.Linear(2, 3), "bias")
+    """
+    hook = find_hook(module, name)
+    if hook is not None:
+        current = module._buffers.get(name + "_mask")
+        assert current is not None
+        _check_shape(name, mask, current.shape)
+        return
+    param = module._parameters.get(name)
+    if not isinstance(param, nn.Parameter) or not param.is_floating_point():
+        raise ValueError(
+            f"Expected `{name}` of {type(module).__name__} to be a floating-point nn.Parameter, "
+            f"got {type(param).__name__ if param is None else param.dtype}"
+        )
+    orig, mask_name = name + "_orig", name + "_mask"
+    taken = [n for n in (orig, mask_name) if hasattr(module, n) and not (n == mask_name and n in module._buffers)]
+    if taken:
+        raise ValueError(
+            f"Cannot prune `{name}` of {type(module).__name__}: it already has an attribute `{taken[0]}`, a name "
+            f"that pruning `{name}` gives its parameter (`{orig}`) and mask buffer (`{mask_name}`); rename that "
+            f"attribute, or leave `{name}` unpruned"
+        )
+    _check_shape(name, mask, param.shape)
 
 
 @torch.no_grad()

@@ -70,14 +70,23 @@ def table(
     return "\n".join([head, *lines])
 
 
+#: Above this many targets the bar chart names none of them (the per-target scalars do) and stops widening.
+_NAMED_BARS = 40
+
+
 def _bar_chart(stats: SparsityStats) -> Any:
     from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
 
     names = list(stats.per_target)
-    fig = Figure(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+    fig = Figure(figsize=(max(4.0, 0.6 * min(len(names), _NAMED_BARS) + 2), 3.2))
     ax = fig.add_subplot()
-    ax.bar(range(len(names)), [stats.per_target[n].sparsity for n in names], color="#4c72b0")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    values = [stats.per_target[n].sparsity for n in names]
+    if len(names) <= _NAMED_BARS:
+        ax.bar(range(len(names)), values, color="#4c72b0")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    else:  # one artist for all bars: a thousand `bar` rectangles take seconds to draw
+        ax.stairs(values, [i - 0.5 for i in range(len(names) + 1)], fill=True, color="#4c72b0")
+        ax.set_xlabel(f"{len(names)} targets, in the order of their sparsity/<name> scalars", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("sparsity")
     ax.axhline(stats.overall, color="#c44e52", linestyle="--", linewidth=1, label=f"global {stats.overall:.1%}")
@@ -98,8 +107,9 @@ def log_event(
 
     ``surviving()`` yields each target's surviving weights, one at a time; a logger whose ``experiment`` has
     ``add_histogram``/``add_figure`` (TensorBoard) gets ``weights/<name>`` histograms of their
-    magnitudes and a ``sparsity/per_layer`` bar chart (with a ``namespace`` as :func:`tag` puts it),
-    behind the logger's ``prefix`` as its scalars are.
+    magnitudes (the finite ones) and a ``sparsity/per_layer`` bar chart (with a ``namespace`` as
+    :func:`tag` puts it; its bars are named up to 40 targets), behind the logger's ``prefix`` as its
+    scalars are.
     """
     for logger in loggers:
         logger.log_metrics(dict(metrics), step=step)
@@ -108,8 +118,9 @@ def log_event(
         head = f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', '-')}" if prefix else ""
         if hasattr(experiment, "add_histogram"):
             for name, values in surviving():
-                if values.numel():
-                    magnitudes = values.abs().to(torch.float32).cpu()
+                magnitudes = values.abs().to(torch.float32).cpu()
+                magnitudes = magnitudes[magnitudes.isfinite()]  # a diverged run's NaN and inf have no bin
+                if magnitudes.numel():
                     experiment.add_histogram(head + tag("weights", namespace, name), magnitudes, step)
         if hasattr(experiment, "add_figure"):
             try:

@@ -223,9 +223,37 @@ def test_bad_argument_fails_at_construction(kwargs: Callable[[], dict[str, Any]]
         PruningCallback(**kwargs())
 
 
+class _MaskAttribute(TinyNet):
+    """A module that holds a plain attribute under the name of a mask buffer (``weight_mask``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc2.weight_mask = None
+
+
+class _OrigParameter(TinyNet):
+    """A module that holds a parameter under the name that a pruned ``weight`` is moved to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1.weight_orig = nn.Parameter(torch.ones(2))
+
+
 # ---------------------------------------------------------------- errors at setup, before any change
 
 SETUP_CASES = [
+    pytest.param(
+        _MaskAttribute,
+        {},
+        r"Target 'fc2\.weight': Cannot prune `weight` of Linear: it already has an attribute `weight_mask`.*`exclude`",
+        id="mask_name_taken",
+    ),
+    pytest.param(
+        _OrigParameter,
+        {"targets": ["fc1.weight"]},
+        r"Target 'fc1\.weight': Cannot prune `weight` of Linear: it already has an attribute `weight_orig`",
+        id="orig_name_taken",
+    ),
     pytest.param(
         make_model,
         {"targets": ["conv*.weight"]},
@@ -512,6 +540,7 @@ def test_empty_tensors_do_not_crash(tmp_path: Path, method: str, scope: str) -> 
         pytest.param({"sparsity": 1.5}, r"`sparsity`.*\[0, 1\].*1\.5", id="above-1"),
         pytest.param({"sparsity": float("nan")}, r"`sparsity`.*nan", id="nan"),
         pytest.param({"sparsity": True}, r"`sparsity`.*True", id="bool"),
+        pytest.param({"masks": [torch.ones(13, 7, dtype=torch.bool)]}, r"one mask per target \(2\), got 1", id="masks"),
     ],
 )
 def test_compute_masks_checks_its_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -519,6 +548,22 @@ def test_compute_masks_checks_its_arguments(kwargs: dict[str, Any], match: str) 
     arguments = {"sparsity": 0.5, "scope": "layer", **kwargs}
     with pytest.raises(ValueError, match=match):
         core.compute_masks(targets, resolve_method("l1_unstructured"), **arguments)
+
+
+@pytest.mark.parametrize(
+    ("masks", "match"),
+    [
+        pytest.param([(13, 7), (5,)], r"mask of shape \(3, 13\) for `weight`, got \(5,\)", id="second-shape"),
+        pytest.param([(13, 7)], r"one mask per target \(2\), got 1", id="count"),
+    ],
+)
+def test_commit_masks_checks_every_mask_before_any_change(masks: list[tuple[int, ...]], match: str) -> None:
+    model = make_model()
+    before = snapshot_state(model)
+    with pytest.raises(ValueError, match=match):
+        core.commit_masks(resolve_targets(model), [torch.zeros(shape, dtype=torch.bool) for shape in masks])
+    assert_same_state(before, model)
+    assert not prune.is_pruned(model)
 
 
 def test_meta_parameters_are_refused_before_training(tmp_path: Path) -> None:

@@ -1134,6 +1134,22 @@ def test_a_resume_with_no_epoch_left_warns_of_an_event_it_cannot_run(tmp_path: P
     assert [int((~m).sum()) for m in masks_of(longer).values()] == [round(0.8 * 91), round(0.8 * 39)]
 
 
+@pytest.mark.parametrize("max_steps", [7, 9], ids=["within-an-epoch", "at-its-last-batch"])
+def test_a_resume_from_the_step_that_reached_max_steps_warns_of_the_event_it_cannot_run(tmp_path, max_steps) -> None:
+    """`ModelCheckpoint(every_n_train_steps=1)` writes the fit's last step before the end of the epoch that
+    `max_steps` ends; resumed with the same `max_steps`, Lightning trains nothing and runs no epoch end."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    schedule = Explicit({0: 0.3, 1: 0.5, 2: 0.8})
+    options: dict[str, Any] = {"max_epochs": 10, "max_steps": max_steps, "enable_checkpointing": True}
+    make_trainer(tmp_path, callbacks=[PruningCallback(schedule=schedule), checkpoints], **options).fit(
+        make_model(), make_loader()
+    )
+    with pytest.warns(UserWarning, match=rf"at step {max_steps} .*end of epoch 2.*pruning event for epoch\(s\) \[2\]"):
+        make_trainer(tmp_path, callbacks=[PruningCallback(schedule=schedule)], **options).fit(
+            make_model(seed=1), make_loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+        )
+
+
 class _WithBackbone(TinyNet):
     """`fc1` is the backbone that `BackboneFinetuning` freezes and later unfreezes into a new parameter group."""
 

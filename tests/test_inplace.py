@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -487,6 +488,40 @@ class TwoOptimizers(LitLeNet):
         return torch.optim.SGD(convs, lr=0.05, momentum=0.9), torch.optim.Adam(linears, lr=0.01)
 
 
+class OwnOptimizer(LitLeNet):
+    """Manual optimization with an optimizer the module makes and steps itself, not one the Trainer knows: for
+    every weight (``configure_optimizers`` returns none), or for the linear layers beside the Trainer's."""
+
+    def __init__(self, everything: bool) -> None:
+        super().__init__()
+        self.automatic_optimization, self.everything = False, everything
+
+    def on_fit_start(self) -> None:
+        params = [p for n, p in self.named_parameters() if self.everything or n.startswith("fc")]
+        self.own = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        optimizers = [self.own] if self.everything else [self.optimizers().optimizer, self.own]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(F.cross_entropy(self(x), y))
+        for opt in optimizers:
+            opt.step()
+
+    def configure_optimizers(self):
+        if self.everything:
+            return None
+        return torch.optim.SGD([p for n, p in self.named_parameters() if n.startswith("conv")], lr=0.05)
+
+
+@pytest.mark.parametrize("everything", [True, False], ids=["only-own", "beside-the-trainers"])
+def test_an_optimizer_the_trainer_does_not_know_keeps_pruned_weights_at_zero(tmp_path, everything: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`configure_optimizers` returned `None`")
+        _both_maskings(tmp_path, lambda: OwnOptimizer(everything), Explicit({0: 0.5, 1: 0.7}))
+
+
 def _both_maskings(tmp_path, build, schedule, scope: str = "layer") -> dict[str, torch.Tensor]:
     """Fit ``build()`` with either masking (checking the zeros after every ``in_place`` step); assert the
     weights agree and return ``in_place``'s."""
@@ -666,6 +701,87 @@ def test_weights_written_at_train_end_are_masked(tmp_path) -> None:
     assert sum(int((w == 0).sum()) for w in results["in_place"].values()) == round(0.6 * total)
     for name in WEIGHTS:
         torch.testing.assert_close(results["in_place"][name], results["reparametrize"][name], rtol=0, atol=1e-6)
+
+
+def test_weights_written_between_steps_are_masked_before_the_next_forward(tmp_path) -> None:
+    """StochasticWeightAveraging copies its averages (of weights from before the events) into the weights
+    at the start of its batch-norm epoch, which runs forwards only: batch norm's statistics are gathered,
+    and the last checkpoint written, with the pruned entries at zero, as with the reparametrization."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    from tests.helpers import TinyNet, make_loader, make_model, make_trainer
+
+    class WithNorm(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(self.fc1.out_features)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.norm(self.fc1(x))))
+
+    results = {}
+    for masking in ("reparametrize", "in_place"):
+        root = tmp_path / masking
+        callbacks = [
+            PruningCallback(schedule=0.5, masking=masking),
+            StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1),
+            ModelCheckpoint(dirpath=root, save_last=True),
+        ]
+        model = make_model(cls=WithNorm)
+        make_trainer(root, callbacks=callbacks, max_epochs=3, enable_checkpointing=True).fit(model, make_loader())
+        saved = torch.load(root / "last.ckpt", weights_only=True)["state_dict"]
+        results[masking] = saved
+        assert int((saved["fc1.weight"] == 0).sum()) == round(0.5 * model.fc1.weight.numel())
+    for key in ("fc1.weight", "fc2.weight", "norm.running_mean", "norm.running_var"):
+        torch.testing.assert_close(results["in_place"][key], results["reparametrize"][key], rtol=0, atol=1e-6)
+
+
+class _WritesDenseWeights(Callback):
+    """Copies the weights as they were before the fit into the model at the end of each training batch, or
+    of each training epoch (after the pruning event)."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook, self.dense = hook, {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.dense = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    def _write(self, pl_module) -> None:
+        for name, param in pl_module.named_parameters():
+            param.detach().copy_(self.dense[name])
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if self.hook == "on_train_batch_end":
+            self._write(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.hook == "on_train_epoch_end":
+            self._write(pl_module)
+
+
+@pytest.mark.parametrize("hook", ["on_train_batch_end", "on_train_epoch_end"])
+def test_weights_written_after_a_step_are_masked_for_validation_and_checkpoints(tmp_path, hook: str) -> None:
+    from tests.helpers import TinyNetEval, make_loader, make_model, make_trainer
+
+    class Seen(TinyNetEval):
+        def validation_step(self, batch, batch_idx):
+            self.zeros.append(int((self.fc1.weight == 0).sum()))
+            return super().validation_step(batch, batch_idx)
+
+    model = make_model(cls=Seen)
+    model.zeros = []
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    callbacks = [PruningCallback(schedule=Explicit({0: 0.6}), masking="in_place"), _WritesDenseWeights(hook)]
+    trainer = make_trainer(
+        tmp_path, callbacks=[*callbacks, checkpoints], max_epochs=3, enable_checkpointing=True, num_sanity_val_steps=0
+    )
+    trainer.fit(model, make_loader(), make_loader(batch_size=48))
+    pruned = round(0.6 * model.fc1.weight.numel())
+    if hook == "on_train_batch_end":  # validation after epoch 0's last batch, before its event, too
+        assert model.zeros[1:] == [pruned, pruned]
+    for epoch in (0, 1, 2):
+        saved = Seen.load_from_checkpoint(tmp_path / "ckpt" / f"epoch={epoch}.ckpt")
+        assert int((saved.fc1.weight == 0).sum()) == pruned
 
 
 def test_exponential_averages_are_pruned_for_validation_and_checkpoints(tmp_path) -> None:

@@ -244,6 +244,16 @@ def test_slice_helpers() -> None:
     assert kept.tolist() == [[True, False, True], [True, False, True]]
 
 
+@pytest.mark.parametrize("norm", [0.003, 0.02, -0.001, -0.5, 0.5, 2.0])
+def test_normalized_slice_norms_are_power_means_for_any_norm(norm: float) -> None:
+    """Global structured pruning compares power means; near norm 0 the norm's root overflows, the mean does not."""
+    torch.manual_seed(0)
+    for t in (torch.randn(8, 3, 3, 3), torch.randn(4, 8)):
+        scores = M.slice_norms(t, norm, 0, normalize=True)
+        expected = t.double().abs().pow(norm).mean(dim=list(range(1, t.dim()))).pow(1 / norm)
+        torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=0)
+
+
 def test_random_scores_follow_torch_rng() -> None:
     alive = torch.tensor([[True, False], [True, True]])
     torch.manual_seed(3)
