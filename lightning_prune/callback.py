@@ -970,8 +970,6 @@ class PruningCallback(Callback):
     ) -> None:
         if self._unrefreshed:
             self._check_refreshed()
-        if self._inplace is not None:
-            self._inplace.note_zeroed()
 
     def _check_refreshed(self) -> None:
         """Warn about reparametrized targets that no forward pre-hook recomputed during the training batch after a
@@ -994,7 +992,12 @@ class PruningCallback(Callback):
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.rewind is not None and self._fitting and not trainer.sanity_checking:
             self._metrics_before = dict(trainer.callback_metrics)
-        if self._inplace is not None and self._fitting:
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._inplace is not None and self._fitting:  # after other callbacks' `on_validation_start` too
             self._inplace.zero_written()
 
     @override
@@ -1073,10 +1076,11 @@ class PruningCallback(Callback):
         missed = [e for e in range(self._done_epoch + 1, epoch + cut) if self._target(e) is not None]
         if missed and not self._trained and cut:
             rank_zero_warn(
-                f"The checkpoint resumed from was written at step {trainer.global_step} (`max_steps={steps}`), "
-                f"before the end of epoch {epoch} that this step ends and before this callback's pruning event for "
-                f"epoch(s) {missed}, and this fit had no step left to train, so the event(s) did not run, where the "
-                f"fit that wrote the checkpoint ran them. A checkpoint written at the end of epoch {epoch} holds them"
+                f"The checkpoint resumed from was written at step {trainer.global_step} (`max_steps={steps}`) in "
+                f"epoch {epoch}, before this callback's pruning event for epoch(s) {missed} ran (by a checkpoint saved "
+                f"every n steps, or by a callback listed before PruningCallback saving in `on_train_epoch_end`), and "
+                f"this fit had no step left to train, so the event(s) did not run, where the fit that wrote the "
+                f"checkpoint ran them. `ModelCheckpoint`'s checkpoints at epoch ends are written after the events"
             )
         elif missed and not self._trained:
             rank_zero_warn(

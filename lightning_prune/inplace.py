@@ -27,11 +27,12 @@ reparametrization would produce:
   also before each further evaluation of the step's closure (``LBFGS`` moves the weights between
   the evaluations of one step, and its forward passes must see the pruned entries at zero).
 
-An optimizer that is not attached but steps a masked weight (one a module makes and steps itself) is
-followed by the same pass after each of its steps (a global optimizer hook, registered while a
-trained masked weight is in no attached optimizer). Weights written by other code between steps
-(copied into, which moves their version counters) are zeroed again by :meth:`InPlaceMasks.zero_written`,
-which the callback calls before each training batch, validation and checkpoint.
+While attached, a global hook runs after every optimizer's step: one that is not attached but steps
+a masked weight (one a module makes and steps itself) is followed by the same pass; after an
+attached one's step it notes the weights' version counters, so that weights written by other code
+after a step (copied into, which moves their version counters) are zeroed again by
+:meth:`InPlaceMasks.zero_written`, which the callback calls before each training and validation
+batch and each checkpoint of a fit.
 
 A ``.grad`` written by code other than backward is not masked (with ``attach(per_step=True)``
 the pruned weights still stay at zero). A gradient accumulated before a
@@ -66,6 +67,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +79,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from lightning_prune.targets import Target
 
 __all__ = ["ZERO_PRESERVING", "InPlaceMasks", "zero_preserving"]
+
+_version = operator.attrgetter("_version")  # a tensor's version counter, read without a Python frame
 
 #: Optimizer classes whose update leaves an entry at zero when its weight, gradient and state
 #: are zero (plain, momentum, Nesterov, decoupled or L2 weight decay, AMSGrad, centered, any
@@ -139,6 +143,29 @@ def _run_first(weight: Tensor, handle: Any) -> bool:
     return True
 
 
+_AFTER_ANY_STEP: list[tuple[weakref.ref[InPlaceMasks], Any]] = []  # the global hooks, and whose they are
+
+
+def _register_after_any_step(masks: InPlaceMasks) -> Any:
+    """A global hook after every optimizer's step that calls ``masks._after_any_step`` while ``masks`` lives. It
+    holds no reference to them (masks attached and never detached are not kept alive); once they are gone it does
+    nothing, and the next registration removes it (not the hook itself: optimizers iterate over the hooks)."""
+    for ref, handle in _AFTER_ANY_STEP:
+        if ref() is None:
+            handle.remove()
+    _AFTER_ANY_STEP[:] = [(ref, handle) for ref, handle in _AFTER_ANY_STEP if ref() is not None]
+    ref = weakref.ref(masks)
+
+    def after_any_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        current = ref()
+        if current is not None:
+            current._after_any_step(optimizer)
+
+    handle = register_optimizer_step_post_hook(after_any_step)
+    _AFTER_ANY_STEP.append((ref, handle))
+    return handle
+
+
 def _factor(mask: Tensor, dtype: torch.dtype, old: Tensor | None) -> Tensor:
     """``mask`` in ``dtype``; written into ``old`` where it fits, so an event allocates no new factors."""
     if old is not None and old.shape == mask.shape and old.dtype == dtype and old.device == mask.device:
@@ -170,14 +197,18 @@ class InPlaceMasks:
         self._weights: list[Tensor] = []
         self._factors: list[Tensor] = []
         self._optimizers: list[torch.optim.Optimizer] = []
+        self._optimizer_ids: list[int] = []  # theirs, which `sync` compares (an optimizer may define `__eq__`)
         self._attached = False  # between `attach` and `detach`, with optimizers or none
-        self._others: Any = None  # the hook after any step of another optimizer; see `refresh_hooks`
-        self._stepping_others: dict[int, tuple[weakref.ref[torch.optim.Optimizer], bool]] = {}  # by id: steps one?
+        self._any_step: Any = None  # the hook after any optimizer's step, while attached; see `_after_any_step`
+        # other optimizers by id: (a reference, its number of parameter groups, whether it steps a masked weight)
+        self._stepping_others: dict[int, tuple[weakref.ref[torch.optim.Optimizer], int, bool]] = {}
         self._per_step = False  # forced by attach(); see `per_step`
         self._step_handles: list[Any] = []
         self._load_handles: list[Any] = []  # zero the state that each attached optimizer loads
         self._grad_handles: dict[int, tuple[Any, ...]] = {}  # id(weight) -> its gradient hooks
-        self._last_hooks: list[tuple[dict[Any, Any], Any]] = []  # see `refresh_hooks`
+        # each hooked weight's post-accumulate hooks, and the key of the last, its mask's: see `refresh_hooks`
+        self._hook_dicts: list[dict[Any, Any]] = []
+        self._last_keys: list[Any] = []
         self._seen_versions: list[int] = []  # each weight's version when its pruned entries were last zeroed
 
     def current(self, targets: Sequence[Target]) -> list[Tensor | None]:
@@ -219,7 +250,7 @@ class InPlaceMasks:
         """Zero every pruned weight (a fused multiply by the cached float masks)."""
         if self._weights:
             torch._foreach_mul_(self._weights, self._factors)
-        self._seen_versions = [w._version for w in self._weights]
+        self._seen_versions = list(map(_version, self._weights))
 
     @torch.no_grad()
     def _apply_after_step(self) -> None:
@@ -243,24 +274,21 @@ class InPlaceMasks:
             torch._foreach_mul_([weights[i] for i in loud], [self._factors[i] for i in loud])
         if quiet:
             torch._foreach_mul_([weights[i].data for i in quiet], [self._factors[i] for i in quiet])
-        self._seen_versions = [w._version for w in weights]
+        self._seen_versions = list(map(_version, weights))
 
-    def note_zeroed(self) -> None:
-        """Note each masked weight's version as one whose pruned entries are zero: after a training batch, whose
-        steps kept them there (by the gradient hooks, or by the pass after each step)."""
-        self._seen_versions = [w._version for w in self._weights]
-
-    @torch.no_grad()
     def zero_written(self) -> None:
-        """Zero the pruned entries again in the weights written since they were last zeroed or noted (code
-        outside the steps copying into them: StochasticWeightAveraging's averages at its batch-norm epoch).
-        Writes that move no version counter (through ``.data``) go unnoticed."""
+        """Zero the pruned entries again in the weights written since they were last zeroed or since an attached
+        optimizer's step (code other than the steps copying into them: StochasticWeightAveraging's averages at
+        its batch-norm epoch, a Lookahead in ``optimizer_step``, a callback's copy at a batch's end). Writes that
+        move no version counter (through ``.data``) go unnoticed. Without writes, a version read per weight."""
         weights, seen = self._weights, self._seen_versions
-        if len(seen) == len(weights) and all(w._version == v for w, v in zip(weights, seen)):
+        versions = list(map(_version, weights))
+        if versions == seen:
             return
-        written = [i for i, w in enumerate(weights) if len(seen) != len(weights) or w._version != seen[i]]
-        torch._foreach_mul_([weights[i] for i in written], [self._factors[i] for i in written])
-        self._seen_versions = [w._version for w in weights]
+        written = [i for i, v in enumerate(versions) if len(seen) != len(weights) or v != seen[i]]
+        with torch.no_grad():  # not entered otherwise: it costs more than the check
+            torch._foreach_mul_([weights[i] for i in written], [self._factors[i] for i in written])
+        self._seen_versions = list(map(_version, weights))
 
     def reapply(self) -> None:
         """Zero the pruned weights and their optimizer state again, after both were written from elsewhere
@@ -277,25 +305,15 @@ class InPlaceMasks:
                 keep them at zero: for gradients that do not come from backward alone (a DDP
                 communication hook that changes their values, a ``.grad`` written by other code).
         """
-        # An optimizer replaced while it steps (rebuilt in the closure of its own `step`) finishes that step
-        # after this: zero what it moved then, once, as its per-step hook would have.
-        replaced = [o for o in self._optimizers if all(o is not n for n in optimizers)] if self._step_handles else []
         self.detach()
         self._optimizers, self._per_step, self._attached = list(optimizers), per_step, True
+        self._optimizer_ids = list(map(id, self._optimizers))
+        self._any_step = _register_after_any_step(self)
         self.refresh_hooks()  # no weight is written here: `sync` may run between forward and backward
         # a state saved before an event (a user's own rewind) holds momentum and moments at its pruned entries
         self._load_handles = [opt.register_load_state_dict_post_hook(self._zero_state) for opt in self._optimizers]
-        for optimizer in replaced:
-            self._zero_after_next_step(optimizer)
-
-    def _zero_after_next_step(self, optimizer: torch.optim.Optimizer) -> None:
-        handle: Any = None
-
-        def once(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            handle.remove()
-            self._apply_after_step()
-
-        handle = optimizer.register_step_post_hook(once)
+        # (an optimizer replaced while it steps, rebuilt in the closure of its own `step`, finishes that step after
+        # this: `_after_any_step` zeroes what it moved, as for any optimizer not attached)
 
     def sync(
         self, optimizers: Sequence[torch.optim.Optimizer], *, per_step: bool = False, backward: bool = True
@@ -309,17 +327,19 @@ class InPlaceMasks:
         an optimizer step, whose gradients are accumulated already, pass ``False``); ``per_step=True``
         (a DDP communication hook registered since) attaches again as ``attach(per_step=True)``, for
         good. Otherwise this costs a few identity and flag checks, and before a backward one per
-        masked weight for its hooks: 0.77 µs a call on LeNet-300-100's three weights, 0.35 without.
+        masked weight for its hooks: on LeNet-300-100's three weights, one thread of the AMD EPYC of
+        ``benchmarks/RESULTS.md``, 2.4 µs a call before a backward and 0.95 µs before a step.
         """
         if per_step and not self._per_step:
             self.attach(optimizers, per_step=True)
-        elif len(optimizers) != len(self._optimizers) or any(a is not b for a, b in zip(optimizers, self._optimizers)):
+        elif list(map(id, optimizers)) != self._optimizer_ids:
             self.attach(optimizers, per_step=self._per_step)
         elif len(self._grad_handles) < len(self._weights) and any(
             w.requires_grad and id(w) not in self._grad_handles for w in self._weights
         ):
             self.refresh_hooks()
-        elif backward and any(next(reversed(hooks), None) != last for hooks, last in self._last_hooks):
+        elif backward and list(map(next, map(reversed, self._hook_dicts))) != self._last_keys:  # (one emptied:
+            # shorter)
             self._unhook_gradients()  # gradient hooks registered since (in a module's `on_train_start`): the
             self.refresh_hooks()  # mask goes before them and once more after them
 
@@ -347,11 +367,9 @@ class InPlaceMasks:
         if len(self._grad_handles) > hooked:
             self._zero_state()  # momentum gathered from unmasked gradients would move pruned weights
         # each hooked weight's last post-accumulate hook, its mask's: `sync` notices hooks added since
-        self._last_hooks = [
-            (w._post_accumulate_grad_hooks, self._grad_handles[id(w)][-1].id)
-            for w in self._weights
-            if id(w) in self._grad_handles
-        ]
+        hooked_weights = [w for w in self._weights if id(w) in self._grad_handles]
+        self._hook_dicts = [w._post_accumulate_grad_hooks for w in hooked_weights]
+        self._last_keys = [self._grad_handles[id(w)][-1].id for w in hooked_weights]
         needed = (
             self._per_step
             or not all(map(zero_preserving, self._optimizers))
@@ -364,16 +382,7 @@ class InPlaceMasks:
             for handle in self._step_handles:
                 handle.remove()
             self._step_handles = []
-        # a trained weight that no attached optimizer steps: another one may (an optimizer the module makes
-        # and steps itself), whose state holds momentum from before the events; zero the weights after its steps
-        stepped = {id(p) for opt in self._optimizers for group in opt.param_groups for p in group["params"]}
-        self._stepping_others = {}  # which of them step a masked weight, asked anew
-        others = any(w.requires_grad and id(w) not in stepped for w in self._weights)
-        if others and self._others is None:
-            self._others = register_optimizer_step_post_hook(self._after_other_step)
-        elif not others and self._others is not None:
-            self._others.remove()
-            self._others = None
+        self._stepping_others = {}  # which other optimizers step a masked weight: asked anew
 
     @property
     def per_step(self) -> bool:
@@ -385,10 +394,10 @@ class InPlaceMasks:
         self._unhook_gradients()
         for handle in self._step_handles + self._load_handles:
             handle.remove()
-        self._optimizers, self._step_handles, self._load_handles = [], [], []
-        if self._others is not None:
-            self._others.remove()
-        self._attached, self._others = False, None
+        self._optimizers, self._optimizer_ids, self._step_handles, self._load_handles = [], [], [], []
+        if self._any_step is not None:
+            self._any_step.remove()
+        self._attached, self._any_step = False, None
 
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -419,15 +428,20 @@ class InPlaceMasks:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._apply_after_step()
 
-    def _after_other_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """After any optimizer's step (a global hook): zero the pruned weights if it is not attached and steps one."""
-        if any(optimizer is o for o in self._optimizers):
+    def _after_any_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After any optimizer's step: note the versions of the weights, whose pruned entries an attached optimizer's
+        step kept at zero (by the gradient hooks, or by its own pass after the step, which runs first), so that
+        :meth:`zero_written` finds what is written since; zero them after another one's step that moves a masked
+        weight (one a module makes and steps itself, whose momentum from before the events moves pruned entries)."""
+        if id(optimizer) in self._optimizer_ids:
+            self._seen_versions = list(map(_version, self._weights))
             return
-        ref, steps = self._stepping_others.get(id(optimizer), (None, False))
-        if ref is None or ref() is not optimizer:
-            masked = {id(w) for w in self._weights}
+        groups = len(optimizer.param_groups)
+        ref, seen_groups, steps = self._stepping_others.get(id(optimizer), (None, 0, False))
+        if ref is None or ref() is not optimizer or seen_groups != groups:
+            masked = set(map(id, self._weights))
             steps = any(id(p) in masked for group in optimizer.param_groups for p in group["params"])
-            self._stepping_others[id(optimizer)] = (weakref.ref(optimizer), steps)
+            self._stepping_others[id(optimizer)] = (weakref.ref(optimizer), groups, steps)
         if steps:
             self._apply_after_step()
 
@@ -435,7 +449,7 @@ class InPlaceMasks:
         for handles in self._grad_handles.values():
             for handle in handles:
                 handle.remove()
-        self._grad_handles, self._last_hooks = {}, []
+        self._grad_handles, self._hook_dicts, self._last_keys = {}, [], []
 
     @torch.no_grad()
     def _zero_state(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -465,11 +479,13 @@ class InPlaceMasks:
         self.masks, self._params, self._weights, self._factors, self._seen_versions = {}, {}, [], [], []
 
     def __getstate__(self) -> dict[str, Any]:
-        hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}, "_last_hooks": []}
+        hooks: dict[str, Any] = {"_step_handles": [], "_load_handles": [], "_grad_handles": {}}
+        hooks |= {"_hook_dicts": [], "_last_keys": []}
         detached = {
             "_optimizers": [],
+            "_optimizer_ids": [],
             "_attached": False,
-            "_others": None,
+            "_any_step": None,
             "_stepping_others": {},
         }
         return {**self.__dict__, **hooks, **detached, "_seen_versions": []}

@@ -1144,7 +1144,10 @@ def test_a_resume_from_the_step_that_reached_max_steps_warns_of_the_event_it_can
     make_trainer(tmp_path, callbacks=[PruningCallback(schedule=schedule), checkpoints], **options).fit(
         make_model(), make_loader()
     )
-    with pytest.warns(UserWarning, match=rf"at step {max_steps} .*end of epoch 2.*pruning event for epoch\(s\) \[2\]"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"at step {max_steps} .*in epoch 2, before this callback's pruning event for epoch\(s\) \[2\]",
+    ):
         make_trainer(tmp_path, callbacks=[PruningCallback(schedule=schedule)], **options).fit(
             make_model(seed=1), make_loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
         )

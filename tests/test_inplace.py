@@ -490,19 +490,23 @@ class TwoOptimizers(LitLeNet):
 
 class OwnOptimizer(LitLeNet):
     """Manual optimization with an optimizer the module makes and steps itself, not one the Trainer knows: for
-    every weight (``configure_optimizers`` returns none), or for the linear layers beside the Trainer's."""
+    every weight (``configure_optimizers`` returns none), for the linear layers beside the Trainer's for the
+    convolutions, for the same weights as the Trainer's (each taking half the step), or given the linear
+    layers in a parameter group added after its first step."""
 
-    def __init__(self, everything: bool) -> None:
+    def __init__(self, share: str) -> None:
         super().__init__()
-        self.automatic_optimization, self.everything = False, everything
+        self.automatic_optimization, self.share = False, share
 
     def on_fit_start(self) -> None:
-        params = [p for n, p in self.named_parameters() if self.everything or n.startswith("fc")]
-        self.own = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+        params = [p for n, p in self.named_parameters() if self.share in ("all", "same") or n.startswith("fc")]
+        self.own = torch.optim.SGD(params if self.share != "later" else [self.conv1.bias], lr=0.025, momentum=0.9)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        optimizers = [self.own] if self.everything else [self.optimizers().optimizer, self.own]
+        if self.share == "later" and self.global_step == 1:
+            self.own.add_param_group({"params": [p for n, p in self.named_parameters() if n.startswith("fc")]})
+        optimizers = [self.own] if self.share == "all" else [self.optimizers().optimizer, self.own]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         self.manual_backward(F.cross_entropy(self(x), y))
@@ -510,16 +514,46 @@ class OwnOptimizer(LitLeNet):
             opt.step()
 
     def configure_optimizers(self):
-        if self.everything:
+        if self.share == "all":
             return None
-        return torch.optim.SGD([p for n, p in self.named_parameters() if n.startswith("conv")], lr=0.05)
+        params = [p for n, p in self.named_parameters() if self.share == "same" or n.startswith("conv")]
+        return torch.optim.SGD(params, lr=0.025, momentum=0.5)
 
 
-@pytest.mark.parametrize("everything", [True, False], ids=["only-own", "beside-the-trainers"])
-def test_an_optimizer_the_trainer_does_not_know_keeps_pruned_weights_at_zero(tmp_path, everything: bool) -> None:
+@pytest.mark.parametrize("share", ["all", "beside", "same", "later"])
+def test_an_optimizer_the_trainer_does_not_know_keeps_pruned_weights_at_zero(tmp_path, share: str) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`configure_optimizers` returned `None`")
-        _both_maskings(tmp_path, lambda: OwnOptimizer(everything), Explicit({0: 0.5, 1: 0.7}))
+        _both_maskings(tmp_path, lambda: OwnOptimizer(share), Explicit({0: 0.5, 1: 0.7}))
+
+
+def test_masks_attached_and_never_detached_are_not_kept_alive() -> None:
+    """The global hook after every optimizer's step holds no reference to the masks, and goes once they are gone."""
+    import gc
+    import weakref
+
+    from torch.optim.optimizer import _global_optimizer_post_hooks, register_optimizer_step_post_hook
+
+    hooks = len(_global_optimizer_post_hooks)
+    layer = torch.nn.Linear(3, 2)
+    masks = InPlaceMasks()
+    masks.commit(resolve_targets(layer), [torch.tensor([[True, False, True], [False, True, True]])])
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    masks.attach([opt])
+    assert len(_global_optimizer_post_hooks) == hooks + 1
+    gone = weakref.ref(masks)
+    del masks, opt, layer
+    gc.collect()
+    assert gone() is None
+    other = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    later = register_optimizer_step_post_hook(lambda *args: None)
+    other.step()  # the hook finds the masks gone and does nothing (removing itself, it would break the iteration)
+    later.remove()
+    again = InPlaceMasks()
+    again.attach([other])  # and goes with the next registration
+    assert len(_global_optimizer_post_hooks) == hooks + 1
+    again.detach()
+    assert len(_global_optimizer_post_hooks) == hooks
 
 
 def _both_maskings(tmp_path, build, schedule, scope: str = "layer") -> dict[str, torch.Tensor]:
@@ -760,7 +794,10 @@ class _WritesDenseWeights(Callback):
 
 
 @pytest.mark.parametrize("hook", ["on_train_batch_end", "on_train_epoch_end"])
-def test_weights_written_after_a_step_are_masked_for_validation_and_checkpoints(tmp_path, hook: str) -> None:
+@pytest.mark.parametrize("writer_first", [False, True], ids=["pruning-first", "writer-first"])
+def test_weights_written_after_a_step_are_masked_for_validation_and_checkpoints(
+    tmp_path, hook: str, writer_first: bool
+) -> None:
     from tests.helpers import TinyNetEval, make_loader, make_model, make_trainer
 
     class Seen(TinyNetEval):
@@ -772,6 +809,7 @@ def test_weights_written_after_a_step_are_masked_for_validation_and_checkpoints(
     model.zeros = []
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
     callbacks = [PruningCallback(schedule=Explicit({0: 0.6}), masking="in_place"), _WritesDenseWeights(hook)]
+    callbacks = callbacks[::-1] if writer_first else callbacks
     trainer = make_trainer(
         tmp_path, callbacks=[*callbacks, checkpoints], max_epochs=3, enable_checkpointing=True, num_sanity_val_steps=0
     )
