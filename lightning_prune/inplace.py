@@ -397,6 +397,7 @@ class InPlaceMasks:
         self._optimizers, self._optimizer_ids, self._step_handles, self._load_handles = [], [], [], []
         if self._any_step is not None:
             self._any_step.remove()
+            _AFTER_ANY_STEP[:] = [entry for entry in _AFTER_ANY_STEP if entry[1] is not self._any_step]
         self._attached, self._any_step = False, None
 
     def _before_step(

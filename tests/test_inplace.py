@@ -12,7 +12,7 @@ from lightning import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.utils import prune
 
-from lightning_prune import PruningCallback, Rewind, core
+from lightning_prune import PruningCallback, Rewind, core, inplace
 from lightning_prune.inplace import ZERO_PRESERVING, InPlaceMasks
 from lightning_prune.schedules import Explicit
 from lightning_prune.targets import resolve_targets
@@ -556,6 +556,11 @@ def test_masks_attached_and_never_detached_are_not_kept_alive() -> None:
     assert current in _global_optimizer_post_hooks
     again.detach()
     assert current not in _global_optimizer_post_hooks
+    for _ in range(3):  # masks attached again and again while they live hold one entry at most
+        again.attach([other])
+    assert [ref() for ref, _ in inplace._AFTER_ANY_STEP].count(again) == 1
+    again.detach()
+    assert [ref() for ref, _ in inplace._AFTER_ANY_STEP].count(again) == 0
 
 
 def _both_maskings(tmp_path, build, schedule, scope: str = "layer") -> dict[str, torch.Tensor]:
